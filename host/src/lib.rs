@@ -1,0 +1,17 @@
+//! hearth: a local AI assistant host whose plugins run as sandboxed
+//! WebAssembly components.
+//!
+//! - [`plugins`]: the component runtime — one wasmtime engine, the versioned
+//!   `hearth:plugin` contract, manifests, capabilities, limits, the verified
+//!   compile cache and the key-value store.
+//! - [`bundled`]: the first-party plugins, built from `plugins/` at compile
+//!   time and embedded in the binary.
+//! - [`home`]: where hearth keeps its data.
+//! - [`cli`]: the `hearth` command line.
+
+#![deny(missing_docs)]
+
+pub mod bundled;
+pub mod cli;
+pub mod home;
+pub mod plugins;

@@ -1,0 +1,174 @@
+//! The versioned plugin contract: which `hearth:plugin` versions this host
+//! speaks, how a component's stamp is read, and which imports need which
+//! grant.
+//!
+//! One bindings module per contract version lives in [`v0_1`]; [`latest`] is
+//! what the rest of the host uses. When 0.2 arrives it gets its own module
+//! and older components are converted at this boundary.
+
+use semver::{Version, VersionReq};
+use wasmparser::{Parser, Payload};
+
+/// Host bindings for `hearth:plugin@0.1.x`, generated from `wit/v0.1.0`.
+#[allow(missing_docs)]
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "plugin",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+/// The contract version the rest of the host is written against.
+pub use v0_1 as latest;
+
+/// Name of the custom section the SDK writes the contract version into.
+pub const STAMP_SECTION: &str = "hearth:contract-version";
+
+/// The contract versions this host accepts.
+pub fn supported() -> VersionReq {
+    VersionReq::parse(">=0.1.0, <0.2.0").expect("valid requirement")
+}
+
+/// Checks a declared contract version against [`supported`].
+pub fn check_supported(version: &Version) -> Result<(), String> {
+    if supported().matches(version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "contract {version} is not supported; this hearth supports {}",
+            supported()
+        ))
+    }
+}
+
+/// Reads the contract version stamp from a component's bytes without
+/// compiling it. Looks into nested core modules, where the SDK's section
+/// ends up. `Ok(None)` means the component carries no stamp.
+pub fn read_stamp(bytes: &[u8]) -> Result<Option<Version>, String> {
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| format!("not a valid WebAssembly component: {e}"))?;
+        if let Payload::CustomSection(section) = payload
+            && section.name() == STAMP_SECTION
+        {
+            let text = std::str::from_utf8(section.data())
+                .map_err(|_| "the contract version stamp is not UTF-8".to_string())?;
+            return Version::parse(text.trim_end_matches('\0'))
+                .map(Some)
+                .map_err(|e| format!("the contract version stamp `{text}` is not semver: {e}"));
+        }
+    }
+    Ok(None)
+}
+
+/// A capability that must be granted before a component may import it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// `kv = true`.
+    Kv,
+    /// `llm-tokens > 0`.
+    Llm,
+    /// Any `[dependencies]`.
+    Tools,
+    /// Any `http` origin.
+    Http,
+}
+
+impl Capability {
+    /// The manifest setting that grants it.
+    pub fn manifest_setting(self) -> &'static str {
+        match self {
+            Capability::Kv => "[permissions] kv = true",
+            Capability::Llm => "[permissions] llm-tokens = <budget>",
+            Capability::Tools => "[dependencies]",
+            Capability::Http => "[permissions] http = [\"https://host\"]",
+        }
+    }
+}
+
+/// What an import needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportClass {
+    /// Always linked: harmless on its own (logging, config, and WASI
+    /// interfaces that the host provides with nothing behind them: no
+    /// files, no environment, no sockets).
+    Always,
+    /// Needs a grant.
+    Needs(Capability),
+    /// Nothing in this host provides it.
+    Unknown,
+}
+
+/// Classifies an import name such as `wasi:http/types@0.2.6`.
+pub fn classify_import(name: &str) -> ImportClass {
+    let (path, version) = match name.split_once('@') {
+        Some((p, v)) => (p, Version::parse(v).ok()),
+        None => (name, None),
+    };
+    let Some((package, interface)) = path.split_once('/') else {
+        return ImportClass::Unknown;
+    };
+    let wasi_02 = version
+        .as_ref()
+        .is_some_and(|v| v.major == 0 && v.minor == 2);
+    match package {
+        "hearth:plugin" if version.as_ref().is_some_and(|v| supported().matches(v)) => {
+            match interface {
+                "types" | "logging" | "config" => ImportClass::Always,
+                "kv" => ImportClass::Needs(Capability::Kv),
+                "llm" => ImportClass::Needs(Capability::Llm),
+                "tools" => ImportClass::Needs(Capability::Tools),
+                _ => ImportClass::Unknown,
+            }
+        }
+        "wasi:http" if wasi_02 => match interface {
+            "types" | "outgoing-handler" => ImportClass::Needs(Capability::Http),
+            _ => ImportClass::Unknown,
+        },
+        "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" | "wasi:filesystem"
+        | "wasi:sockets"
+            if wasi_02 =>
+        {
+            ImportClass::Always
+        }
+        _ => ImportClass::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_imports() {
+        assert_eq!(classify_import("hearth:plugin/logging@0.1.0"), ImportClass::Always);
+        assert_eq!(
+            classify_import("hearth:plugin/kv@0.1.3"),
+            ImportClass::Needs(Capability::Kv)
+        );
+        assert_eq!(classify_import("hearth:plugin/kv@0.2.0"), ImportClass::Unknown);
+        assert_eq!(
+            classify_import("wasi:http/outgoing-handler@0.2.6"),
+            ImportClass::Needs(Capability::Http)
+        );
+        assert_eq!(classify_import("wasi:filesystem/preopens@0.2.3"), ImportClass::Always);
+        assert_eq!(classify_import("wasi:filesystem/preopens@0.3.0"), ImportClass::Unknown);
+        assert_eq!(classify_import("evil:spy/secrets"), ImportClass::Unknown);
+        assert_eq!(classify_import("plain"), ImportClass::Unknown);
+    }
+
+    #[test]
+    fn supported_range() {
+        assert!(check_supported(&Version::new(0, 1, 9)).is_ok());
+        assert!(check_supported(&Version::new(0, 2, 0)).is_err());
+        assert!(check_supported(&Version::new(1, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn stamps_are_read_or_absent() {
+        let plain = wat::parse_str("(component)").unwrap();
+        assert_eq!(read_stamp(&plain).unwrap(), None);
+        assert!(read_stamp(b"\0asm garbage").is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! Errors of loading and invoking plugins.
+
+use super::contract::Capability;
+use super::contract::latest::hearth::plugin::types::ToolError;
+use std::time::Duration;
+
+/// Why a component could not be loaded. Nothing was activated.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The component file is larger than the host accepts.
+    #[error("component is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes are not a WebAssembly component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// No contract stamp: not built with a hearth SDK.
+    #[error(
+        "component carries no `hearth:contract-version` stamp; build it with hearth-sdk \
+         (or another SDK that stamps the contract version)"
+    )]
+    NoContractStamp,
+    /// Stamped with a contract this host does not speak.
+    #[error("component was built against an unsupported contract: {0}")]
+    UnsupportedContract(String),
+    /// Manifest and component disagree on the contract.
+    #[error("plugin.toml says contract {manifest} but the component was built against {component}")]
+    ContractMismatch {
+        /// From the manifest.
+        manifest: semver::Version,
+        /// From the stamp.
+        component: semver::Version,
+    },
+    /// Imports a capability the manifest does not ask for.
+    #[error(
+        "component imports `{import}`, which plugin `{plugin}` was not granted; \
+         it needs {} in plugin.toml", capability.manifest_setting()
+    )]
+    NotGranted {
+        /// The plugin.
+        plugin: String,
+        /// The import.
+        import: String,
+        /// The capability it needs.
+        capability: Capability,
+    },
+    /// Imports something this host does not provide.
+    #[error("component imports `{import}`, which this host does not provide")]
+    UnknownImport {
+        /// The import.
+        import: String,
+    },
+    /// Does not export the guest interface the contract requires.
+    #[error("component does not implement the hearth:plugin world: {0}")]
+    BadExports(String),
+    /// Cranelift failed.
+    #[error("compiling the component failed: {0}")]
+    Compile(String),
+    /// Compilation ran past its watchdog.
+    #[error("compiling the component took longer than {0:?}; it is refused")]
+    CompileTimeout(Duration),
+    /// `describe` or `validate-config` failed to run.
+    #[error("calling `{export}` failed: {error}")]
+    Call {
+        /// Which export.
+        export: &'static str,
+        /// What happened.
+        error: Box<InvokeError>,
+    },
+    /// `describe` returned something unusable.
+    #[error("tool `{tool}`: {problem}")]
+    BadTool {
+        /// The tool name.
+        tool: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The plugin rejected its configuration.
+    #[error("plugin `{plugin}` rejected its configuration: {message}")]
+    Config {
+        /// The plugin.
+        plugin: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// A coarse classification of [`InvokeError`], for tests, metrics and exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The plugin returned a tool error.
+    Tool,
+    /// No such plugin or tool.
+    NotFound,
+    /// The arguments were refused before the plugin ran.
+    BadArguments,
+    /// Time limit.
+    Timeout,
+    /// Memory limit.
+    MemoryLimit,
+    /// Stack overflow.
+    StackOverflow,
+    /// Output limit.
+    OutputTooLarge,
+    /// Any other trap.
+    Trap,
+    /// The host failed.
+    Host,
+}
+
+/// Why an invocation failed. The host and every other call are unaffected.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The plugin ran and returned an error.
+    #[error("{}", describe_tool_error(.0))]
+    Tool(ToolError),
+    /// No active plugin with that namespace.
+    #[error("no active plugin `{0}`")]
+    NoSuchPlugin(String),
+    /// The plugin has no such tool.
+    #[error("plugin `{plugin}` has no tool `{tool}`")]
+    NoSuchTool {
+        /// The plugin.
+        plugin: String,
+        /// The tool asked for.
+        tool: String,
+    },
+    /// The arguments were not acceptable.
+    #[error("bad arguments: {0}")]
+    BadArguments(String),
+    /// Ran past its time limit (spinning, or blocked in a host call).
+    #[error("plugin `{plugin}` ran past its time limit of {limit:?}")]
+    Timeout {
+        /// The plugin.
+        plugin: String,
+        /// Its limit.
+        limit: Duration,
+    },
+    /// Tried to grow memory past its limit.
+    #[error("plugin `{plugin}` tried to grow its memory to {wanted} bytes; its limit is {limit}")]
+    MemoryLimit {
+        /// The plugin.
+        plugin: String,
+        /// The size it asked for.
+        wanted: usize,
+        /// Its limit.
+        limit: usize,
+    },
+    /// Overflowed the wasm stack.
+    #[error("plugin `{plugin}` overflowed its stack")]
+    StackOverflow {
+        /// The plugin.
+        plugin: String,
+    },
+    /// Returned more than the host accepts.
+    #[error("plugin `{plugin}` returned {size} bytes; the limit is {limit}")]
+    OutputTooLarge {
+        /// The plugin.
+        plugin: String,
+        /// What it returned.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Returned something that is not JSON.
+    #[error("plugin `{plugin}` returned invalid JSON: {message}")]
+    OutputNotJson {
+        /// The plugin.
+        plugin: String,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// Trapped for another reason.
+    #[error("plugin `{plugin}` trapped: {message}")]
+    Trap {
+        /// The plugin.
+        plugin: String,
+        /// The trap, with its backtrace when available.
+        message: String,
+    },
+    /// The host itself failed around the call.
+    #[error("host error around plugin `{plugin}`: {message}")]
+    Host {
+        /// The plugin.
+        plugin: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Text for a guest's tool error.
+pub fn describe_tool_error(e: &ToolError) -> String {
+    match e {
+        ToolError::InvalidArguments(m) => format!("invalid arguments: {m}"),
+        ToolError::UnknownTool(m) => format!("unknown tool: {m}"),
+        ToolError::Failed(m) => format!("tool failed: {m}"),
+        ToolError::Unavailable(m) => format!("unavailable: {m}"),
+        ToolError::Denied(m) => format!("denied: {m}"),
+    }
+}
+
+impl InvokeError {
+    /// The coarse kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            InvokeError::Tool(_) => ErrorKind::Tool,
+            InvokeError::NoSuchPlugin(_) | InvokeError::NoSuchTool { .. } => ErrorKind::NotFound,
+            InvokeError::BadArguments(_) => ErrorKind::BadArguments,
+            InvokeError::Timeout { .. } => ErrorKind::Timeout,
+            InvokeError::MemoryLimit { .. } => ErrorKind::MemoryLimit,
+            InvokeError::StackOverflow { .. } => ErrorKind::StackOverflow,
+            InvokeError::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
+            InvokeError::OutputNotJson { .. } | InvokeError::Trap { .. } => ErrorKind::Trap,
+            InvokeError::Host { .. } => ErrorKind::Host,
+        }
+    }
+
+    /// How a calling plugin sees this failure.
+    pub fn into_tool_error(self, qualified: &str) -> ToolError {
+        match self {
+            InvokeError::Tool(e) => e,
+            InvokeError::NoSuchPlugin(_) | InvokeError::NoSuchTool { .. } => {
+                ToolError::UnknownTool(format!("{qualified}: {self}"))
+            }
+            InvokeError::BadArguments(m) => ToolError::InvalidArguments(m),
+            InvokeError::Timeout { .. } => ToolError::Unavailable(format!("{qualified}: {self}")),
+            other => ToolError::Failed(format!("{qualified}: {other}")),
+        }
+    }
+}

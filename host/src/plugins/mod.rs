@@ -1,0 +1,880 @@
+//! The sandboxed plugin runtime.
+//!
+//! [`Runtime`] owns the one wasmtime [`Engine`] of the process, the
+//! [`Linker`] with every host capability, the compiled-component cache, the
+//! key-value store and the set of active plugins. Its lifecycle follows the
+//! contract in three steps:
+//!
+//! 1. **link once** ([`Runtime::new`]): engine configuration (Cranelift,
+//!    pooling allocator, epoch interruption, unused proposals off), WASI with
+//!    nothing behind it, `wasi:http` behind [`http::HttpPolicy`], and the
+//!    `hearth:plugin` imports;
+//! 2. **validate per plugin** ([`Runtime::load`]): size cap, contract stamp,
+//!    compile or verified-cache load, import check against the manifest's
+//!    grants, export check, `describe` and `validate-config` — no side effects;
+//! 3. **prepare per call** ([`Runtime::invoke`]): a fresh `Store` and
+//!    instance from the pre-instantiated component, with memory, table,
+//!    stack, epoch, wall-clock, host-copy, handle, output and log limits, and
+//!    a key-value buffer committed only if the call returns normally.
+
+pub mod cache;
+pub mod contract;
+mod error;
+pub mod http;
+pub mod kv;
+pub mod manifest;
+mod state;
+
+pub use contract::latest::hearth::plugin::llm::{Completion, Error as LlmError, Request as LlmRequest};
+pub use contract::latest::hearth::plugin::types::{EventKind, ToolError};
+pub use error::{ErrorKind, InvokeError, LoadError, describe_tool_error};
+pub use manifest::{Manifest, ManifestError};
+pub use state::{CallScope, sanitize};
+
+use cache::{ComponentCache, Lookup};
+use contract::latest::{Plugin as PluginBindings, PluginPre};
+use contract::{ImportClass, classify_import};
+use kv::KvStore;
+use state::{CappedOutput, HostState, Limiter};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+/// How often the epoch advances; the granularity of time limits.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Slack on top of a plugin's time limit for the wall-clock backstop.
+const WALL_CLOCK_GRACE: Duration = Duration::from_millis(200);
+/// Elements a table may grow to.
+const MAX_TABLE_ELEMENTS: usize = 20_000;
+/// Live resource handles one store may hold.
+const MAX_HANDLES: usize = 4_096;
+/// Largest `wasi:random` request served in one call.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+/// Largest header section a plugin may build.
+const MAX_HTTP_FIELDS: usize = 64 * 1024;
+
+/// A model the `llm` import can reach. Wired to the engine by the server;
+/// without one, `complete` answers `unavailable`.
+pub trait LlmBackend: Send + Sync {
+    /// Completes `request` for plugin `namespace` within `budget` tokens.
+    fn complete<'a>(
+        &'a self,
+        namespace: &'a str,
+        request: LlmRequest,
+        budget: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Completion, LlmError>> + Send + 'a>>;
+}
+
+/// Where the runtime keeps its state and how far it lets plugins go.
+#[derive(Clone)]
+pub struct RuntimeOptions {
+    /// Compiled-component cache directory.
+    pub cache_dir: PathBuf,
+    /// The key-value database file.
+    pub kv_path: PathBuf,
+    /// Largest component accepted, in bytes.
+    pub max_component_bytes: usize,
+    /// Largest arguments accepted, in bytes.
+    pub max_input_bytes: usize,
+    /// Largest result accepted, in bytes.
+    pub max_output_bytes: usize,
+    /// Longest a compilation may take.
+    pub compile_timeout: Duration,
+    /// Bytes a guest may copy into the host per call (wasmtime's hostcall fuel).
+    pub hostcall_fuel: usize,
+    /// The model behind the `llm` import.
+    pub llm: Option<Arc<dyn LlmBackend>>,
+}
+
+impl RuntimeOptions {
+    /// Defaults with all state under `dir`.
+    pub fn in_dir(dir: &Path) -> RuntimeOptions {
+        RuntimeOptions {
+            cache_dir: dir.join("cache").join("components"),
+            kv_path: dir.join("kv.redb"),
+            max_component_bytes: 64 << 20,
+            max_input_bytes: 4 << 20,
+            max_output_bytes: 4 << 20,
+            compile_timeout: Duration::from_secs(120),
+            hostcall_fuel: 16 << 20,
+            llm: None,
+        }
+    }
+}
+
+/// Failure to start the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime refused the configuration.
+    #[error("configuring the WebAssembly engine failed: {0}")]
+    Engine(String),
+    /// The cache directory could not be created.
+    #[error("creating the component cache {path}: {source}")]
+    Cache {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The key-value database could not be opened.
+    #[error("opening the key-value store {path}: {source}")]
+    Kv {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: redb::DatabaseError,
+    },
+}
+
+/// A tool as a plugin described it.
+#[derive(Debug, Clone)]
+pub struct ToolInfo {
+    /// Unqualified name.
+    pub name: String,
+    /// Description for the model.
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub schema: serde_json::Value,
+}
+
+/// Whether loading used the compiled cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded a verified artifact.
+    Hit,
+    /// Compiled; nothing was cached.
+    Compiled,
+    /// Compiled because the cached artifact failed verification.
+    Recompiled(String),
+}
+
+/// A validated, compiled, pre-instantiated plugin.
+pub struct LoadedPlugin {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// SHA-256 of the component bytes.
+    pub digest: String,
+    /// The contract version stamped into it.
+    pub contract: semver::Version,
+    /// Its tools.
+    pub tools: Vec<ToolInfo>,
+    /// The events it observes.
+    pub events: Vec<EventKind>,
+    /// Its effective configuration.
+    pub config: serde_json::Value,
+    /// The component's imports.
+    pub imports: Vec<String>,
+    /// How the compiled code was obtained.
+    pub cache: CacheOutcome,
+    pre: PluginPre<HostState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("namespace", &self.manifest.namespace)
+            .field("version", &self.manifest.version)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Whether it offers `tool`.
+    pub fn has_tool(&self, tool: &str) -> bool {
+        self.tools.iter().any(|t| t.name == tool)
+    }
+}
+
+pub(crate) struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: ComponentCache,
+    kv: KvStore,
+    options: RuntimeOptions,
+    pub(crate) llm: Option<Arc<dyn LlmBackend>>,
+    active: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The plugin runtime. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+/// The engine configuration untrusted code runs under (see SECURITY notes in
+/// the module docs): Cranelift only, epoch interruption, bounded stacks,
+/// every proposal we do not use switched off, and a pooling allocator.
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config
+        .strategy(wasmtime::Strategy::Cranelift)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        .epoch_interruption(true)
+        .wasm_component_model(true)
+        .wasm_memory64(false)
+        .concurrency_support(false)
+        .max_wasm_stack(512 * 1024)
+        .async_stack_size(2 * 1024 * 1024);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(256)
+        .total_core_instances(2048)
+        .total_memories(512)
+        .total_tables(1024)
+        .total_stacks(256)
+        .max_core_instances_per_component(32)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_memory_size(manifest::MAX_MEMORY_MB as usize * 1024 * 1024)
+        .table_elements(MAX_TABLE_ELEMENTS);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+impl Runtime {
+    /// Starts the engine, the epoch ticker, the cache and the store.
+    pub fn new(options: RuntimeOptions) -> Result<Runtime, RuntimeError> {
+        let engine =
+            Engine::new(&engine_config()).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        let link = |r: wasmtime::Result<()>| r.map_err(|e| RuntimeError::Engine(format!("{e:#}")));
+        link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
+        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))?;
+        link(PluginBindings::add_to_linker::<_, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        ))?;
+        let cache = ComponentCache::new(&options.cache_dir).map_err(|source| RuntimeError::Cache {
+            path: options.cache_dir.clone(),
+            source,
+        })?;
+        if let Some(parent) = options.kv_path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let kv = KvStore::open(&options.kv_path).map_err(|source| RuntimeError::Kv {
+            path: options.kv_path.clone(),
+            source,
+        })?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("hearth-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(format!("starting the epoch thread: {e}")))?;
+        }
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                kv,
+                llm: options.llm.clone(),
+                options,
+                active: RwLock::new(BTreeMap::new()),
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The process's wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The compiled-component cache.
+    pub fn cache(&self) -> &ComponentCache {
+        &self.inner.cache
+    }
+
+    /// Validates, compiles (or loads from the verified cache) and prepares a
+    /// plugin. `config` overrides the manifest's defaults key by key. Nothing
+    /// is activated; see [`Runtime::activate`].
+    pub async fn load(
+        &self,
+        manifest: Manifest,
+        bytes: &[u8],
+        config: Option<&serde_json::Value>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let inner = &self.inner;
+        if bytes.len() > inner.options.max_component_bytes {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                limit: inner.options.max_component_bytes,
+            });
+        }
+        let contract = contract::read_stamp(bytes)
+            .map_err(LoadError::Invalid)?
+            .ok_or(LoadError::NoContractStamp)?;
+        contract::check_supported(&contract).map_err(LoadError::UnsupportedContract)?;
+        if (contract.major, contract.minor) != (manifest.contract.major, manifest.contract.minor) {
+            return Err(LoadError::ContractMismatch {
+                manifest: manifest.contract.clone(),
+                component: contract,
+            });
+        }
+        let digest = cache::sha256_hex(bytes);
+        let (component, cache_outcome) = self.compile(&digest, bytes).await?;
+
+        let mut imports = Vec::new();
+        for (name, _) in component.component_type().imports(&inner.engine) {
+            check_import(&manifest, name)?;
+            imports.push(name.to_string());
+        }
+        let pre = inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::BadExports(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| LoadError::BadExports(format!("{e:#}")))?;
+
+        let mut effective = manifest.config.clone();
+        if let (Some(base), Some(serde_json::Value::Object(overrides))) =
+            (effective.as_object_mut(), config)
+        {
+            for (key, value) in overrides {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+        let mut plugin = LoadedPlugin {
+            manifest,
+            digest,
+            contract,
+            tools: Vec::new(),
+            events: Vec::new(),
+            config: effective,
+            imports,
+            cache: cache_outcome,
+            pre,
+        };
+
+        // Describe and validate in throwaway instances, under the same limits
+        // as any call. The plugin is not active yet, so these cannot reach
+        // other plugins or the model in any way that matters.
+        let probe = Arc::new(plugin.clone_shallow());
+        let load_error = |export: &'static str| {
+            move |e: InvokeError| LoadError::Call {
+                export,
+                error: Box::new(e),
+            }
+        };
+        let OpResult::Describe(description) = inner
+            .run(&probe, CallScope::internal("describe"), Op::Describe)
+            .await
+            .map_err(load_error("describe"))?
+        else {
+            unreachable!("describe returns a description")
+        };
+        plugin.tools = validate_tools(description.tools)?;
+        plugin.events = description.events;
+        let config_json = plugin.config.to_string();
+        let OpResult::Validated(verdict) = inner
+            .run(&probe, CallScope::internal("validate-config"), Op::ValidateConfig(&config_json))
+            .await
+            .map_err(load_error("validate-config"))?
+        else {
+            unreachable!("validate-config returns a verdict")
+        };
+        if let Err(message) = verdict {
+            return Err(LoadError::Config {
+                plugin: plugin.manifest.namespace.to_string(),
+                message: sanitize(&message, 1024),
+            });
+        }
+        Ok(Arc::new(plugin))
+    }
+
+    async fn compile(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheOutcome), LoadError> {
+        let inner = &self.inner;
+        let rejected = match inner.cache.lookup(&inner.engine, digest) {
+            Lookup::Hit(component) => return Ok((component, CacheOutcome::Hit)),
+            Lookup::Miss => None,
+            Lookup::Rejected(why) => {
+                tracing::warn!("discarding cached component: {why}");
+                Some(why)
+            }
+        };
+        let engine = inner.engine.clone();
+        let owned = bytes.to_vec();
+        // Compilation is CPU-bound and unbounded in principle: run it off the
+        // async workers and stop waiting after the watchdog fires.
+        let task = tokio::task::spawn_blocking(move || Component::new(&engine, &owned));
+        let component = match tokio::time::timeout(inner.options.compile_timeout, task).await {
+            Err(_) => return Err(LoadError::CompileTimeout(inner.options.compile_timeout)),
+            Ok(Err(join)) => return Err(LoadError::Compile(join.to_string())),
+            Ok(Ok(Err(e))) => {
+                let message = format!("{e:#}");
+                return Err(if message.contains("magic header") || message.contains("failed to parse") {
+                    LoadError::Invalid(message)
+                } else {
+                    LoadError::Compile(message)
+                });
+            }
+            Ok(Ok(Ok(c))) => c,
+        };
+        if let Err(e) = inner.cache.store(&inner.engine, digest, &component) {
+            tracing::warn!("could not cache compiled component {digest}: {e}");
+        }
+        Ok((
+            component,
+            match rejected {
+                Some(why) => CacheOutcome::Recompiled(why),
+                None => CacheOutcome::Compiled,
+            },
+        ))
+    }
+
+    /// Makes `plugin` the active plugin of its namespace; returns the one it
+    /// replaced. Calls in flight finish on the plugin they started with.
+    pub fn activate(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
+        let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
+        active.insert(plugin.manifest.namespace.to_string(), plugin)
+    }
+
+    /// Removes a namespace from the active set.
+    pub fn deactivate(&self, namespace: &str) -> Option<Arc<LoadedPlugin>> {
+        let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
+        active.remove(namespace)
+    }
+
+    /// The active plugin of a namespace.
+    pub fn active(&self, namespace: &str) -> Option<Arc<LoadedPlugin>> {
+        self.inner.active(namespace)
+    }
+
+    /// Every active plugin, by namespace.
+    pub fn active_plugins(&self) -> Vec<Arc<LoadedPlugin>> {
+        let active = self.inner.active.read().unwrap_or_else(|p| p.into_inner());
+        active.values().cloned().collect()
+    }
+
+    /// Invokes `tool` of `plugin` in a fresh instance; returns its JSON result.
+    pub async fn invoke(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        tool: &str,
+        arguments: &str,
+        scope: CallScope,
+    ) -> Result<String, InvokeError> {
+        self.inner.invoke(plugin, tool, arguments, scope).await
+    }
+
+    /// Invokes `namespace.tool` on the active set.
+    pub async fn invoke_qualified(
+        &self,
+        qualified: &str,
+        arguments: &str,
+        scope: CallScope,
+    ) -> Result<String, InvokeError> {
+        let (namespace, tool) = qualified.split_once('.').ok_or_else(|| {
+            InvokeError::BadArguments(format!(
+                "`{qualified}` is not a qualified tool name; use namespace.tool"
+            ))
+        })?;
+        let plugin = self
+            .active(namespace)
+            .ok_or_else(|| InvokeError::NoSuchPlugin(namespace.to_string()))?;
+        self.invoke(&plugin, tool, arguments, scope).await
+    }
+
+    /// An instance kept alive across calls. hearth itself always uses a
+    /// fresh instance per call; this exists to measure the warm path and for
+    /// trusted batch work. Limits still apply per instance.
+    pub async fn instantiate(&self, plugin: &Arc<LoadedPlugin>) -> Result<WarmInstance, InvokeError> {
+        let mut store = self.inner.new_store(plugin, CallScope::internal("warm"));
+        store.set_epoch_deadline(u64::MAX / 2);
+        let bindings = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.inner.classify(plugin, &store, e))?;
+        Ok(WarmInstance {
+            runtime: self.inner.clone(),
+            plugin: plugin.clone(),
+            store,
+            bindings,
+        })
+    }
+}
+
+/// See [`Runtime::instantiate`].
+pub struct WarmInstance {
+    runtime: Arc<Inner>,
+    plugin: Arc<LoadedPlugin>,
+    store: Store<HostState>,
+    bindings: PluginBindings,
+}
+
+impl WarmInstance {
+    /// Calls a tool on this instance.
+    pub async fn invoke(&mut self, tool: &str, arguments: &str) -> Result<String, InvokeError> {
+        let scope = CallScope::internal("warm");
+        let ctx = wit_context(&scope);
+        let result = self
+            .bindings
+            .hearth_plugin_guest()
+            .call_invoke(&mut self.store, tool, arguments, &ctx)
+            .await
+            .map_err(|e| self.runtime.classify(&self.plugin, &self.store, e))?;
+        let out = result.map_err(InvokeError::Tool)?;
+        self.runtime.check_output(&self.plugin, out)
+    }
+}
+
+fn check_import(manifest: &Manifest, name: &str) -> Result<(), LoadError> {
+    use contract::Capability;
+    let p = &manifest.permissions;
+    match classify_import(name) {
+        ImportClass::Always => Ok(()),
+        ImportClass::Unknown => Err(LoadError::UnknownImport {
+            import: name.to_string(),
+        }),
+        ImportClass::Needs(capability) => {
+            let granted = match capability {
+                Capability::Kv => p.kv,
+                Capability::Llm => p.llm_tokens > 0,
+                Capability::Tools => !manifest.dependencies.is_empty(),
+                Capability::Http => !p.http.is_empty(),
+            };
+            if granted {
+                Ok(())
+            } else {
+                Err(LoadError::NotGranted {
+                    plugin: manifest.namespace.to_string(),
+                    import: name.to_string(),
+                    capability,
+                })
+            }
+        }
+    }
+}
+
+fn validate_tools(
+    tools: Vec<contract::latest::hearth::plugin::types::Tool>,
+) -> Result<Vec<ToolInfo>, LoadError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(tools.len());
+    for tool in tools {
+        let bad = |problem: String| LoadError::BadTool {
+            tool: sanitize(&tool.name, 64),
+            problem,
+        };
+        if tool.name.is_empty()
+            || tool.name.len() > 64
+            || !tool
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad(
+                "tool names are 1-64 ASCII letters, digits, '_' or '-'".into(),
+            ));
+        }
+        if !seen.insert(tool.name.clone()) {
+            return Err(bad("declared twice".into()));
+        }
+        let schema: serde_json::Value = serde_json::from_str(&tool.parameters_schema)
+            .map_err(|e| bad(format!("parameters schema is not JSON: {e}")))?;
+        if !schema.is_object() {
+            return Err(bad("parameters schema must be a JSON object".into()));
+        }
+        out.push(ToolInfo {
+            name: tool.name,
+            description: tool.description,
+            schema,
+        });
+    }
+    Ok(out)
+}
+
+fn wit_context(scope: &CallScope) -> contract::latest::hearth::plugin::types::CallContext {
+    contract::latest::hearth::plugin::types::CallContext {
+        request_id: scope.request_id.clone(),
+        caller: scope.caller.clone(),
+        depth: scope.depth,
+    }
+}
+
+impl CallScope {
+    /// A scope for a direct call with a request id.
+    pub fn new(request_id: impl Into<String>) -> CallScope {
+        CallScope {
+            request_id: request_id.into(),
+            caller: None,
+            depth: 0,
+        }
+    }
+
+    fn internal(what: &str) -> CallScope {
+        CallScope::new(format!("hearth:{what}"))
+    }
+}
+
+impl LoadedPlugin {
+    /// A copy sharing the compiled component, for load-time probing.
+    fn clone_shallow(&self) -> LoadedPlugin {
+        LoadedPlugin {
+            manifest: self.manifest.clone(),
+            digest: self.digest.clone(),
+            contract: self.contract.clone(),
+            tools: self.tools.clone(),
+            events: self.events.clone(),
+            config: self.config.clone(),
+            imports: self.imports.clone(),
+            cache: self.cache.clone(),
+            pre: self.pre.clone(),
+        }
+    }
+}
+
+/// One export call.
+enum Op<'a> {
+    Describe,
+    ValidateConfig(&'a str),
+    Invoke {
+        tool: &'a str,
+        arguments: &'a str,
+        ctx: contract::latest::hearth::plugin::types::CallContext,
+    },
+}
+
+/// What an export returned.
+enum OpResult {
+    Describe(contract::latest::hearth::plugin::types::Description),
+    Validated(Result<(), String>),
+    Invoked(Result<String, ToolError>),
+}
+
+impl Inner {
+    pub(crate) fn active(&self, namespace: &str) -> Option<Arc<LoadedPlugin>> {
+        let active = self.active.read().unwrap_or_else(|p| p.into_inner());
+        active.get(namespace).cloned()
+    }
+
+    fn new_store(self: &Arc<Self>, plugin: &Arc<LoadedPlugin>, scope: CallScope) -> Store<HostState> {
+        let stdout = CappedOutput::default();
+        let stderr = CappedOutput::default();
+        // Nothing inherited: no env, no args, no preopened directories, no
+        // sockets, no host stdio.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .max_random_size(MAX_RANDOM_BYTES)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let mut http = wasmtime_wasi_http::WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HTTP_FIELDS);
+        let permissions = &plugin.manifest.permissions;
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
+        let state = HostState {
+            wasi,
+            http,
+            http_policy: http::HttpPolicy::new(plugin.manifest.namespace.as_str(), &permissions.http),
+            table,
+            limiter: Limiter {
+                memory_bytes: permissions.memory_bytes,
+                memory_refused: None,
+                table_elements: MAX_TABLE_ELEMENTS,
+                table_refused: false,
+            },
+            stdout,
+            stderr,
+            plugin: plugin.clone(),
+            runtime: self.clone(),
+            kv: permissions
+                .kv
+                .then(|| self.kv.begin(plugin.manifest.namespace.as_str())),
+            scope,
+            logs_written: 0,
+            logs_dropped: 0,
+            llm_tokens_left: permissions.llm_tokens,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = permissions.time_limit.as_nanos() / EPOCH_TICK.as_nanos() + 1;
+        store.set_epoch_deadline(ticks as u64);
+        store.epoch_deadline_trap();
+        store.set_hostcall_fuel(self.options.hostcall_fuel);
+        store.set_max_component_handles(MAX_HANDLES);
+        store
+    }
+
+    /// Runs one export on a fresh instance of `plugin` under every limit,
+    /// then logs captured output, commits key-value writes if the call
+    /// returned normally, and drops the store.
+    async fn run(
+        self: &Arc<Self>,
+        plugin: &Arc<LoadedPlugin>,
+        scope: CallScope,
+        op: Op<'_>,
+    ) -> Result<OpResult, InvokeError> {
+        let limit = plugin.manifest.permissions.time_limit;
+        let mut store = self.new_store(plugin, scope);
+        let started = Instant::now();
+        let outcome = {
+            let store = &mut store;
+            let call = async move {
+                let bindings = plugin.pre.instantiate_async(&mut *store).await?;
+                let guest = bindings.hearth_plugin_guest();
+                wasmtime::Result::Ok(match op {
+                    Op::Describe => OpResult::Describe(guest.call_describe(&mut *store).await?),
+                    Op::ValidateConfig(config) => OpResult::Validated(
+                        guest.call_validate_config(&mut *store, config).await?,
+                    ),
+                    Op::Invoke { tool, arguments, ctx } => OpResult::Invoked(
+                        guest.call_invoke(&mut *store, tool, arguments, &ctx).await?,
+                    ),
+                })
+            };
+            tokio::time::timeout(limit + WALL_CLOCK_GRACE, call).await
+        };
+        self.flush_output(plugin, &mut store);
+        match outcome {
+            Err(_) => Err(InvokeError::Timeout {
+                plugin: plugin.manifest.namespace.to_string(),
+                limit,
+            }),
+            Ok(Err(trap)) => Err(self.classify(plugin, &store, trap)),
+            Ok(Ok(value)) => {
+                tracing::trace!(plugin = %plugin.manifest.namespace, elapsed = ?started.elapsed(), "call finished");
+                if let Some(txn) = store.data_mut().kv.take()
+                    && !txn.is_empty()
+                {
+                    tokio::task::spawn_blocking(move || txn.commit())
+                        .await
+                        .map_err(|e| InvokeError::Host {
+                            plugin: plugin.manifest.namespace.to_string(),
+                            message: e.to_string(),
+                        })?
+                        .map_err(|e| InvokeError::Host {
+                            plugin: plugin.manifest.namespace.to_string(),
+                            message: format!("saving its key-value writes failed: {e:?}"),
+                        })?;
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    fn flush_output(&self, plugin: &LoadedPlugin, store: &mut Store<HostState>) {
+        let state = store.data_mut();
+        let ns = plugin.manifest.namespace.as_str();
+        for (stream, captured) in [("stdout", state.stdout.take()), ("stderr", state.stderr.take())] {
+            if captured.bytes.is_empty() {
+                continue;
+            }
+            let text = sanitize(&String::from_utf8_lossy(&captured.bytes), state::MAX_CAPTURED_OUTPUT);
+            tracing::info!(plugin = ns, stream, dropped_bytes = captured.dropped, "{text}");
+        }
+        if state.logs_dropped > 0 {
+            tracing::warn!(plugin = ns, "dropped {} log records past the limit of {}", state.logs_dropped, state::MAX_LOG_RECORDS);
+        }
+    }
+
+    fn classify(&self, plugin: &LoadedPlugin, store: &Store<HostState>, error: wasmtime::Error) -> InvokeError {
+        let name = plugin.manifest.namespace.to_string();
+        let limiter = &store.data().limiter;
+        if let Some(wanted) = limiter.memory_refused {
+            return InvokeError::MemoryLimit {
+                plugin: name,
+                wanted,
+                limit: limiter.memory_bytes,
+            };
+        }
+        match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => InvokeError::Timeout {
+                plugin: name,
+                limit: plugin.manifest.permissions.time_limit,
+            },
+            Some(wasmtime::Trap::StackOverflow) => InvokeError::StackOverflow { plugin: name },
+            _ => InvokeError::Trap {
+                plugin: name,
+                message: sanitize(&format!("{error:#}"), 2048),
+            },
+        }
+    }
+
+    fn check_output(&self, plugin: &LoadedPlugin, out: String) -> Result<String, InvokeError> {
+        if out.len() > self.options.max_output_bytes {
+            return Err(InvokeError::OutputTooLarge {
+                plugin: plugin.manifest.namespace.to_string(),
+                size: out.len(),
+                limit: self.options.max_output_bytes,
+            });
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&out) {
+            return Err(InvokeError::OutputNotJson {
+                plugin: plugin.manifest.namespace.to_string(),
+                message: e.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn invoke<'a>(
+        self: &'a Arc<Self>,
+        plugin: &'a Arc<LoadedPlugin>,
+        tool: &'a str,
+        arguments: &'a str,
+        scope: CallScope,
+    ) -> Pin<Box<dyn Future<Output = Result<String, InvokeError>> + Send + 'a>> {
+        Box::pin(async move {
+            if !plugin.has_tool(tool) {
+                return Err(InvokeError::NoSuchTool {
+                    plugin: plugin.manifest.namespace.to_string(),
+                    tool: tool.to_string(),
+                });
+            }
+            if arguments.len() > self.options.max_input_bytes {
+                return Err(InvokeError::BadArguments(format!(
+                    "arguments are {} bytes; the limit is {}",
+                    arguments.len(),
+                    self.options.max_input_bytes
+                )));
+            }
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(arguments) {
+                return Err(InvokeError::BadArguments(format!("arguments are not valid JSON: {e}")));
+            }
+            let ctx = wit_context(&scope);
+            let OpResult::Invoked(result) = self
+                .run(plugin, scope, Op::Invoke { tool, arguments, ctx })
+                .await?
+            else {
+                unreachable!("invoke returns an invoke result")
+            };
+            let out = result.map_err(InvokeError::Tool)?;
+            self.check_output(plugin, out)
+        })
+    }
+}

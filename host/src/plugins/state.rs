@@ -1,0 +1,363 @@
+//! Per-call store state and the host side of the capability imports.
+//!
+//! A [`HostState`] lives exactly as long as one call's `Store`: it holds the
+//! empty WASI context, the HTTP policy, the memory limiter, captured output,
+//! the call's key-value buffer and its model-token budget. Every import
+//! checks its grant again here, even though the load-time import check
+//! already refused components that import what they were not granted.
+
+use super::contract::latest::hearth::plugin::{config, kv, llm, logging, tools, types};
+use super::http::HttpPolicy;
+use super::kv::KvTxn;
+use super::{Inner, LoadedPlugin};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Most log records one call may write; later ones are counted and dropped.
+pub const MAX_LOG_RECORDS: u32 = 256;
+/// Longest log message kept, in bytes.
+pub const MAX_LOG_MESSAGE: usize = 4096;
+/// Bytes of stdout and of stderr kept per call.
+pub const MAX_CAPTURED_OUTPUT: usize = 64 * 1024;
+/// Deepest plugin-to-plugin call chain.
+pub const MAX_CALL_DEPTH: u32 = 8;
+
+/// Limits linear memory and tables of one store, remembering what it refused
+/// so a trap can be reported as the limit it really was.
+#[derive(Debug)]
+pub struct Limiter {
+    /// Bytes of linear memory allowed per memory.
+    pub memory_bytes: usize,
+    /// The size a refused growth asked for, if any.
+    pub memory_refused: Option<usize>,
+    /// Elements allowed per table.
+    pub table_elements: usize,
+    /// Whether a table growth was refused.
+    pub table_refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            self.table_refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
+
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
+/// What a guest wrote to stdout or stderr, capped.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The first bytes written.
+    pub bytes: Vec<u8>,
+    /// How many bytes were dropped past the cap.
+    pub dropped: u64,
+}
+
+/// A stdout/stderr sink that keeps the first [`MAX_CAPTURED_OUTPUT`] bytes
+/// and silently drops the rest, so a flood neither grows memory nor kills a
+/// plugin that merely prints too much.
+#[derive(Debug, Clone, Default)]
+pub struct CappedOutput(Arc<Mutex<Captured>>);
+
+impl CappedOutput {
+    /// Takes what was captured so far.
+    pub fn take(&self) -> Captured {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl IsTerminal for CappedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_CAPTURED_OUTPUT.saturating_sub(c.bytes.len());
+        let kept = room.min(buf.len());
+        c.bytes.extend_from_slice(&buf[..kept]);
+        c.dropped += (buf.len() - kept) as u64;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Makes guest text safe for a terminal or log: control characters
+/// (ANSI escapes included) are shown escaped, and the length is capped.
+pub fn sanitize(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        if out.len() >= max {
+            out.push_str("…[truncated]");
+            break;
+        }
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Identifies the call a store serves.
+#[derive(Debug, Clone)]
+pub struct CallScope {
+    /// Request id for logs.
+    pub request_id: String,
+    /// The calling plugin, if any.
+    pub caller: Option<String>,
+    /// Hops from the original caller.
+    pub depth: u32,
+}
+
+/// The data of one call's `Store`.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) http_policy: HttpPolicy,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) stdout: CappedOutput,
+    pub(crate) stderr: CappedOutput,
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) runtime: Arc<Inner>,
+    pub(crate) scope: CallScope,
+    pub(crate) kv: Option<KvTxn>,
+    pub(crate) logs_written: u32,
+    pub(crate) logs_dropped: u32,
+    pub(crate) llm_tokens_left: u32,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
+        }
+    }
+}
+
+impl HostState {
+    fn namespace(&self) -> &str {
+        self.plugin.manifest.namespace.as_str()
+    }
+
+    fn kv(&mut self) -> Result<&mut KvTxn, kv::Error> {
+        let namespace = self.plugin.manifest.namespace.to_string();
+        self.kv.as_mut().ok_or_else(|| {
+            kv::Error::Io(format!(
+                "plugin `{namespace}` was not granted the key-value store (kv = true)"
+            ))
+        })
+    }
+}
+
+impl types::Host for HostState {}
+
+impl logging::Host for HostState {
+    async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
+        if self.logs_written >= MAX_LOG_RECORDS {
+            self.logs_dropped += 1;
+            return Ok(());
+        }
+        self.logs_written += 1;
+        let message = sanitize(&message, MAX_LOG_MESSAGE);
+        let plugin = self.namespace();
+        let request = self.scope.request_id.as_str();
+        match level {
+            logging::Level::Trace => tracing::trace!(plugin, request, "{message}"),
+            logging::Level::Debug => tracing::debug!(plugin, request, "{message}"),
+            logging::Level::Info => tracing::info!(plugin, request, "{message}"),
+            logging::Level::Warn => tracing::warn!(plugin, request, "{message}"),
+            logging::Level::Error => tracing::error!(plugin, request, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl config::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.plugin.config.get(&key).map(|v| v.to_string()))
+    }
+
+    async fn get_all(&mut self) -> wasmtime::Result<String> {
+        Ok(self.plugin.config.to_string())
+    }
+}
+
+impl kv::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
+        Ok(self.kv().and_then(|t| t.get(&key)))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), kv::Error>> {
+        Ok(self.kv().and_then(|t| t.set(&key, value)))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
+        Ok(self.kv().and_then(|t| t.delete(&key)))
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
+        Ok(self.kv().and_then(|t| t.list_keys(&prefix)))
+    }
+}
+
+impl llm::Host for HostState {
+    async fn complete(
+        &mut self,
+        request: llm::Request,
+    ) -> wasmtime::Result<Result<llm::Completion, llm::Error>> {
+        let granted = self.plugin.manifest.permissions.llm_tokens;
+        if granted == 0 {
+            return Ok(Err(llm::Error::BudgetExceeded(format!(
+                "plugin `{}` was not granted model access (llm-tokens)",
+                self.namespace()
+            ))));
+        }
+        if request.max_tokens == 0 {
+            return Ok(Err(llm::Error::Invalid("max-tokens must be at least 1".into())));
+        }
+        if request.max_tokens > self.llm_tokens_left {
+            return Ok(Err(llm::Error::BudgetExceeded(format!(
+                "asked for {} tokens but only {} of this call's budget of {granted} are left",
+                request.max_tokens, self.llm_tokens_left
+            ))));
+        }
+        let Some(backend) = self.runtime.llm.clone() else {
+            return Ok(Err(llm::Error::Unavailable(
+                "no language model is attached to this host".into(),
+            )));
+        };
+        let budget = self.llm_tokens_left;
+        match backend.complete(self.namespace(), request, budget).await {
+            Ok(done) => {
+                let spent = done.prompt_tokens.saturating_add(done.completion_tokens);
+                self.llm_tokens_left = self.llm_tokens_left.saturating_sub(spent);
+                Ok(Ok(done))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+}
+
+impl tools::Host for HostState {
+    async fn call(
+        &mut self,
+        qualified_name: String,
+        arguments: String,
+    ) -> wasmtime::Result<Result<String, types::ToolError>> {
+        let caller = self.namespace().to_string();
+        let Some((namespace, tool)) = qualified_name.split_once('.') else {
+            return Ok(Err(types::ToolError::InvalidArguments(format!(
+                "`{qualified_name}` is not a qualified tool name (namespace.tool)"
+            ))));
+        };
+        let Some(requirement) = self
+            .plugin
+            .manifest
+            .dependencies
+            .iter()
+            .find(|(ns, _)| ns.as_str() == namespace)
+            .map(|(_, req)| req.clone())
+        else {
+            return Ok(Err(types::ToolError::Denied(format!(
+                "plugin `{caller}` does not declare `{namespace}` in [dependencies]"
+            ))));
+        };
+        if self.scope.depth + 1 >= MAX_CALL_DEPTH {
+            return Ok(Err(types::ToolError::Failed(format!(
+                "plugin call chain deeper than {MAX_CALL_DEPTH}"
+            ))));
+        }
+        let Some(callee) = self.runtime.active(namespace) else {
+            return Ok(Err(types::ToolError::Unavailable(format!(
+                "dependency `{namespace}` is not active"
+            ))));
+        };
+        if !requirement.matches(&callee.manifest.version) {
+            return Ok(Err(types::ToolError::Unavailable(format!(
+                "dependency `{namespace}` is {} but `{caller}` requires {requirement}",
+                callee.manifest.version
+            ))));
+        }
+        let scope = CallScope {
+            request_id: self.scope.request_id.clone(),
+            caller: Some(caller),
+            depth: self.scope.depth + 1,
+        };
+        let result = Box::pin(self.runtime.invoke(&callee, tool, &arguments, scope)).await;
+        Ok(result.map_err(|e| e.into_tool_error(&qualified_name)))
+    }
+}
