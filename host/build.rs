@@ -7,10 +7,8 @@ use std::path::Path;
 fn main() {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     let root = Path::new(&manifest_dir).parent().unwrap();
-    let artifacts = hearth_guest_build::build(
-        root,
-        &["plugins/calc", "plugins/notes", "plugins/weather"],
-    );
+    let artifacts =
+        hearth_guest_build::build(root, &["plugins/calc", "plugins/notes", "plugins/weather"]);
     let mut code = String::from("&[\n");
     for a in &artifacts {
         let manifest = a.dir.join("plugin.toml");

@@ -17,9 +17,19 @@ fn main() {
             .replace('-', "_")
             .to_uppercase();
         writeln!(code, "/// `{}` built for wasm32-wasip2.", a.package).unwrap();
-        writeln!(code, "pub const {name}_WASM: &str = {:?};", a.wasm.display().to_string()).unwrap();
+        writeln!(
+            code,
+            "pub const {name}_WASM: &str = {:?};",
+            a.wasm.display().to_string()
+        )
+        .unwrap();
         writeln!(code, "/// The directory of `{}`.", a.package).unwrap();
-        writeln!(code, "pub const {name}_DIR: &str = {:?};", a.dir.display().to_string()).unwrap();
+        writeln!(
+            code,
+            "pub const {name}_DIR: &str = {:?};",
+            a.dir.display().to_string()
+        )
+        .unwrap();
     }
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("fixtures.rs");
     std::fs::write(out, code).unwrap();

@@ -140,7 +140,11 @@ pub fn discover(home: &Home) -> anyhow::Result<BTreeMap<String, Candidate>> {
         let manifest = Manifest::from_file(&path.join("plugin.toml"))?;
         let namespace = manifest.namespace.to_string();
         if let Some(previous) = found.get(&namespace) {
-            tracing::warn!("{} replaces {} for namespace `{namespace}`", path.display(), previous.origin);
+            tracing::warn!(
+                "{} replaces {} for namespace `{namespace}`",
+                path.display(),
+                previous.origin
+            );
         }
         found.insert(
             namespace,
@@ -234,7 +238,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let runtime = runtime_for(&home)?;
             activate(&runtime, &home, &candidates, Some(namespace)).await?;
             let request_id = format!("cli-{}", std::process::id());
-            match runtime.invoke_qualified(&tool, &args, CallScope::new(request_id)).await {
+            match runtime
+                .invoke_qualified(&tool, &args, CallScope::new(request_id))
+                .await
+            {
                 Ok(out) => {
                     println!("{out}");
                     Ok(0)
@@ -309,7 +316,12 @@ fn print_list(
                 if !perms.http.is_empty() {
                     granted.push(format!(
                         "http: {}",
-                        perms.http.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
+                        perms
+                            .http
+                            .iter()
+                            .map(|g| g.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
                 if perms.llm_tokens > 0 {
@@ -318,7 +330,11 @@ fn print_list(
                 if !m.dependencies.is_empty() {
                     granted.push(format!(
                         "calls: {}",
-                        m.dependencies.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+                        m.dependencies
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
                 println!("  permissions: {}", granted.join("; "));

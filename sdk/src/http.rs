@@ -96,9 +96,7 @@ pub fn send(
 mod imp {
     use super::{HttpError, Response, Target};
     use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{
-        ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme,
-    };
+    use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
     use wasip2::io::streams::StreamError;
 
     /// Most bytes read from a response body before giving up.
@@ -138,7 +136,11 @@ mod imp {
         let bad = |what: &str| HttpError::InvalidUrl(format!("the host rejected the {what}"));
         request.set_method(&method).map_err(|()| bad("method"))?;
         request
-            .set_scheme(Some(if target.https { &Scheme::Https } else { &Scheme::Http }))
+            .set_scheme(Some(if target.https {
+                &Scheme::Https
+            } else {
+                &Scheme::Http
+            }))
             .map_err(|()| bad("scheme"))?;
         request
             .set_authority(Some(target.authority))

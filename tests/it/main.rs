@@ -1,1 +1,14 @@
+//! hearth's integration tests: one binary, one module per area.
+//!
+//! - `sandbox`: hostile plugins are contained (time, memory, stack, output,
+//!   files, network, environment, stdio, key-value rollback, imports).
+//! - `loading`: what the runtime accepts and refuses at load time, and the
+//!   compiled-component cache.
+//! - `first_party`: the bundled plugins through the real host.
+
+mod first_party;
+mod loading;
 mod sandbox;
+
+/// Tests that measure this process's resident memory run one at a time.
+pub static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

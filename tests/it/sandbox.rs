@@ -1,0 +1,443 @@
+//! Each hostile behaviour gets the expected error, in bounded time and
+//! memory, and leaves the plugin (in a fresh instance) and other plugins
+//! working afterwards.
+
+use hearth::plugins::{ErrorKind, InvokeError, LoadError, ToolError};
+use hearth_tests::{MockServer, Scratch, rss_bytes};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// A sandbox with the hostile fixture and `calc` active.
+async fn sandbox() -> Scratch {
+    sandbox_with(|t| t).await
+}
+
+async fn sandbox_with(edit: impl FnOnce(String) -> String) -> Scratch {
+    let s = Scratch::new();
+    s.bundled("calc").await;
+    s.hostile(edit).await.unwrap();
+    s
+}
+
+/// Runs a hostile tool, checks the error kind and the time it took, then
+/// checks that a fresh instance of the same plugin and another plugin work.
+async fn contained(
+    s: &Scratch,
+    tool: &str,
+    args: serde_json::Value,
+    kind: ErrorKind,
+    within: Duration,
+) -> InvokeError {
+    let started = Instant::now();
+    let err = s
+        .call(&format!("hostile.{tool}"), args)
+        .await
+        .expect_err("the hostile call must fail");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), kind, "{tool}: {err}");
+    assert!(took < within, "{tool} took {took:?}, more than {within:?}");
+    still_healthy(s).await;
+    err
+}
+
+async fn still_healthy(s: &Scratch) {
+    let pong = s.call("hostile.ping", json!({"n": 1})).await.unwrap();
+    assert_eq!(pong["pong"], true);
+    let v = s
+        .call("calc.eval", json!({"expression": "2*(3+4)"}))
+        .await
+        .unwrap();
+    assert_eq!(v["value"], 14);
+}
+
+#[tokio::test]
+async fn infinite_loop_is_interrupted_by_the_epoch_deadline() {
+    let s = sandbox().await;
+    let err = contained(
+        &s,
+        "spin",
+        json!({}),
+        ErrorKind::Timeout,
+        Duration::from_secs(4),
+    )
+    .await;
+    assert!(err.to_string().contains("time limit of 1s"), "{err}");
+}
+
+#[tokio::test]
+async fn sleeping_forever_in_a_host_call_hits_the_wall_clock_limit() {
+    let s = sandbox().await;
+    contained(
+        &s,
+        "sleep",
+        json!({}),
+        ErrorKind::Timeout,
+        Duration::from_secs(4),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deep_recursion_overflows_the_bounded_stack() {
+    let s = sandbox().await;
+    contained(
+        &s,
+        "recurse",
+        json!({}),
+        ErrorKind::StackOverflow,
+        Duration::from_secs(4),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn memory_grow_bomb_stops_at_the_manifest_limit() {
+    let _serial = crate::MEMORY.lock().await;
+    let s = sandbox().await;
+    let before = rss_bytes();
+    let err = contained(
+        &s,
+        "grow",
+        json!({}),
+        ErrorKind::MemoryLimit,
+        Duration::from_secs(4),
+    )
+    .await;
+    match err {
+        InvokeError::MemoryLimit { limit, wanted, .. } => {
+            assert_eq!(limit, 32 << 20);
+            assert!(wanted > limit);
+        }
+        other => panic!("{other}"),
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 128 << 20, "resident memory grew by {grown} bytes");
+}
+
+#[tokio::test]
+async fn huge_initial_memory_is_refused_at_instantiation() {
+    // Rust components declare more than 1 MiB of initial memory (their
+    // stack), so a 1 MiB limit refuses the instance before any code runs.
+    let s = Scratch::new();
+    let err = s
+        .hostile(|t| t.replace("memory-mb = 32", "memory-mb = 1"))
+        .await
+        .expect_err("instantiation must fail");
+    match err {
+        LoadError::Call {
+            export: "describe",
+            error,
+        } => {
+            assert_eq!(error.kind(), ErrorKind::MemoryLimit, "{error}")
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn huge_output_is_refused() {
+    let _serial = crate::MEMORY.lock().await;
+    // Enough memory to build the string, so the output cap is what stops it.
+    let s = sandbox_with(|t| t.replace("memory-mb = 32", "memory-mb = 256")).await;
+    let before = rss_bytes();
+    let err = contained(
+        &s,
+        "big_output",
+        json!({"bytes": 8 << 20}),
+        ErrorKind::OutputTooLarge,
+        Duration::from_secs(4),
+    )
+    .await;
+    assert!(err.to_string().contains("the limit is 4194304"), "{err}");
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 128 << 20, "resident memory grew by {grown} bytes");
+    // Just under the limit is fine.
+    let ok = s
+        .call("hostile.big_output", json!({"bytes": 1 << 20}))
+        .await
+        .unwrap();
+    assert_eq!(ok.as_str().unwrap().len(), 1 << 20);
+}
+
+#[tokio::test]
+async fn files_cannot_be_read_listed_or_written() {
+    let s = sandbox().await;
+    let report = s.call("hostile.files", json!({})).await.unwrap();
+    let report = report.as_object().unwrap();
+    assert_eq!(report.len(), 8, "{report:?}");
+    for (path, outcome) in report {
+        let outcome = outcome.as_str().unwrap();
+        assert!(outcome.starts_with("error:"), "{path}: {outcome}");
+    }
+    assert!(!std::path::Path::new("/tmp/hearth-escape").exists());
+}
+
+#[tokio::test]
+async fn environment_and_arguments_are_empty() {
+    // SAFETY: tests in this binary do not read this variable concurrently.
+    unsafe { std::env::set_var("HEARTH_TEST_SECRET", "hunter2") };
+    let s = sandbox().await;
+    let env = s.call("hostile.env", json!({})).await.unwrap();
+    assert_eq!(env["vars"], json!([]), "{env}");
+    assert_eq!(env["args"], json!([]), "{env}");
+    assert!(!env.to_string().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn http_to_a_host_not_granted_is_denied_before_connecting() {
+    let server = MockServer::start(200, "secret").await;
+    let s = sandbox().await;
+    for url in [
+        format!("http://{}/", server.addr),
+        format!("http://localhost:{}/", server.addr.port()),
+        "http://allowed.invalid:8080/".to_string(),
+        "https://allowed.invalid/".to_string(),
+    ] {
+        let err = s
+            .call("hostile.http", json!({ "url": url }))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, InvokeError::Tool(ToolError::Denied(_))),
+            "{url}: {err}"
+        );
+    }
+    assert_eq!(server.hits(), 0, "a denied request reached the server");
+    still_healthy(&s).await;
+}
+
+#[tokio::test]
+async fn http_to_a_granted_host_works() {
+    let server = MockServer::start(200, "hello from the granted host").await;
+    let grant = format!("http://127.0.0.1:{}", server.addr.port());
+    let s = sandbox_with(|t| t.replace("http://allowed.invalid", &grant)).await;
+    let out = s
+        .call(
+            "hostile.http",
+            json!({ "url": format!("{grant}/path?q=1") }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["body"], "hello from the granted host");
+    assert_eq!(server.hits(), 1);
+    assert!(
+        server.last_request().starts_with("GET /path?q=1"),
+        "{}",
+        server.last_request()
+    );
+}
+
+#[tokio::test]
+async fn stdout_flood_is_capped_and_the_call_completes() {
+    let _serial = crate::MEMORY.lock().await;
+    let s = sandbox_with(|t| t.replace("time-limit-ms = 1000", "time-limit-ms = 20000")).await;
+    let before = rss_bytes();
+    let started = Instant::now();
+    // 32 MiB to stdout and 32 MiB to stderr: kept whole, that would be
+    // 64 MiB of host memory; capped, it is 128 KiB.
+    let out = s
+        .call("hostile.flood", json!({"bytes": 32 << 20}))
+        .await
+        .unwrap();
+    assert!(out["written"].as_u64().unwrap() >= 32 << 20);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 32 << 20, "resident memory grew by {grown} bytes");
+    still_healthy(&s).await;
+}
+
+#[tokio::test]
+async fn log_flood_is_capped() {
+    let s = sandbox().await;
+    let started = Instant::now();
+    let out = s
+        .call("hostile.log_flood", json!({"count": 200_000}))
+        .await
+        .unwrap();
+    assert_eq!(out["logged"], 200_000);
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn kv_writes_of_a_trapped_call_are_rolled_back() {
+    let s = sandbox().await;
+    let err = contained(
+        &s,
+        "kv_then_trap",
+        json!({"key": "k"}),
+        ErrorKind::Trap,
+        Duration::from_secs(4),
+    )
+    .await;
+    // The guest's panic message reaches the error through its stderr.
+    assert!(
+        err.to_string().contains("trapping after a kv write"),
+        "{err}"
+    );
+    assert_eq!(
+        s.call("hostile.kv_get", json!({"key": "k"})).await.unwrap(),
+        json!(null)
+    );
+    // A call that returns normally commits.
+    s.call("hostile.kv_set", json!({"key": "k", "value": "kept"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.call("hostile.kv_get", json!({"key": "k"})).await.unwrap(),
+        json!("kept")
+    );
+}
+
+#[tokio::test]
+async fn kv_values_over_the_limit_are_refused() {
+    let s = sandbox().await;
+    let err = s
+        .call(
+            "hostile.kv_set",
+            json!({"key": "big", "value": "x", "repeat": (1 << 20) + 1}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the limit is 1048576"), "{err}");
+}
+
+#[tokio::test]
+async fn random_bytes_bomb_is_refused() {
+    let s = sandbox().await;
+    contained(
+        &s,
+        "random_bomb",
+        json!({"bytes": 1u64 << 30}),
+        ErrorKind::Trap,
+        Duration::from_secs(4),
+    )
+    .await;
+    let ok = s
+        .call("hostile.random_bomb", json!({"bytes": 64}))
+        .await
+        .unwrap();
+    assert_eq!(ok["got"], 64);
+}
+
+#[tokio::test]
+async fn no_state_leaks_between_calls() {
+    let s = sandbox().await;
+    for _ in 0..3 {
+        assert_eq!(
+            s.call("hostile.counter", json!({})).await.unwrap(),
+            json!(1)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_spinning_call_does_not_block_others() {
+    // A current-thread runtime: spinning guests must yield at every epoch
+    // tick or nothing else could run until they are killed.
+    let s = sandbox().await;
+    let spins: Vec<_> = (0..3)
+        .map(|_| {
+            let runtime = s.runtime.clone();
+            tokio::spawn(async move {
+                runtime
+                    .invoke_qualified(
+                        "hostile.spin",
+                        "{}",
+                        hearth::plugins::CallScope::new("spin"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    for _ in 0..10 {
+        s.call("hostile.ping", json!({})).await.unwrap();
+    }
+    let pings = started.elapsed();
+    for spin in spins {
+        let err = spin.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    }
+    assert!(
+        pings < Duration::from_millis(900),
+        "pings took {pings:?} beside spinning plugins"
+    );
+}
+
+#[tokio::test]
+async fn model_access_is_budgeted_and_reports_no_model() {
+    let s = sandbox().await;
+    let err = s
+        .call("hostile.llm", json!({"prompt": "hi", "max_tokens": 1000}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, InvokeError::Tool(ToolError::Denied(m)) if m.contains("budget of 64")),
+        "{err}"
+    );
+    let err = s
+        .call("hostile.llm", json!({"prompt": "hi", "max_tokens": 8}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, InvokeError::Tool(ToolError::Unavailable(_))),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn plugins_call_only_declared_dependencies() {
+    let s = sandbox().await;
+    s.bundled("notes").await;
+    let v = s
+        .call(
+            "hostile.call_tool",
+            json!({"name": "calc.eval", "args": {"expression": "6*7"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["value"], 42);
+    let err = s
+        .call(
+            "hostile.call_tool",
+            json!({"name": "notes.list", "args": {}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, InvokeError::Tool(ToolError::Denied(m)) if m.contains("[dependencies]")),
+        "{err}"
+    );
+    // The callee's failure reaches the caller as a tool error, not a trap.
+    let err = s
+        .call(
+            "hostile.call_tool",
+            json!({"name": "calc.eval", "args": {"expression": "1/0"}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("division by zero"), "{err}");
+}
+
+#[tokio::test]
+async fn an_ungranted_import_rejects_the_plugin_at_load() {
+    let s = Scratch::new();
+    let err = s
+        .hostile(|t| t.replace("kv = true\n", ""))
+        .await
+        .expect_err("kv is imported but not granted");
+    match &err {
+        LoadError::NotGranted { import, .. } => {
+            assert!(import.starts_with("hearth:plugin/kv@0.1"), "{import}")
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("kv = true"), "{err}");
+    let err = s
+        .hostile(|t| t.replace("http = [\"http://allowed.invalid\"]\n", ""))
+        .await
+        .expect_err("http is imported but not granted");
+    assert!(err.to_string().contains("wasi:http/"), "{err}");
+}

@@ -62,7 +62,8 @@ impl ComponentCache {
 
     /// Where the artifact for `digest` on `engine` lives.
     pub fn artifact_path(&self, engine: &Engine, digest: &str) -> PathBuf {
-        self.dir.join(format!("{digest}-{}.cwasm", engine_key(engine)))
+        self.dir
+            .join(format!("{digest}-{}.cwasm", engine_key(engine)))
     }
 
     fn checksum_path(artifact: &Path) -> PathBuf {
@@ -105,7 +106,12 @@ impl ComponentCache {
     /// Stores a compiled component; checksum first, then the artifact, each
     /// by write-temp + fsync + rename, so a crash leaves a miss, never a
     /// half-written artifact that verifies.
-    pub fn store(&self, engine: &Engine, digest: &str, component: &Component) -> std::io::Result<()> {
+    pub fn store(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        component: &Component,
+    ) -> std::io::Result<()> {
         let bytes = component
             .serialize()
             .map_err(|e| std::io::Error::other(e.to_string()))?;

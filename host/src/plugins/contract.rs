@@ -142,18 +142,30 @@ mod tests {
 
     #[test]
     fn classifies_imports() {
-        assert_eq!(classify_import("hearth:plugin/logging@0.1.0"), ImportClass::Always);
+        assert_eq!(
+            classify_import("hearth:plugin/logging@0.1.0"),
+            ImportClass::Always
+        );
         assert_eq!(
             classify_import("hearth:plugin/kv@0.1.3"),
             ImportClass::Needs(Capability::Kv)
         );
-        assert_eq!(classify_import("hearth:plugin/kv@0.2.0"), ImportClass::Unknown);
+        assert_eq!(
+            classify_import("hearth:plugin/kv@0.2.0"),
+            ImportClass::Unknown
+        );
         assert_eq!(
             classify_import("wasi:http/outgoing-handler@0.2.6"),
             ImportClass::Needs(Capability::Http)
         );
-        assert_eq!(classify_import("wasi:filesystem/preopens@0.2.3"), ImportClass::Always);
-        assert_eq!(classify_import("wasi:filesystem/preopens@0.3.0"), ImportClass::Unknown);
+        assert_eq!(
+            classify_import("wasi:filesystem/preopens@0.2.3"),
+            ImportClass::Always
+        );
+        assert_eq!(
+            classify_import("wasi:filesystem/preopens@0.3.0"),
+            ImportClass::Unknown
+        );
         assert_eq!(classify_import("evil:spy/secrets"), ImportClass::Unknown);
         assert_eq!(classify_import("plain"), ImportClass::Unknown);
     }

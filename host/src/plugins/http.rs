@@ -95,7 +95,9 @@ async fn authorize(
     let uri = request.uri().clone();
     let scheme = uri.scheme_str().unwrap_or("");
     let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_string();
-    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
     let Some(grant) = grants.iter().find(|g| g.allows(scheme, &host, port)) else {
         return Err(denied(
             namespace,
@@ -230,8 +232,18 @@ mod tests {
     #[test]
     fn restricted_addresses() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "255.255.255.255",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "255.255.255.255",
         ] {
             assert!(is_restricted(ip.parse().unwrap()), "{ip}");
         }
@@ -254,18 +266,29 @@ mod tests {
             HttpGrant::parse("http://localhost:10").unwrap(),
             HttpGrant::parse("https://public.example").unwrap(),
         ];
-        let ok = authorize("t", &grants, request("http://127.0.0.1:9/x?y")).await.unwrap();
+        let ok = authorize("t", &grants, request("http://127.0.0.1:9/x?y"))
+            .await
+            .unwrap();
         assert_eq!(ok.uri().to_string(), "http://127.0.0.1:9/x?y");
-        let pinned = authorize("t", &grants, request("http://localhost:10/")).await.unwrap();
-        assert!(pinned.uri().host().unwrap().parse::<IpAddr>().is_ok(), "{}", pinned.uri());
+        let pinned = authorize("t", &grants, request("http://localhost:10/"))
+            .await
+            .unwrap();
+        assert!(
+            pinned.uri().host().unwrap().parse::<IpAddr>().is_ok(),
+            "{}",
+            pinned.uri()
+        );
         for uri in [
-            "http://127.0.0.1:10/",      // right host, wrong port
-            "https://127.0.0.1:9/",      // wrong scheme
-            "http://127.0.0.2:9/",       // another host
-            "http://public.example/",    // granted only over https
+            "http://127.0.0.1:10/",   // right host, wrong port
+            "https://127.0.0.1:9/",   // wrong scheme
+            "http://127.0.0.2:9/",    // another host
+            "http://public.example/", // granted only over https
         ] {
             assert!(
-                matches!(authorize("t", &grants, request(uri)).await, Err(Error::HttpRequestDenied)),
+                matches!(
+                    authorize("t", &grants, request(uri)).await,
+                    Err(Error::HttpRequestDenied)
+                ),
                 "{uri}"
             );
         }
@@ -278,7 +301,10 @@ mod tests {
         let grants = [HttpGrant::parse("http://*.localhost:80").unwrap()];
         let r = authorize("t", &grants, request("http://evil.localhost/")).await;
         assert!(
-            matches!(r, Err(Error::DestinationIpProhibited) | Err(Error::DnsError { .. })),
+            matches!(
+                r,
+                Err(Error::DestinationIpProhibited) | Err(Error::DnsError { .. })
+            ),
             "{r:?}"
         );
     }

@@ -9,7 +9,7 @@
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const DATA: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("kv");
 const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage");
@@ -26,10 +26,12 @@ pub const MAX_WRITES_PER_CALL: usize = 1024;
 /// Errors as the guest sees them.
 pub use super::contract::latest::hearth::plugin::kv::Error as KvError;
 
-/// The shared database.
+/// The shared database, opened on first use so that commands which never
+/// touch a key-value plugin do not take the database's lock.
 #[derive(Clone)]
 pub struct KvStore {
-    db: Arc<Database>,
+    path: Arc<Path>,
+    db: Arc<Mutex<Option<Arc<Database>>>>,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -43,10 +45,29 @@ fn io(e: impl std::fmt::Display) -> KvError {
 }
 
 impl KvStore {
-    /// Opens (or creates) the database file.
-    pub fn open(path: &Path) -> Result<KvStore, redb::DatabaseError> {
-        let db = Database::create(path)?;
-        Ok(KvStore { db: Arc::new(db) })
+    /// A store in `path`; the file is created or opened on first use.
+    pub fn open(path: &Path) -> KvStore {
+        KvStore {
+            path: path.into(),
+            db: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn db(&self) -> Result<Arc<Database>, KvError> {
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| KvError::Io(format!("creating {}: {e}", parent.display())))?;
+        }
+        let db = Arc::new(
+            Database::create(&self.path)
+                .map_err(|e| KvError::Io(format!("opening {}: {e}", self.path.display())))?,
+        );
+        *slot = Some(db.clone());
+        Ok(db)
     }
 
     /// Starts the write buffer of one call for `namespace`.
@@ -60,7 +81,7 @@ impl KvStore {
     }
 
     fn read(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let txn = self.db()?.begin_read().map_err(io)?;
         let table = match txn.open_table(DATA) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -73,7 +94,7 @@ impl KvStore {
     }
 
     fn keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, KvError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let txn = self.db()?.begin_read().map_err(io)?;
         let table = match txn.open_table(DATA) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -93,9 +114,13 @@ impl KvStore {
 
     /// Bytes currently stored by `namespace`.
     pub fn usage(&self, namespace: &str) -> Result<u64, KvError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let txn = self.db()?.begin_read().map_err(io)?;
         match txn.open_table(USAGE) {
-            Ok(t) => Ok(t.get(namespace).map_err(io)?.map(|v| v.value()).unwrap_or(0)),
+            Ok(t) => Ok(t
+                .get(namespace)
+                .map_err(io)?
+                .map(|v| v.value())
+                .unwrap_or(0)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
             Err(e) => Err(io(e)),
         }
@@ -208,7 +233,7 @@ impl KvTxn {
         if self.writes.is_empty() {
             return Ok(());
         }
-        let txn = self.store.db.begin_write().map_err(io)?;
+        let txn = self.store.db()?.begin_write().map_err(io)?;
         {
             let mut data = txn.open_table(DATA).map_err(io)?;
             let mut usage_table = txn.open_table(USAGE).map_err(io)?;
@@ -244,7 +269,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, KvStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = KvStore::open(&dir.path().join("kv.redb")).unwrap();
+        let store = KvStore::open(&dir.path().join("kv.redb"));
         (dir, store)
     }
 
@@ -256,7 +281,10 @@ mod tests {
         assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"one"[..]));
         assert_eq!(store.begin("alpha").get("k").unwrap(), None);
         a.commit().unwrap();
-        assert_eq!(store.begin("alpha").get("k").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(
+            store.begin("alpha").get("k").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
         assert_eq!(store.begin("beta").get("k").unwrap(), None);
         assert!(store.begin("beta").list_keys("").unwrap().is_empty());
     }
@@ -285,7 +313,10 @@ mod tests {
         t.set("note:3", b"y".to_vec()).unwrap();
         assert_eq!(t.list_keys("note:").unwrap(), vec!["note:2", "note:3"]);
         t.commit().unwrap();
-        assert_eq!(store.begin("a").list_keys("").unwrap(), vec!["note:2", "note:3", "other"]);
+        assert_eq!(
+            store.begin("a").list_keys("").unwrap(),
+            vec!["note:2", "note:3", "other"]
+        );
         assert_eq!(store.usage("a").unwrap(), (6 + 1) * 2 + 5 + 1);
     }
 
@@ -293,12 +324,21 @@ mod tests {
     fn limits_are_enforced() {
         let (_dir, store) = store();
         let mut t = store.begin("a");
-        assert!(matches!(t.set(&"k".repeat(MAX_KEY + 1), vec![]), Err(KvError::TooLarge(_))));
-        assert!(matches!(t.set("k", vec![0; MAX_VALUE + 1]), Err(KvError::TooLarge(_))));
+        assert!(matches!(
+            t.set(&"k".repeat(MAX_KEY + 1), vec![]),
+            Err(KvError::TooLarge(_))
+        ));
+        assert!(matches!(
+            t.set("k", vec![0; MAX_VALUE + 1]),
+            Err(KvError::TooLarge(_))
+        ));
         for i in 0..MAX_WRITES_PER_CALL {
             t.set(&format!("k{i}"), vec![]).unwrap();
         }
-        assert!(matches!(t.set("one-more", vec![]), Err(KvError::TooLarge(_))));
+        assert!(matches!(
+            t.set("one-more", vec![]),
+            Err(KvError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -108,9 +108,7 @@ impl Ident {
             ));
         }
         if text.contains('_') {
-            return Err(format!(
-                "`{text}`: use '-' between words, not '_'"
-            ));
+            return Err(format!("`{text}`: use '-' between words, not '_'"));
         }
         if text.chars().any(|c| c.is_ascii_uppercase()) {
             return Err(format!("`{text}` must be lowercase"));
@@ -305,10 +303,17 @@ impl RawManifest {
                 format!("`{namespace}` is reserved for the host; choose another"),
             ));
         }
-        let version = Version::parse(&self.version)
-            .map_err(|e| err("version", format!("`{}` is not a semver version: {e}", self.version)))?;
+        let version = Version::parse(&self.version).map_err(|e| {
+            err(
+                "version",
+                format!("`{}` is not a semver version: {e}", self.version),
+            )
+        })?;
         let contract = Version::parse(&self.contract).map_err(|e| {
-            err("contract", format!("`{}` is not a semver version: {e}", self.contract))
+            err(
+                "contract",
+                format!("`{}` is not a semver version: {e}", self.contract),
+            )
         })?;
         contract::check_supported(&contract).map_err(|m| err("contract", m))?;
         if self.description.trim().is_empty() {
@@ -409,7 +414,9 @@ units = "metric"
 "#;
 
     fn error_of(text: &str) -> String {
-        Manifest::parse(text, "plugin.toml").unwrap_err().to_string()
+        Manifest::parse(text, "plugin.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -417,7 +424,10 @@ units = "metric"
         let m = Manifest::parse(GOOD, "plugin.toml").unwrap();
         assert_eq!(m.namespace.as_str(), "weather");
         assert_eq!(m.permissions.memory_bytes, 16 << 20);
-        assert_eq!(m.permissions.time_limit, Duration::from_millis(DEFAULT_TIME_LIMIT_MS));
+        assert_eq!(
+            m.permissions.time_limit,
+            Duration::from_millis(DEFAULT_TIME_LIMIT_MS)
+        );
         assert_eq!(m.permissions.http[1].port, 8080);
         assert!(m.permissions.http[0].allows("https", "WTTR.in", 443));
         assert!(!m.permissions.http[0].allows("http", "wttr.in", 80));
@@ -433,23 +443,66 @@ units = "metric"
     #[test]
     fn unknown_fields_are_named() {
         let e = error_of(&GOOD.replace("kv = true", "kv = true\nfilesystem = true"));
-        assert!(e.contains("plugin.toml") && e.contains("unknown field `filesystem`"), "{e}");
+        assert!(
+            e.contains("plugin.toml") && e.contains("unknown field `filesystem`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_fields_are_named_with_the_expectation() {
         let cases = [
-            ("namespace = \"weather\"", "namespace = \"Weather\"", "`namespace`: `Weather` must be lowercase"),
-            ("namespace = \"weather\"", "namespace = \"my_tools\"", "use '-' between words, not '_'"),
-            ("namespace = \"weather\"", "namespace = \"wеather\"", "only ASCII"),
-            ("namespace = \"weather\"", "namespace = \"hearth\"", "`hearth` is reserved"),
-            ("version = \"1.2.3\"", "version = \"1.2\"", "`version`: `1.2` is not a semver version"),
-            ("contract = \"0.1.0\"", "contract = \"9.0.0\"", "`contract`: contract 9.0.0 is not supported"),
-            ("memory-mb = 16", "memory-mb = 0", "`permissions.memory-mb`: 0 is out of range"),
+            (
+                "namespace = \"weather\"",
+                "namespace = \"Weather\"",
+                "`namespace`: `Weather` must be lowercase",
+            ),
+            (
+                "namespace = \"weather\"",
+                "namespace = \"my_tools\"",
+                "use '-' between words, not '_'",
+            ),
+            (
+                "namespace = \"weather\"",
+                "namespace = \"wеather\"",
+                "only ASCII",
+            ),
+            (
+                "namespace = \"weather\"",
+                "namespace = \"hearth\"",
+                "`hearth` is reserved",
+            ),
+            (
+                "version = \"1.2.3\"",
+                "version = \"1.2\"",
+                "`version`: `1.2` is not a semver version",
+            ),
+            (
+                "contract = \"0.1.0\"",
+                "contract = \"9.0.0\"",
+                "`contract`: contract 9.0.0 is not supported",
+            ),
+            (
+                "memory-mb = 16",
+                "memory-mb = 0",
+                "`permissions.memory-mb`: 0 is out of range",
+            ),
             ("\"https://wttr.in\",", "\"*\",", "`permissions.http`"),
-            ("\"https://wttr.in\",", "\"https://wttr.in/path\",", "no path"),
-            ("calc = \"^0.1\"", "calc = \"banana\"", "`dependencies.calc`: `banana` is not a semver requirement"),
-            ("calc = \"^0.1\"", "weather = \"*\"", "cannot depend on itself"),
+            (
+                "\"https://wttr.in\",",
+                "\"https://wttr.in/path\",",
+                "no path",
+            ),
+            (
+                "calc = \"^0.1\"",
+                "calc = \"banana\"",
+                "`dependencies.calc`: `banana` is not a semver requirement",
+            ),
+            (
+                "calc = \"^0.1\"",
+                "weather = \"*\"",
+                "cannot depend on itself",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = GOOD.replace(from, to);

@@ -25,7 +25,9 @@ pub mod kv;
 pub mod manifest;
 mod state;
 
-pub use contract::latest::hearth::plugin::llm::{Completion, Error as LlmError, Request as LlmRequest};
+pub use contract::latest::hearth::plugin::llm::{
+    Completion, Error as LlmError, Request as LlmRequest,
+};
 pub use contract::latest::hearth::plugin::types::{EventKind, ToolError};
 pub use error::{ErrorKind, InvokeError, LoadError, describe_tool_error};
 pub use manifest::{Manifest, ManifestError};
@@ -121,14 +123,6 @@ pub enum RuntimeError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
-    },
-    /// The key-value database could not be opened.
-    #[error("opening the key-value store {path}: {source}")]
-    Kv {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: redb::DatabaseError,
     },
 }
 
@@ -258,22 +252,19 @@ impl Runtime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         let link = |r: wasmtime::Result<()>| r.map_err(|e| RuntimeError::Engine(format!("{e:#}")));
         link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
-        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))?;
+        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
+            &mut linker,
+        ))?;
         link(PluginBindings::add_to_linker::<_, HasSelf<HostState>>(
             &mut linker,
             |s| s,
         ))?;
-        let cache = ComponentCache::new(&options.cache_dir).map_err(|source| RuntimeError::Cache {
-            path: options.cache_dir.clone(),
-            source,
-        })?;
-        if let Some(parent) = options.kv_path.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        let kv = KvStore::open(&options.kv_path).map_err(|source| RuntimeError::Kv {
-            path: options.kv_path.clone(),
-            source,
-        })?;
+        let cache =
+            ComponentCache::new(&options.cache_dir).map_err(|source| RuntimeError::Cache {
+                path: options.cache_dir.clone(),
+                source,
+            })?;
+        let kv = KvStore::open(&options.kv_path);
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();
@@ -393,7 +384,11 @@ impl Runtime {
         plugin.events = description.events;
         let config_json = plugin.config.to_string();
         let OpResult::Validated(verdict) = inner
-            .run(&probe, CallScope::internal("validate-config"), Op::ValidateConfig(&config_json))
+            .run(
+                &probe,
+                CallScope::internal("validate-config"),
+                Op::ValidateConfig(&config_json),
+            )
             .await
             .map_err(load_error("validate-config"))?
         else {
@@ -432,11 +427,13 @@ impl Runtime {
             Ok(Err(join)) => return Err(LoadError::Compile(join.to_string())),
             Ok(Ok(Err(e))) => {
                 let message = format!("{e:#}");
-                return Err(if message.contains("magic header") || message.contains("failed to parse") {
-                    LoadError::Invalid(message)
-                } else {
-                    LoadError::Compile(message)
-                });
+                return Err(
+                    if message.contains("magic header") || message.contains("failed to parse") {
+                        LoadError::Invalid(message)
+                    } else {
+                        LoadError::Compile(message)
+                    },
+                );
             }
             Ok(Ok(Ok(c))) => c,
         };
@@ -508,9 +505,11 @@ impl Runtime {
     /// An instance kept alive across calls. hearth itself always uses a
     /// fresh instance per call; this exists to measure the warm path and for
     /// trusted batch work. Limits still apply per instance.
-    pub async fn instantiate(&self, plugin: &Arc<LoadedPlugin>) -> Result<WarmInstance, InvokeError> {
+    pub async fn instantiate(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+    ) -> Result<WarmInstance, InvokeError> {
         let mut store = self.inner.new_store(plugin, CallScope::internal("warm"));
-        store.set_epoch_deadline(u64::MAX / 2);
         let bindings = plugin
             .pre
             .instantiate_async(&mut store)
@@ -538,6 +537,7 @@ impl WarmInstance {
     pub async fn invoke(&mut self, tool: &str, arguments: &str) -> Result<String, InvokeError> {
         let scope = CallScope::internal("warm");
         let ctx = wit_context(&scope);
+        arm_deadline(&mut self.store, self.plugin.manifest.permissions.time_limit);
         let result = self
             .bindings
             .hearth_plugin_guest()
@@ -547,6 +547,22 @@ impl WarmInstance {
         let out = result.map_err(InvokeError::Tool)?;
         self.runtime.check_output(&self.plugin, out)
     }
+}
+
+/// Arms a store's time limit. At every epoch tick a running guest yields to
+/// the async executor, so a spinning plugin never monopolises a worker
+/// thread; once `limit` has passed, the next tick traps it. (A yield-only
+/// deadline would never stop it; a trap-only one would hog the thread.)
+fn arm_deadline(store: &mut Store<HostState>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        }
+    });
 }
 
 fn check_import(manifest: &Manifest, name: &str) -> Result<(), LoadError> {
@@ -595,7 +611,7 @@ fn validate_tools(
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(bad(
-                "tool names are 1-64 ASCII letters, digits, '_' or '-'".into(),
+                "tool names are 1-64 ASCII letters, digits, '_' or '-'".into()
             ));
         }
         if !seen.insert(tool.name.clone()) {
@@ -679,7 +695,11 @@ impl Inner {
         active.get(namespace).cloned()
     }
 
-    fn new_store(self: &Arc<Self>, plugin: &Arc<LoadedPlugin>, scope: CallScope) -> Store<HostState> {
+    fn new_store(
+        self: &Arc<Self>,
+        plugin: &Arc<LoadedPlugin>,
+        scope: CallScope,
+    ) -> Store<HostState> {
         let stdout = CappedOutput::default();
         let stderr = CappedOutput::default();
         // Nothing inherited: no env, no args, no preopened directories, no
@@ -700,7 +720,10 @@ impl Inner {
         let state = HostState {
             wasi,
             http,
-            http_policy: http::HttpPolicy::new(plugin.manifest.namespace.as_str(), &permissions.http),
+            http_policy: http::HttpPolicy::new(
+                plugin.manifest.namespace.as_str(),
+                &permissions.http,
+            ),
             table,
             limiter: Limiter {
                 memory_bytes: permissions.memory_bytes,
@@ -722,9 +745,7 @@ impl Inner {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = permissions.time_limit.as_nanos() / EPOCH_TICK.as_nanos() + 1;
-        store.set_epoch_deadline(ticks as u64);
-        store.epoch_deadline_trap();
+        arm_deadline(&mut store, permissions.time_limit);
         store.set_hostcall_fuel(self.options.hostcall_fuel);
         store.set_max_component_handles(MAX_HANDLES);
         store
@@ -749,23 +770,37 @@ impl Inner {
                 let guest = bindings.hearth_plugin_guest();
                 wasmtime::Result::Ok(match op {
                     Op::Describe => OpResult::Describe(guest.call_describe(&mut *store).await?),
-                    Op::ValidateConfig(config) => OpResult::Validated(
-                        guest.call_validate_config(&mut *store, config).await?,
-                    ),
-                    Op::Invoke { tool, arguments, ctx } => OpResult::Invoked(
-                        guest.call_invoke(&mut *store, tool, arguments, &ctx).await?,
+                    Op::ValidateConfig(config) => {
+                        OpResult::Validated(guest.call_validate_config(&mut *store, config).await?)
+                    }
+                    Op::Invoke {
+                        tool,
+                        arguments,
+                        ctx,
+                    } => OpResult::Invoked(
+                        guest
+                            .call_invoke(&mut *store, tool, arguments, &ctx)
+                            .await?,
                     ),
                 })
             };
             tokio::time::timeout(limit + WALL_CLOCK_GRACE, call).await
         };
-        self.flush_output(plugin, &mut store);
+        let stderr_tail = self.flush_output(plugin, &mut store);
         match outcome {
             Err(_) => Err(InvokeError::Timeout {
                 plugin: plugin.manifest.namespace.to_string(),
                 limit,
             }),
-            Ok(Err(trap)) => Err(self.classify(plugin, &store, trap)),
+            Ok(Err(trap)) => Err(match self.classify(plugin, &store, trap) {
+                InvokeError::Trap { plugin, message } if !stderr_tail.is_empty() => {
+                    InvokeError::Trap {
+                        plugin,
+                        message: format!("{message}\nstderr: {stderr_tail}"),
+                    }
+                }
+                other => other,
+            }),
             Ok(Ok(value)) => {
                 tracing::trace!(plugin = %plugin.manifest.namespace, elapsed = ?started.elapsed(), "call finished");
                 if let Some(txn) = store.data_mut().kv.take()
@@ -787,22 +822,54 @@ impl Inner {
         }
     }
 
-    fn flush_output(&self, plugin: &LoadedPlugin, store: &mut Store<HostState>) {
+    /// Logs what the guest printed; returns the end of its stderr, which
+    /// usually explains a trap (a Rust guest prints its panic message there).
+    fn flush_output(&self, plugin: &LoadedPlugin, store: &mut Store<HostState>) -> String {
         let state = store.data_mut();
         let ns = plugin.manifest.namespace.as_str();
-        for (stream, captured) in [("stdout", state.stdout.take()), ("stderr", state.stderr.take())] {
+        let mut tail = String::new();
+        for (stream, captured) in [
+            ("stdout", state.stdout.take()),
+            ("stderr", state.stderr.take()),
+        ] {
             if captured.bytes.is_empty() {
                 continue;
             }
-            let text = sanitize(&String::from_utf8_lossy(&captured.bytes), state::MAX_CAPTURED_OUTPUT);
-            tracing::info!(plugin = ns, stream, dropped_bytes = captured.dropped, "{text}");
+            let text = sanitize(
+                &String::from_utf8_lossy(&captured.bytes),
+                state::MAX_CAPTURED_OUTPUT,
+            );
+            tracing::info!(
+                plugin = ns,
+                stream,
+                dropped_bytes = captured.dropped,
+                "{text}"
+            );
+            if stream == "stderr" {
+                let start = text.len().saturating_sub(1024);
+                let start = (start..text.len())
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(text.len());
+                tail = text[start..].trim().to_string();
+            }
         }
         if state.logs_dropped > 0 {
-            tracing::warn!(plugin = ns, "dropped {} log records past the limit of {}", state.logs_dropped, state::MAX_LOG_RECORDS);
+            tracing::warn!(
+                plugin = ns,
+                "dropped {} log records past the limit of {}",
+                state.logs_dropped,
+                state::MAX_LOG_RECORDS
+            );
         }
+        tail
     }
 
-    fn classify(&self, plugin: &LoadedPlugin, store: &Store<HostState>, error: wasmtime::Error) -> InvokeError {
+    fn classify(
+        &self,
+        plugin: &LoadedPlugin,
+        store: &Store<HostState>,
+        error: wasmtime::Error,
+    ) -> InvokeError {
         let name = plugin.manifest.namespace.to_string();
         let limiter = &store.data().limiter;
         if let Some(wanted) = limiter.memory_refused {
@@ -864,11 +931,21 @@ impl Inner {
                 )));
             }
             if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(arguments) {
-                return Err(InvokeError::BadArguments(format!("arguments are not valid JSON: {e}")));
+                return Err(InvokeError::BadArguments(format!(
+                    "arguments are not valid JSON: {e}"
+                )));
             }
             let ctx = wit_context(&scope);
             let OpResult::Invoked(result) = self
-                .run(plugin, scope, Op::Invoke { tool, arguments, ctx })
+                .run(
+                    plugin,
+                    scope,
+                    Op::Invoke {
+                        tool,
+                        arguments,
+                        ctx,
+                    },
+                )
                 .await?
             else {
                 unreachable!("invoke returns an invoke result")

@@ -111,6 +111,42 @@ impl StdoutStream for CappedOutput {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
+
+    // A synchronous stream: writes are a bounded memcpy, so there is no
+    // background task per write and a flood costs the guest, not the host.
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl CappedOutput {
+    fn keep(&self, buf: &[u8]) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_CAPTURED_OUTPUT.saturating_sub(c.bytes.len());
+        let kept = room.min(buf.len());
+        c.bytes.extend_from_slice(&buf[..kept]);
+        c.dropped += (buf.len() - kept) as u64;
+    }
+}
+
+#[async_trait::async_trait]
+impl wasmtime_wasi::p2::Pollable for CappedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl wasmtime_wasi::p2::OutputStream for CappedOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.keep(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 * 1024)
+    }
 }
 
 impl tokio::io::AsyncWrite for CappedOutput {
@@ -119,11 +155,7 @@ impl tokio::io::AsyncWrite for CappedOutput {
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_CAPTURED_OUTPUT.saturating_sub(c.bytes.len());
-        let kept = room.min(buf.len());
-        c.bytes.extend_from_slice(&buf[..kept]);
-        c.dropped += (buf.len() - kept) as u64;
+        self.keep(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
@@ -261,7 +293,11 @@ impl kv::Host for HostState {
         Ok(self.kv().and_then(|t| t.get(&key)))
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), kv::Error>> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), kv::Error>> {
         Ok(self.kv().and_then(|t| t.set(&key, value)))
     }
 
@@ -269,7 +305,10 @@ impl kv::Host for HostState {
         Ok(self.kv().and_then(|t| t.delete(&key)))
     }
 
-    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
+    async fn list_keys(
+        &mut self,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
         Ok(self.kv().and_then(|t| t.list_keys(&prefix)))
     }
 }
@@ -287,7 +326,9 @@ impl llm::Host for HostState {
             ))));
         }
         if request.max_tokens == 0 {
-            return Ok(Err(llm::Error::Invalid("max-tokens must be at least 1".into())));
+            return Ok(Err(llm::Error::Invalid(
+                "max-tokens must be at least 1".into(),
+            )));
         }
         if request.max_tokens > self.llm_tokens_left {
             return Ok(Err(llm::Error::BudgetExceeded(format!(

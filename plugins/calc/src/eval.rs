@@ -1,9 +1,9 @@
 //! A recursive-descent evaluator over exact rationals.
 
+use hearth_sdk::{Value, json};
 use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::{Signed, ToPrimitive, Zero};
-use hearth_sdk::{Value, json};
 
 /// Deepest nesting of parentheses and unary operators accepted; deeper input
 /// is refused instead of overflowing the stack.

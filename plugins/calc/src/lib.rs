@@ -45,7 +45,7 @@ impl Plugin for Calc {
         match call.tool.as_str() {
             "eval" => {
                 let args: EvalArgs = call.args()?;
-                let value = evaluate(&args.expression).map_err(|e| ToolError::failed(e))?;
+                let value = evaluate(&args.expression).map_err(ToolError::failed)?;
                 Ok(eval::to_json(&args.expression, &value))
             }
             other => Err(ToolError::UnknownTool(other.to_string())),

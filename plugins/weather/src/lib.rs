@@ -89,8 +89,20 @@ pub fn summarize(place: &str, body: &[u8], units: Units) -> Result<Value, String
         .first()
         .ok_or("the weather report has no current conditions")?;
     let (temp, feels, wind, t_unit, w_unit) = match units {
-        Units::Metric => (&now.temp_C, &now.FeelsLikeC, &now.windspeedKmph, "°C", "km/h"),
-        Units::Imperial => (&now.temp_F, &now.FeelsLikeF, &now.windspeedMiles, "°F", "mph"),
+        Units::Metric => (
+            &now.temp_C,
+            &now.FeelsLikeC,
+            &now.windspeedKmph,
+            "°C",
+            "km/h",
+        ),
+        Units::Imperial => (
+            &now.temp_F,
+            &now.FeelsLikeF,
+            &now.windspeedMiles,
+            "°F",
+            "mph",
+        ),
     };
     let area = report.nearest_area.first();
     let resolved = area
@@ -170,8 +182,13 @@ impl Plugin for Weather {
                     other => ToolError::unavailable(other),
                 })?;
                 match response.status {
-                    200 => summarize(&args.location, &response.body, units).map_err(ToolError::failed),
-                    404 => Err(ToolError::failed(format!("unknown location {:?}", args.location))),
+                    200 => {
+                        summarize(&args.location, &response.body, units).map_err(ToolError::failed)
+                    }
+                    404 => Err(ToolError::failed(format!(
+                        "unknown location {:?}",
+                        args.location
+                    ))),
                     status => Err(ToolError::unavailable(format!(
                         "weather service answered HTTP {status}"
                     ))),
@@ -221,7 +238,11 @@ mod tests {
 
     #[test]
     fn rejects_broken_reports() {
-        assert!(summarize("x", b"<html>", Units::Metric).unwrap_err().contains("unexpected"));
+        assert!(
+            summarize("x", b"<html>", Units::Metric)
+                .unwrap_err()
+                .contains("unexpected")
+        );
         assert!(
             summarize("x", br#"{"current_condition": []}"#, Units::Metric)
                 .unwrap_err()

@@ -33,7 +33,13 @@ pub struct Artifact {
 /// sources involved. Panics with the nested cargo's output on failure, which
 /// is what a build script should do.
 pub fn build(workspace_root: &Path, packages: &[&str]) -> Vec<Artifact> {
-    for dir in ["wit", "sdk/src", "sdk/Cargo.toml", "Cargo.toml", "Cargo.lock"] {
+    for dir in [
+        "wit",
+        "sdk/src",
+        "sdk/Cargo.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace_root.join(dir).display()
@@ -128,10 +134,11 @@ fn package_name(manifest: &Path) -> String {
         let line = line.trim();
         if line.starts_with('[') {
             in_package = line == "[package]";
-        } else if in_package && let Some(rest) = line.strip_prefix("name") {
-            if let Some(value) = rest.trim_start().strip_prefix('=') {
-                return value.trim().trim_matches('"').to_string();
-            }
+        } else if in_package
+            && let Some(rest) = line.strip_prefix("name")
+            && let Some(value) = rest.trim_start().strip_prefix('=')
+        {
+            return value.trim().trim_matches('"').to_string();
         }
     }
     panic!("{} has no [package] name", manifest.display())
