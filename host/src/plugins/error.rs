@@ -132,13 +132,17 @@ pub enum InvokeError {
     /// The arguments were not acceptable.
     #[error("bad arguments: {0}")]
     BadArguments(String),
-    /// Ran past its time limit (spinning, or blocked in a host call).
-    #[error("plugin `{plugin}` ran past its time limit of {limit:?}")]
+    /// Ran past its time limit.
+    #[error("plugin `{plugin}` ran past its time limit of {limit:?} ({})",
+        if *.blocked { "while blocked in a host call" } else { "interrupted while running" })]
     Timeout {
         /// The plugin.
         plugin: String,
         /// Its limit.
         limit: Duration,
+        /// Whether it was stopped by the wall-clock backstop while waiting in
+        /// a host call, rather than by the epoch deadline while running.
+        blocked: bool,
     },
     /// Tried to grow memory past its limit.
     #[error("plugin `{plugin}` tried to grow its memory to {wanted} bytes; its limit is {limit}")]

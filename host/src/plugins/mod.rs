@@ -791,6 +791,7 @@ impl Inner {
             Err(_) => Err(InvokeError::Timeout {
                 plugin: plugin.manifest.namespace.to_string(),
                 limit,
+                blocked: true,
             }),
             Ok(Err(trap)) => Err(match self.classify(plugin, &store, trap) {
                 InvokeError::Trap { plugin, message } if !stderr_tail.is_empty() => {
@@ -883,6 +884,7 @@ impl Inner {
             Some(wasmtime::Trap::Interrupt) => InvokeError::Timeout {
                 plugin: name,
                 limit: plugin.manifest.permissions.time_limit,
+                blocked: false,
             },
             Some(wasmtime::Trap::StackOverflow) => InvokeError::StackOverflow { plugin: name },
             _ => InvokeError::Trap {
