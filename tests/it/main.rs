@@ -5,9 +5,11 @@
 //! - `loading`: what the runtime accepts and refuses at load time, and the
 //!   compiled-component cache.
 //! - `first_party`: the bundled plugins through the real host.
+//! - `registry`: `registry.toml` matches the reproducible build.
 
 mod first_party;
 mod loading;
+mod registry;
 mod sandbox;
 
 /// Tests that measure this process's resident memory run one at a time.
