@@ -2,7 +2,7 @@
 //!
 //! A plugin is a type implementing [`Plugin`], exported with [`register!`]:
 //!
-//! ```ignore
+//! ```
 //! use hearth_sdk::{json, Call, Plugin, Tool, ToolError, Value};
 //!
 //! struct Echo;

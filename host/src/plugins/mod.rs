@@ -148,7 +148,9 @@ pub enum CacheOutcome {
     Recompiled(String),
 }
 
-/// A validated, compiled, pre-instantiated plugin.
+/// A validated, compiled, pre-instantiated plugin. Clones share the
+/// compiled code.
+#[derive(Clone)]
 pub struct LoadedPlugin {
     /// Its manifest.
     pub manifest: Manifest,
@@ -167,6 +169,7 @@ pub struct LoadedPlugin {
     /// How the compiled code was obtained.
     pub cache: CacheOutcome,
     pre: PluginPre<HostState>,
+    http_policy: http::HttpPolicy,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -351,6 +354,8 @@ impl Runtime {
                 base.insert(key.clone(), value.clone());
             }
         }
+        let http_policy =
+            http::HttpPolicy::new(manifest.namespace.as_str(), &manifest.permissions.http);
         let mut plugin = LoadedPlugin {
             manifest,
             digest,
@@ -361,12 +366,13 @@ impl Runtime {
             imports,
             cache: cache_outcome,
             pre,
+            http_policy,
         };
 
         // Describe and validate in throwaway instances, under the same limits
         // as any call. The plugin is not active yet, so these cannot reach
         // other plugins or the model in any way that matters.
-        let probe = Arc::new(plugin.clone_shallow());
+        let probe = Arc::new(plugin.clone());
         let load_error = |export: &'static str| {
             move |e: InvokeError| LoadError::Call {
                 export,
@@ -651,23 +657,6 @@ impl CallScope {
 
     fn internal(what: &str) -> CallScope {
         CallScope::new(format!("hearth:{what}"))
-    }
-}
-
-impl LoadedPlugin {
-    /// A copy sharing the compiled component, for load-time probing.
-    fn clone_shallow(&self) -> LoadedPlugin {
-        LoadedPlugin {
-            manifest: self.manifest.clone(),
-            digest: self.digest.clone(),
-            contract: self.contract.clone(),
-            tools: self.tools.clone(),
-            events: self.events.clone(),
-            config: self.config.clone(),
-            imports: self.imports.clone(),
-            cache: self.cache.clone(),
-            pre: self.pre.clone(),
-        }
     }
 }
 
