@@ -709,10 +709,7 @@ impl Inner {
         let state = HostState {
             wasi,
             http,
-            http_policy: http::HttpPolicy::new(
-                plugin.manifest.namespace.as_str(),
-                &permissions.http,
-            ),
+            http_policy: plugin.http_policy.clone(),
             table,
             limiter: Limiter {
                 memory_bytes: permissions.memory_bytes,
