@@ -11,6 +11,11 @@ fn hearth(home: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run hearth")
 }
 
+/// `hearth plugin invoke <tool> --args <args>`.
+fn invoke(home: &std::path::Path, tool: &str, args: &str) -> std::process::Output {
+    hearth(home, &["plugin", "invoke", tool, "--args", args])
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -18,16 +23,7 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn invoke_prints_the_json_result() {
     let home = tempfile::tempdir().unwrap();
-    let out = hearth(
-        home.path(),
-        &[
-            "plugin",
-            "invoke",
-            "calc.eval",
-            "--args",
-            r#"{"expression":"2*(3+4)"}"#,
-        ],
-    );
+    let out = invoke(home.path(), "calc.eval", r#"{"expression":"2*(3+4)"}"#);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(value["value"], 14);
@@ -102,42 +98,15 @@ fn notes_persist_between_invocations_and_user_config_applies() {
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join("config")).unwrap();
     std::fs::write(home.path().join("config/notes.toml"), "max-notes = 1\n").unwrap();
-    let out = hearth(
-        home.path(),
-        &[
-            "plugin",
-            "invoke",
-            "notes.save",
-            "--args",
-            r#"{"text":"remember the milk"}"#,
-        ],
-    );
+    let out = invoke(home.path(), "notes.save", r#"{"text":"remember the milk"}"#);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = hearth(
-        home.path(),
-        &[
-            "plugin",
-            "invoke",
-            "notes.search",
-            "--args",
-            r#"{"query":"milk"}"#,
-        ],
-    );
+    let out = invoke(home.path(), "notes.search", r#"{"query":"milk"}"#);
     assert!(
         text(&out.stdout).contains("remember the milk"),
         "{}",
         text(&out.stderr)
     );
-    let out = hearth(
-        home.path(),
-        &[
-            "plugin",
-            "invoke",
-            "notes.save",
-            "--args",
-            r#"{"text":"second"}"#,
-        ],
-    );
+    let out = invoke(home.path(), "notes.save", r#"{"text":"second"}"#);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("max-notes = 1"),

@@ -106,9 +106,8 @@ const WTTR: &str = r#"{
   "nearest_area": [{"areaName": [{"value": "Lisbon"}], "country": [{"value": "Portugal"}]}]
 }"#;
 
-#[tokio::test]
-async fn weather_asks_the_granted_endpoint() {
-    let server = MockServer::start(200, WTTR).await;
+/// `weather` configured to ask `server`, and granted exactly that origin.
+async fn weather_granted(server: &MockServer) -> Scratch {
     let endpoint = format!("http://127.0.0.1:{}", server.addr.port());
     let s = Scratch::new();
     load_bundled(
@@ -119,6 +118,13 @@ async fn weather_asks_the_granted_endpoint() {
     )
     .await
     .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn weather_asks_the_granted_endpoint() {
+    let server = MockServer::start(200, WTTR).await;
+    let s = weather_granted(&server).await;
     let v = s
         .call("weather.current", json!({"location": "Lisbon"}))
         .await
@@ -164,16 +170,7 @@ async fn weather_cannot_be_pointed_at_a_host_it_was_not_granted() {
 #[tokio::test]
 async fn weather_reports_service_errors() {
     let server = MockServer::start(503, "busy").await;
-    let endpoint = format!("http://127.0.0.1:{}", server.addr.port());
-    let s = Scratch::new();
-    load_bundled(
-        &s.runtime,
-        "weather",
-        Some(json!({"endpoint": endpoint})),
-        |m| *m = m.replace("https://wttr.in\"]", &format!("{endpoint}\"]")),
-    )
-    .await
-    .unwrap();
+    let s = weather_granted(&server).await;
     let err = s
         .call("weather.current", json!({"location": "Lisbon"}))
         .await
