@@ -1,13 +1,12 @@
 //! The `hearth` command line.
 
-use crate::bundled::BUNDLED;
 use crate::home::Home;
-use crate::plugins::{CallScope, LoadedPlugin, Manifest, Runtime, RuntimeOptions};
+use crate::manager::{self, ActiveSet};
+use crate::plugins::{CallScope, Runtime, RuntimeOptions};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// hearth: a local AI assistant host with sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -56,6 +55,22 @@ pub enum PluginCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Check that the plugin set fits together: exit 0 when consistent,
+    /// 1 when there are problems (all listed), 2 when it cannot be read.
+    Check {
+        /// Check this plugins folder instead of the installed one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Output format (the JSON shape is stable: consistent, order, problems).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the dependency graph as Graphviz DOT, problems in red.
+    Graph {
+        /// Draw this plugins folder instead of the installed one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Invoke a tool and print its JSON result.
     Invoke {
         /// The tool, as namespace.tool (e.g. calc.eval).
@@ -66,149 +81,23 @@ pub enum PluginCommand {
     },
 }
 
-/// Where a plugin came from.
-#[derive(Debug, Clone)]
-pub enum Origin {
-    /// Embedded in this binary.
-    Bundled(&'static str),
-    /// Installed in the data directory.
-    Installed(PathBuf),
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Bundled(src) => write!(f, "bundled ({src})"),
-            Origin::Installed(dir) => write!(f, "installed ({})", dir.display()),
-        }
-    }
-}
-
-/// A plugin found on disk or in the binary, not yet loaded.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    /// Its manifest.
-    pub manifest: Manifest,
-    /// Where it came from.
-    pub origin: Origin,
-    wasm: WasmSource,
-}
-
-#[derive(Debug, Clone)]
-enum WasmSource {
-    Static(&'static [u8]),
-    File(PathBuf),
-}
-
-impl Candidate {
-    fn bytes(&self) -> anyhow::Result<std::borrow::Cow<'static, [u8]>> {
-        Ok(match &self.wasm {
-            WasmSource::Static(b) => std::borrow::Cow::Borrowed(*b),
-            WasmSource::File(p) => std::borrow::Cow::Owned(
-                std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-            ),
-        })
-    }
-}
-
-/// Finds the bundled plugins and those installed under `home`; an installed
-/// plugin replaces a bundled one of the same namespace.
-pub fn discover(home: &Home) -> anyhow::Result<BTreeMap<String, Candidate>> {
-    let mut found = BTreeMap::new();
-    for b in BUNDLED {
-        let manifest = Manifest::parse(b.manifest, &format!("{}/plugin.toml", b.source))?;
-        found.insert(
-            manifest.namespace.to_string(),
-            Candidate {
-                manifest,
-                origin: Origin::Bundled(b.source),
-                wasm: WasmSource::Static(b.component),
-            },
-        );
-    }
-    let dir = home.plugins_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e.collect::<Result<Vec<_>, _>>()?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for entry in entries {
-        let path = entry.path();
-        if !path.join("plugin.toml").is_file() {
-            continue;
-        }
-        let manifest = Manifest::from_file(&path.join("plugin.toml"))?;
-        let namespace = manifest.namespace.to_string();
-        if let Some(previous) = found.get(&namespace) {
-            tracing::warn!(
-                "{} replaces {} for namespace `{namespace}`",
-                path.display(),
-                previous.origin
-            );
-        }
-        found.insert(
-            namespace,
-            Candidate {
-                manifest,
-                origin: Origin::Installed(path.clone()),
-                wasm: WasmSource::File(path.join("plugin.wasm")),
-            },
-        );
-    }
-    Ok(found)
-}
-
-fn user_config(home: &Home, namespace: &str) -> anyhow::Result<Option<serde_json::Value>> {
-    let path = home.config_dir().join(format!("{namespace}.toml"));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let table: toml::Table =
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-            Ok(Some(serde_json::to_value(table)?))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Loads and activates `wanted` (all when `None`) and, transitively, their
-/// dependencies.
-pub async fn activate(
-    runtime: &Runtime,
-    home: &Home,
-    candidates: &BTreeMap<String, Candidate>,
-    wanted: Option<&str>,
-) -> anyhow::Result<Vec<Arc<LoadedPlugin>>> {
-    let mut todo: Vec<String> = match wanted {
-        Some(ns) => vec![ns.to_string()],
-        None => candidates.keys().cloned().collect(),
-    };
-    let mut needed = BTreeSet::new();
-    while let Some(ns) = todo.pop() {
-        if !needed.insert(ns.clone()) {
-            continue;
-        }
-        let Some(c) = candidates.get(&ns) else {
-            bail!("no plugin provides namespace `{ns}`");
-        };
-        todo.extend(c.manifest.dependencies.keys().map(|d| d.to_string()));
-    }
-    let mut loaded = Vec::new();
-    for ns in needed {
-        let c = &candidates[&ns];
-        let config = user_config(home, &ns)?;
-        let plugin = runtime
-            .load(c.manifest.clone(), &c.bytes()?, config.as_ref())
-            .await
-            .with_context(|| format!("loading plugin `{ns}` from {}", c.origin))?;
-        runtime.activate(plugin.clone());
-        loaded.push(plugin);
-    }
-    Ok(loaded)
-}
-
 fn runtime_for(home: &Home) -> anyhow::Result<Runtime> {
     Ok(Runtime::new(RuntimeOptions::in_dir(&home.root))?)
+}
+
+/// Discovers, loads, resolves and activates the plugin set.
+async fn active_set(
+    home: &Home,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Runtime, ActiveSet)> {
+    let dir = dir
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| home.plugins_dir());
+    let discovery = manager::discover(&dir)
+        .with_context(|| format!("reading plugins folder {}", dir.display()))?;
+    let runtime = runtime_for(home)?;
+    let set = manager::load_and_activate(&runtime, home, discovery).await;
+    Ok((runtime, set))
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -216,10 +105,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let home = Home::from_env()?;
     match cli.command {
         Command::Plugin(PluginCommand::List { format }) => {
-            let candidates = discover(&home)?;
-            let runtime = runtime_for(&home)?;
-            let plugins = activate(&runtime, &home, &candidates, None).await?;
-            print_list(&plugins, &candidates, format)?;
+            let (runtime, set) = active_set(&home, None).await?;
+            print_list(&runtime, &set, format)?;
+            for problem in &set.resolution.problems {
+                eprintln!("warning: {problem}");
+            }
             Ok(0)
         }
         Command::Plugin(PluginCommand::Invoke { tool, args }) => {
@@ -228,15 +118,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             serde_json::from_str::<serde_json::Value>(&args)
                 .with_context(|| format!("--args is not valid JSON: {args}"))?;
-            let candidates = discover(&home)?;
-            if !candidates.contains_key(namespace) {
+            let (runtime, set) = active_set(&home, None).await?;
+            if runtime.active(namespace).is_none() {
+                let problems = set.problems_of(namespace);
+                if problems.is_empty() {
+                    let active: Vec<String> = runtime
+                        .active_plugins()
+                        .iter()
+                        .map(|p| p.manifest.namespace.to_string())
+                        .collect();
+                    bail!(
+                        "no plugin provides namespace `{namespace}`; active: {}",
+                        active.join(", ")
+                    );
+                }
+                let reasons: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
                 bail!(
-                    "no plugin provides namespace `{namespace}`; available: {}",
-                    candidates.keys().cloned().collect::<Vec<_>>().join(", ")
+                    "plugin `{namespace}` is not active:\n  {}",
+                    reasons.join("\n  ")
                 );
             }
-            let runtime = runtime_for(&home)?;
-            activate(&runtime, &home, &candidates, Some(namespace)).await?;
             let request_id = format!("cli-{}", std::process::id());
             match runtime
                 .invoke_qualified(&tool, &args, CallScope::new(request_id))
@@ -252,19 +153,73 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
+        Command::Plugin(PluginCommand::Check { dir, format }) => {
+            let (_runtime, set) = match active_set(&home, dir.as_deref()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(2);
+                }
+            };
+            let r = &set.resolution;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "consistent": r.is_consistent(),
+                        "order": r.order,
+                        "problems": r.problems.iter().map(|p| {
+                            let mut v = serde_json::to_value(p).unwrap_or_default();
+                            v["message"] = serde_json::Value::String(p.to_string());
+                            v
+                        }).collect::<Vec<_>>(),
+                    }))?
+                ),
+                Format::Text => {
+                    if r.is_consistent() {
+                        println!(
+                            "ok: {} plugins, activation order: {}",
+                            r.order.len(),
+                            r.order.join(", ")
+                        );
+                    } else {
+                        println!("{} problem(s):", r.problems.len());
+                        for p in &r.problems {
+                            println!("  - {p}");
+                        }
+                        println!(
+                            "would activate: {}",
+                            if r.order.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                r.order.join(", ")
+                            }
+                        );
+                    }
+                }
+            }
+            Ok(if r.is_consistent() { 0 } else { 1 })
+        }
+        Command::Plugin(PluginCommand::Graph { dir }) => {
+            let (_runtime, set) = active_set(&home, dir.as_deref()).await?;
+            print!("{}", manager::dot(&set.candidates, &set.resolution));
+            Ok(0)
+        }
     }
 }
 
-fn print_list(
-    plugins: &[Arc<LoadedPlugin>],
-    candidates: &BTreeMap<String, Candidate>,
-    format: Format,
-) -> anyhow::Result<()> {
+fn print_list(runtime: &Runtime, set: &ActiveSet, format: Format) -> anyhow::Result<()> {
+    let is_active = |p: &std::sync::Arc<crate::plugins::LoadedPlugin>| {
+        runtime
+            .active(p.manifest.namespace.as_str())
+            .is_some_and(|a| std::sync::Arc::ptr_eq(&a, p))
+    };
     match format {
         Format::Json => {
-            let list: Vec<serde_json::Value> = plugins
+            let list: Vec<serde_json::Value> = set
+                .loaded
                 .iter()
-                .map(|p| {
+                .map(|(p, origin)| {
                     let m = &p.manifest;
                     serde_json::json!({
                         "namespace": m.namespace.as_str(),
@@ -272,7 +227,8 @@ fn print_list(
                         "version": m.version.to_string(),
                         "contract": p.contract.to_string(),
                         "description": m.description,
-                        "origin": candidates[m.namespace.as_str()].origin.to_string(),
+                        "origin": origin.to_string(),
+                        "active": is_active(p),
                         "digest": p.digest,
                         "tools": p.tools.iter().map(|t| serde_json::json!({
                             "name": format!("{}.{}", m.namespace, t.name),
@@ -293,14 +249,14 @@ fn print_list(
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
         Format::Text => {
-            for p in plugins {
+            for (p, origin) in &set.loaded {
                 let m = &p.manifest;
                 println!(
-                    "{} {} — {}\n  from: {}",
+                    "{} {}{} — {}\n  from: {origin}",
                     m.namespace,
                     m.version,
+                    if is_active(p) { "" } else { " (not active)" },
                     m.description,
-                    candidates[m.namespace.as_str()].origin
                 );
                 for t in &p.tools {
                     println!("  tool {}.{}: {}", m.namespace, t.name, t.description);

@@ -6,6 +6,7 @@
 //!   compile cache and the key-value store.
 //! - [`bundled`]: the first-party plugins, built from `plugins/` at compile
 //!   time and embedded in the binary.
+//! - [`manager`]: the plugin set: resolver (petgraph), conflicts, activation order.
 //! - [`home`]: where hearth keeps its data.
 //! - [`cli`]: the `hearth` command line.
 
@@ -14,4 +15,5 @@
 pub mod bundled;
 pub mod cli;
 pub mod home;
+pub mod manager;
 pub mod plugins;

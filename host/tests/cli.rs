@@ -125,8 +125,146 @@ fn a_broken_installed_manifest_is_named() {
         "name = \"broken\"\nnamespace = \"Broken\"\n",
     )
     .unwrap();
+    // The broken plugin is named; the rest of the set still works.
     let out = hearth(home.path(), &["plugin", "list"]);
+    assert!(out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning: invalid plugin") && stderr.contains("plugins/broken/plugin.toml"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing field `version`"), "{stderr}");
+    assert!(text(&out.stdout).contains("tool calc.eval"));
+}
+
+/// Writes a plugin folder whose component is the bundled `calc` (any valid
+/// component will do: `check` is about how the manifests fit together).
+fn plugin_dir(root: &std::path::Path, folder: &str, namespace: &str, version: &str, deps: &str) {
+    let dir = root.join(folder);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        format!(
+            "name = \"{namespace}\"\nnamespace = \"{namespace}\"\nversion = \"{version}\"\ncontract = \"0.1.0\"\n\
+             priority = {}\ndescription = \"test\"\n[dependencies]\n{deps}",
+            // Distinct priorities: the shared `eval` tool is not the point here.
+            folder.bytes().map(u32::from).sum::<u32>()
+        ),
+    )
+    .unwrap();
+    let calc = hearth::bundled::BUNDLED
+        .iter()
+        .find(|b| b.source == "plugins/calc")
+        .unwrap();
+    std::fs::write(dir.join("plugin.wasm"), calc.component).unwrap();
+}
+
+#[test]
+fn check_names_a_cycle_a_missing_dependency_and_a_namespace_clash() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("candidates");
+    plugin_dir(&dir, "a", "alpha", "1.0.0", "beta = \"*\"\n");
+    plugin_dir(&dir, "b", "beta", "1.0.0", "alpha = \"^1\"\n");
+    plugin_dir(&dir, "c", "gamma", "1.0.0", "gone = \"^2\"\n");
+    plugin_dir(&dir, "d1", "dup", "1.0.0", "");
+    plugin_dir(&dir, "d2", "dup", "2.0.0", "");
+    plugin_dir(&dir, "e", "fine", "1.0.0", "");
+    let dir_arg = dir.to_str().unwrap();
+    let out = hearth(home.path(), &["plugin", "check", "--dir", dir_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "dependency cycle: alpha -> beta -> alpha",
+        "missing dependency: `gamma` needs `gone` ^2",
+        "namespace clash: `dup` is claimed by",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("would activate: calc, fine, notes, weather"),
+        "{stdout}"
+    );
+
+    let out = hearth(
+        home.path(),
+        &["plugin", "check", "--dir", dir_arg, "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["consistent"], false);
+    let kinds: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["cycle", "missing-dependency", "namespace-clash"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+
+    let out = hearth(home.path(), &["plugin", "graph", "--dir", dir_arg]);
+    let dot = text(&out.stdout);
+    assert!(
+        dot.starts_with("digraph {") && dot.contains("gone (missing)"),
+        "{dot}"
+    );
+}
+
+#[test]
+fn check_passes_a_consistent_set_and_fails_on_unreadable_input() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("ok");
+    plugin_dir(&dir, "a", "alpha", "1.2.0", "");
+    plugin_dir(&dir, "b", "beta", "1.0.0", "alpha = \"^1.1\"\n");
+    let out = hearth(
+        home.path(),
+        &["plugin", "check", "--dir", dir.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("activation order: alpha, beta, calc, notes, weather"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let file = home.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let out = hearth(
+        home.path(),
+        &["plugin", "check", "--dir", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = hearth(home.path(), &["plugin", "check", "--format", "yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_plugin_whose_dependency_is_missing_is_not_active_and_says_why() {
+    let home = tempfile::tempdir().unwrap();
+    plugin_dir(
+        &home.path().join("plugins"),
+        "needy",
+        "needy",
+        "1.0.0",
+        "gone = \"^1\"\n",
+    );
+    let out = invoke(home.path(), "needy.eval", r#"{"expression":"1+1"}"#);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("plugins/broken/plugin.toml"), "{stderr}");
+    assert!(
+        stderr.contains("plugin `needy` is not active") && stderr.contains("needs `gone` ^1"),
+        "{stderr}"
+    );
+    // Everything else still works.
+    let out = invoke(home.path(), "calc.eval", r#"{"expression":"1+1"}"#);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
