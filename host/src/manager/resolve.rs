@@ -764,4 +764,60 @@ mod tests {
         );
         assert!(dot.contains("color=red"), "{dot}");
     }
+
+    proptest::proptest! {
+        /// Any set either resolves into an order in which every plugin
+        /// comes after its dependencies, or names at least one problem; and
+        /// every plugin left out is named by a problem.
+        #[test]
+        fn random_sets_resolve_in_dependency_order_or_report_problems(
+            plugins in proptest::collection::vec(
+                (0u64..3, proptest::collection::vec((0usize..10, 0usize..4), 0..4)),
+                1..10,
+            )
+        ) {
+            let reqs = ["*", "^1", "^2", ">=1, <3"];
+            let n = plugins.len();
+            let set: Vec<Candidate> = plugins
+                .iter()
+                .enumerate()
+                .map(|(i, (major, deps))| {
+                    let deps: Vec<(String, &str)> = deps
+                        .iter()
+                        .map(|(d, r)| (d % (n + 1), reqs[*r]))
+                        .filter(|(d, _)| *d != i)
+                        .map(|(d, r)| (format!("p{d}"), r))
+                        .collect::<BTreeMap<_, _>>()
+                        .into_iter()
+                        .collect();
+                    let deps: Vec<(&str, &str)> = deps.iter().map(|(d, r)| (d.as_str(), *r)).collect();
+                    plugin(&format!("p{i}"), &format!("{}.0.0", major + 1), &deps)
+                })
+                .collect();
+            let r = resolve(&set);
+            if r.problems.is_empty() {
+                proptest::prop_assert_eq!(r.order.len(), set.len());
+            }
+            let position: BTreeMap<&str, usize> =
+                r.order.iter().enumerate().map(|(i, ns)| (ns.as_str(), i)).collect();
+            for c in &set {
+                let ns = c.manifest.namespace.as_str();
+                match position.get(ns) {
+                    Some(&at) => {
+                        for dep in c.manifest.dependencies.keys() {
+                            let dep_at = position.get(dep.as_str());
+                            proptest::prop_assert!(
+                                dep_at.is_some_and(|d| *d < at),
+                                "{} activated before its dependency {}", ns, dep
+                            );
+                        }
+                    }
+                    None => proptest::prop_assert!(
+                        r.problems.iter().any(|p| p.blocks().contains(&ns)),
+                        "{} left out without a problem naming it: {:?}", ns, r.problems
+                    ),
+                }
+            }
+        }
+    }
 }
