@@ -1,11 +1,12 @@
 //! The `hearth` command line.
 
 use crate::home::Home;
-use crate::manager::{self, ActiveSet};
+use crate::manager::{self, ActiveSet, install, registry};
 use crate::plugins::{CallScope, Runtime, RuntimeOptions};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// hearth: a local AI assistant host with sandboxed WebAssembly plugins.
@@ -35,6 +36,44 @@ pub enum Command {
     /// Manage and run plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Publish plugins: keys, signatures, index entries.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+/// `hearth registry …`
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Create a publisher key pair; the secret key goes to --out (mode 600).
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Trust a publisher's public key (hex) for installs.
+    Trust {
+        /// The public key, as printed by `keygen`.
+        public_key: String,
+    },
+    /// Append a signed entry for a component to an index file.
+    Add {
+        /// The index file to append to.
+        #[arg(long)]
+        index: PathBuf,
+        /// The publisher's secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The plugin's plugin.toml.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The component file.
+        #[arg(long)]
+        component: PathBuf,
+        /// The source to record: an https:// URL, a file:// URL or a path
+        /// relative to the index.
+        #[arg(long)]
+        source: String,
+    },
 }
 
 /// Output formats of listing commands.
@@ -71,6 +110,52 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Install a plugin (and the dependencies it needs) from an index.
+    Install {
+        /// `name` or `name@<semver requirement>`, e.g. `notes@^0.1`.
+        spec: String,
+        /// The index: a path or URL (default: the index built into hearth).
+        #[arg(long)]
+        registry: Option<String>,
+        /// Accept entries without a trusted publisher signature.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Accept a version lower than the installed one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Grant the requested permissions without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Upgrade installed plugins (or one) to the newest version of their index.
+    Update {
+        /// Only this namespace.
+        namespace: Option<String>,
+        /// Accept entries without a trusted publisher signature.
+        #[arg(long)]
+        allow_unsigned: bool,
+        /// Grant the requested permissions without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Remove an installed plugin.
+    Remove {
+        /// Its namespace.
+        namespace: String,
+        /// Also disable the plugins that depend on it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Enable a disabled plugin.
+    Enable {
+        /// Its namespace.
+        namespace: String,
+    },
+    /// Disable a plugin (bundled or installed) without removing it.
+    Disable {
+        /// Its namespace.
+        namespace: String,
+    },
     /// Invoke a tool and print its JSON result.
     Invoke {
         /// The tool, as namespace.tool (e.g. calc.eval).
@@ -79,6 +164,42 @@ pub enum PluginCommand {
         #[arg(long, default_value = "{}")]
         args: String,
     },
+}
+
+async fn load_index(location: Option<&str>) -> anyhow::Result<registry::Index> {
+    let builtin = registry::Index::builtin();
+    Ok(match location {
+        None => builtin,
+        Some(l) if l == builtin.location => builtin,
+        Some(l) => registry::Index::load(l).await?,
+    })
+}
+
+/// Shows the permission summary; grants when `yes`, or when a person at a
+/// terminal says so.
+fn confirm(summary: &str, yes: bool) -> bool {
+    use std::io::{BufRead, IsTerminal};
+    print!("{summary}");
+    if yes {
+        return true;
+    }
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    print!("grant these permissions? [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+fn print_install(report: &install::Report) {
+    if let Some(already) = &report.already {
+        println!("{already} is already installed");
+    }
+    for id in &report.installed {
+        println!("installed {id}");
+    }
 }
 
 fn runtime_for(home: &Home) -> anyhow::Result<Runtime> {
@@ -90,11 +211,11 @@ async fn active_set(
     home: &Home,
     dir: Option<&std::path::Path>,
 ) -> anyhow::Result<(Runtime, ActiveSet)> {
-    let dir = dir
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| home.plugins_dir());
-    let discovery = manager::discover(&dir)
-        .with_context(|| format!("reading plugins folder {}", dir.display()))?;
+    let discovery = match dir {
+        Some(dir) => manager::discover_dir(dir)
+            .with_context(|| format!("reading plugins folder {}", dir.display()))?,
+        None => manager::discover_installed(home).map_err(anyhow::Error::msg)?,
+    };
     let runtime = runtime_for(home)?;
     let set = manager::load_and_activate(&runtime, home, discovery).await;
     Ok((runtime, set))
@@ -199,6 +320,159 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             Ok(if r.is_consistent() { 0 } else { 1 })
+        }
+        Command::Plugin(PluginCommand::Install {
+            spec,
+            registry,
+            allow_unsigned,
+            allow_downgrade,
+            yes,
+        }) => {
+            let (name, requirement) = match spec.split_once('@') {
+                Some((n, r)) => (
+                    n,
+                    semver::VersionReq::parse(r)
+                        .with_context(|| format!("`{r}` is not a semver requirement"))?,
+                ),
+                None => (spec.as_str(), semver::VersionReq::STAR),
+            };
+            let index = load_index(registry.as_deref()).await?;
+            let options = install::Options {
+                allow_unsigned,
+                allow_downgrade,
+            };
+            let runtime = runtime_for(&home)?;
+            let report = install::install(
+                &home,
+                &runtime,
+                &index,
+                name,
+                &requirement,
+                &options,
+                &mut |s| confirm(s, yes),
+            )
+            .await?;
+            print_install(&report);
+            Ok(0)
+        }
+        Command::Plugin(PluginCommand::Update {
+            namespace,
+            allow_unsigned,
+            yes,
+        }) => {
+            let lock = manager::store::Store::new(&home)
+                .read_lock()
+                .map_err(anyhow::Error::msg)?;
+            let runtime = runtime_for(&home)?;
+            let mut updated = 0;
+            for installed in lock
+                .plugin
+                .iter()
+                .filter(|p| namespace.as_ref().is_none_or(|n| *n == p.namespace))
+            {
+                let index = load_index(Some(&installed.registry)).await?;
+                let Some(newest) = index.select(&installed.namespace, &semver::VersionReq::STAR)
+                else {
+                    continue;
+                };
+                if newest.manifest.version.to_string() == installed.version {
+                    continue;
+                }
+                let exact = semver::VersionReq::parse(&format!("={}", newest.manifest.version))?;
+                let options = install::Options {
+                    allow_unsigned,
+                    allow_downgrade: false,
+                };
+                let report = install::install(
+                    &home,
+                    &runtime,
+                    &index,
+                    &installed.namespace,
+                    &exact,
+                    &options,
+                    &mut |s| confirm(s, yes),
+                )
+                .await?;
+                print_install(&report);
+                updated += 1;
+            }
+            if let Some(ns) = &namespace
+                && lock.get(ns).is_none()
+            {
+                bail!("`{ns}` is not installed");
+            }
+            if updated == 0 {
+                println!("everything is up to date");
+            }
+            Ok(0)
+        }
+        Command::Plugin(PluginCommand::Remove { namespace, force }) => {
+            let disabled = install::remove(&home, &namespace, force).map_err(anyhow::Error::msg)?;
+            println!("removed {namespace}");
+            for d in disabled {
+                println!("disabled {d}, which depends on it");
+            }
+            Ok(0)
+        }
+        Command::Plugin(PluginCommand::Enable { namespace }) => {
+            install::set_enabled(&home, &namespace, true).map_err(anyhow::Error::msg)?;
+            println!("enabled {namespace}");
+            Ok(0)
+        }
+        Command::Plugin(PluginCommand::Disable { namespace }) => {
+            install::set_enabled(&home, &namespace, false).map_err(anyhow::Error::msg)?;
+            println!("disabled {namespace}");
+            Ok(0)
+        }
+        Command::Registry(RegistryCommand::Keygen { out }) => {
+            let (id, public) = registry::keygen(&out).map_err(anyhow::Error::msg)?;
+            println!(
+                "key id: {id}\npublic key: {public}\nsecret key written to {}",
+                out.display()
+            );
+            println!("users trust it with: hearth registry trust {public}");
+            Ok(0)
+        }
+        Command::Registry(RegistryCommand::Trust { public_key }) => {
+            let id = registry::TrustedKeys::add(&home, &public_key).map_err(anyhow::Error::msg)?;
+            println!("trusted key {id}");
+            Ok(0)
+        }
+        Command::Registry(RegistryCommand::Add {
+            index,
+            key,
+            manifest,
+            component,
+            source,
+        }) => {
+            let key = registry::read_secret(&key).map_err(anyhow::Error::msg)?;
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let raw: crate::plugins::manifest::RawManifest =
+                toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+            raw.clone().validate(&manifest.display().to_string())?;
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            let entry = registry::signed_entry(&key, &raw, &bytes, &source);
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&index)
+                .with_context(|| format!("opening {}", index.display()))?;
+            if file.metadata()?.len() == 0 {
+                writeln!(file, "format = {}", registry::FORMAT)?;
+            }
+            write!(file, "\n{}", registry::entry_toml(&entry))?;
+            // The index must still parse, with the new entry in it.
+            let parsed = registry::Index::load(&index.display().to_string()).await?;
+            println!(
+                "added {}@{} to {} ({} entries)",
+                entry.namespace,
+                entry.version,
+                index.display(),
+                parsed.entries.len()
+            );
+            Ok(0)
         }
         Command::Plugin(PluginCommand::Graph { dir }) => {
             let (_runtime, set) = active_set(&home, dir.as_deref()).await?;

@@ -24,12 +24,6 @@ impl Home {
         })
     }
 
-    /// Installed third-party plugins, one folder each with `plugin.toml` and
-    /// `plugin.wasm`.
-    pub fn plugins_dir(&self) -> PathBuf {
-        self.root.join("plugins")
-    }
-
     /// User configuration overrides per plugin: `config/<namespace>.toml`.
     pub fn config_dir(&self) -> PathBuf {
         self.root.join("config")

@@ -1,11 +1,19 @@
-//! Plugin management: which plugins exist, whether they fit together, and
-//! in which order they are activated.
+//! Plugin management: which plugins exist, whether they fit together, how
+//! they are installed, and in which order they are activated.
 //!
 //! - [`resolve`]: the petgraph resolver and its [`Problem`]s.
 //! - [`set`]: finding plugins, loading them, activating the consistent part.
+//! - [`registry`]: the index, publisher keys, signatures, capped downloads.
+//! - [`store`]: the content-addressed store and the crash-safe lock file.
+//! - [`install`]: install, update, remove, enable and disable.
 
+pub mod install;
+pub mod registry;
 pub mod resolve;
 pub mod set;
+pub mod store;
 
 pub use resolve::{Candidate, Problem, Resolution, dot, resolve};
-pub use set::{ActiveSet, Discovery, Found, Origin, discover, load_and_activate};
+pub use set::{
+    ActiveSet, Discovery, Found, Origin, discover_dir, discover_installed, load_and_activate,
+};

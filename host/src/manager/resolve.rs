@@ -41,6 +41,16 @@ impl Candidate {
         }
     }
 
+    /// A loaded plugin, with the tools and events it described.
+    pub fn of(plugin: &crate::plugins::LoadedPlugin, origin: impl Into<String>) -> Candidate {
+        Candidate {
+            manifest: plugin.manifest.clone(),
+            origin: origin.into(),
+            tools: plugin.tools.iter().map(|t| t.name.clone()).collect(),
+            events: plugin.events.clone(),
+        }
+    }
+
     fn label(&self) -> String {
         format!("{} {}", self.manifest.namespace, self.manifest.version)
     }

@@ -1,12 +1,15 @@
 //! Finding, loading and activating the plugin set.
 //!
-//! The set is the bundled plugins plus the plugins folder (by default
-//! `$HEARTH_HOME/plugins`): an installed plugin replaces a bundled one of the
-//! same namespace; two installed plugins claiming one namespace clash. Every
-//! plugin is validated and loaded (which is side-effect free), the whole set
-//! is resolved, and only then is anything activated, in resolution order.
+//! The user's set is the bundled plugins plus those installed in the store:
+//! an installed plugin replaces the bundled one of its namespace, and
+//! disabled namespaces are left out. `plugin check --dir` looks at a folder
+//! of plugin folders instead, where two plugins claiming one namespace
+//! clash. Every plugin is validated and loaded (which is side-effect free),
+//! the whole set is resolved, and only then is anything activated, in
+//! resolution order.
 
 use super::resolve::{Candidate, Problem, Resolution, resolve};
+use super::store::Store;
 use crate::bundled::BUNDLED;
 use crate::home::Home;
 use crate::plugins::{LoadedPlugin, Manifest, Runtime};
@@ -18,8 +21,17 @@ use std::sync::Arc;
 pub enum Origin {
     /// Embedded in this binary, built from this repository folder.
     Bundled(&'static str),
-    /// A folder with `plugin.toml` and `plugin.wasm`.
+    /// A folder with `plugin.toml` and `plugin.wasm` (`plugin check --dir`).
     Dir(PathBuf),
+    /// Installed from an index into the store.
+    Installed {
+        /// The index it came from.
+        registry: String,
+        /// The component in the store.
+        component: PathBuf,
+        /// Its digest, checked on every read.
+        sha256: String,
+    },
 }
 
 impl std::fmt::Display for Origin {
@@ -27,6 +39,7 @@ impl std::fmt::Display for Origin {
         match self {
             Origin::Bundled(src) => write!(f, "bundled ({src})"),
             Origin::Dir(dir) => write!(f, "{}", dir.display()),
+            Origin::Installed { registry, .. } => write!(f, "installed from {registry}"),
         }
     }
 }
@@ -55,6 +68,21 @@ impl Found {
                     .map(std::borrow::Cow::Owned)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))
             }
+            Origin::Installed {
+                component, sha256, ..
+            } => std::fs::read(component)
+                .map_err(|e| format!("cannot read {}: {e}", component.display()))
+                .and_then(|bytes| {
+                    let actual = crate::plugins::cache::sha256_hex(&bytes);
+                    if actual == *sha256 {
+                        Ok(std::borrow::Cow::Owned(bytes))
+                    } else {
+                        Err(format!(
+                            "{} is corrupt: digest {actual}, installed as {sha256}; reinstall it",
+                            component.display()
+                        ))
+                    }
+                }),
         }
     }
 }
@@ -68,18 +96,73 @@ pub struct Discovery {
     pub invalid: Vec<Problem>,
 }
 
-/// Finds the bundled plugins and those in `dir` (each subfolder with a
-/// `plugin.toml`). Fails only when `dir` itself cannot be read.
-pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
-    let mut discovery = Discovery::default();
+fn bundled(skip: impl Fn(&str) -> bool) -> Vec<Found> {
+    let mut found = Vec::new();
     for b in BUNDLED {
         let manifest = Manifest::parse(b.manifest, &format!("{}/plugin.toml", b.source))
             .expect("bundled manifests are valid (checked by the test suite)");
-        discovery.found.push(Found {
-            manifest,
-            origin: Origin::Bundled(b.source),
-        });
+        if !skip(manifest.namespace.as_str()) {
+            found.push(Found {
+                manifest,
+                origin: Origin::Bundled(b.source),
+            });
+        }
     }
+    found
+}
+
+/// The user's set: the bundled plugins and the installed ones (an installed
+/// plugin replaces the bundled plugin of its namespace), less the disabled.
+/// Cleans what an interrupted install left, unless an install is running.
+pub fn discover_installed(home: &Home) -> Result<Discovery, String> {
+    let store = Store::new(home);
+    if let Ok(guard) = store.try_exclusive() {
+        store.clean_leftovers();
+        drop(guard);
+    }
+    let lock = store.read_lock()?;
+    let mut discovery = Discovery {
+        found: bundled(|ns| lock.disabled.contains(ns) || lock.get(ns).is_some()),
+        invalid: Vec::new(),
+    };
+    for installed in &lock.plugin {
+        if lock.disabled.contains(&installed.namespace) {
+            continue;
+        }
+        let path = store.manifest_path(&installed.manifest);
+        let manifest = store
+            .read_verified(&path, &installed.manifest)
+            .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
+            .and_then(|text| {
+                Manifest::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
+            });
+        match manifest {
+            Ok(manifest) => discovery.found.push(Found {
+                manifest,
+                origin: Origin::Installed {
+                    registry: installed.registry.clone(),
+                    component: store.component_path(&installed.component),
+                    sha256: installed.component.clone(),
+                },
+            }),
+            Err(error) => discovery.invalid.push(Problem::InvalidPlugin {
+                plugin: Some(installed.namespace.clone()),
+                origin: format!("installed from {}", installed.registry),
+                error,
+            }),
+        }
+    }
+    Ok(discovery)
+}
+
+/// The bundled plugins and the plugin folders in `dir` (each subfolder
+/// with a `plugin.toml`), as `plugin check --dir` sees them. Fails only when
+/// `dir` itself cannot be read.
+pub fn discover_dir(dir: &Path) -> std::io::Result<Discovery> {
+    let mut discovery = Discovery {
+        found: bundled(|_| false),
+        invalid: Vec::new(),
+    };
     let mut entries = match std::fs::read_dir(dir) {
         Ok(e) => e.collect::<Result<Vec<_>, _>>()?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -152,10 +235,17 @@ impl ActiveSet {
     }
 }
 
-/// Loads every plugin found, resolves the set and activates, in order, the
-/// plugins that can be activated. Nothing is activated before the whole
-/// set has been checked.
-pub async fn load_and_activate(runtime: &Runtime, home: &Home, discovery: Discovery) -> ActiveSet {
+/// Every plugin of a discovery, loaded (compiled or from the cache) but not
+/// activated, as resolver candidates; load failures become problems.
+pub async fn load_all(
+    runtime: &Runtime,
+    home: &Home,
+    discovery: Discovery,
+) -> (
+    Vec<(Arc<LoadedPlugin>, Origin)>,
+    Vec<Candidate>,
+    Vec<Problem>,
+) {
     let mut problems = discovery.invalid;
     let mut loaded = Vec::new();
     let mut candidates = Vec::new();
@@ -172,12 +262,7 @@ pub async fn load_and_activate(runtime: &Runtime, home: &Home, discovery: Discov
         .await;
         match outcome {
             Ok(plugin) => {
-                candidates.push(Candidate {
-                    manifest: plugin.manifest.clone(),
-                    origin: origin_text,
-                    tools: plugin.tools.iter().map(|t| t.name.clone()).collect(),
-                    events: plugin.events.clone(),
-                });
+                candidates.push(Candidate::of(&plugin, origin_text));
                 loaded.push((plugin, found.origin));
             }
             Err(error) => problems.push(Problem::InvalidPlugin {
@@ -187,6 +272,14 @@ pub async fn load_and_activate(runtime: &Runtime, home: &Home, discovery: Discov
             }),
         }
     }
+    (loaded, candidates, problems)
+}
+
+/// Loads every plugin found, resolves the set and activates, in order, the
+/// plugins that can be activated. Nothing is activated before the whole
+/// set has been checked.
+pub async fn load_and_activate(runtime: &Runtime, home: &Home, discovery: Discovery) -> ActiveSet {
+    let (loaded, candidates, problems) = load_all(runtime, home, discovery).await;
     let mut resolution = resolve(&candidates);
     resolution.problems.extend(problems);
     resolution.problems.sort();

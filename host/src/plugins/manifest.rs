@@ -3,7 +3,7 @@
 
 use super::contract;
 use semver::{Version, VersionReq};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -38,7 +38,7 @@ pub struct ManifestError {
 }
 
 /// `plugin.toml` exactly as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawManifest {
     /// Plugin name.
@@ -69,7 +69,7 @@ pub struct RawManifest {
 }
 
 /// `[permissions]` exactly as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawPermissions {
     /// Origins (`https://host[:port]`) it may send HTTP requests to.
@@ -82,8 +82,10 @@ pub struct RawPermissions {
     #[serde(default)]
     pub llm_tokens: u32,
     /// Linear memory limit in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
     /// Wall-clock limit per call in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time_limit_ms: Option<u64>,
 }
 
