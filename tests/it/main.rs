@@ -5,12 +5,12 @@
 //! - `loading`: what the runtime accepts and refuses at load time, and the
 //!   compiled-component cache.
 //! - `first_party`: the bundled plugins through the real host.
-//! - `manifests`: golden errors for broken `plugin.toml` files.
+//! - `golden`: exact errors for broken `plugin.toml` and `registry.toml` files.
 //! - `registry`: `registry.toml` matches the reproducible build.
 
 mod first_party;
+mod golden;
 mod loading;
-mod manifests;
 mod registry;
 mod sandbox;
 

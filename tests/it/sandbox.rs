@@ -57,11 +57,7 @@ const MAX_GROWTH: u64 = 96 << 20;
 async fn still_healthy(s: &Scratch) {
     let pong = s.call("hostile.ping", json!({"n": 1})).await.unwrap();
     assert_eq!(pong["pong"], true);
-    let v = s
-        .call("calc.eval", json!({"expression": "2*(3+4)"}))
-        .await
-        .unwrap();
-    assert_eq!(v["value"], 14);
+    still_calc(s).await;
 }
 
 #[tokio::test]
@@ -466,4 +462,33 @@ async fn an_ungranted_import_rejects_the_plugin_at_load() {
         .await
         .expect_err("http is imported but not granted");
     assert!(err.to_string().contains("wasi:http/"), "{err}");
+}
+
+#[tokio::test]
+async fn replacing_the_active_set_lets_calls_in_flight_finish_on_the_old_one() {
+    let s = sandbox().await;
+    let runtime = s.runtime.clone();
+    let in_flight = tokio::spawn(async move {
+        runtime
+            .invoke_qualified("hostile.spin", "{}", hearth::plugins::CallScope::new("old"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reload without the hostile plugin.
+    let calc = s.runtime.active("calc").unwrap();
+    s.runtime.replace_active(vec![calc]);
+    let err = s.call("hostile.ping", json!({})).await.unwrap_err();
+    assert!(matches!(err, InvokeError::NoSuchPlugin(_)), "{err}");
+    // The call that started before the swap ran to its own end.
+    let old = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(old.kind(), ErrorKind::Timeout, "{old}");
+    still_calc(&s).await;
+}
+
+async fn still_calc(s: &Scratch) {
+    let v = s
+        .call("calc.eval", json!({"expression": "2*(3+4)"}))
+        .await
+        .unwrap();
+    assert_eq!(v["value"], 14);
 }

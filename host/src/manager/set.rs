@@ -275,22 +275,27 @@ pub async fn load_all(
     (loaded, candidates, problems)
 }
 
-/// Loads every plugin found, resolves the set and activates, in order, the
-/// plugins that can be activated. Nothing is activated before the whole
-/// set has been checked.
+/// Loads every plugin found, resolves the set and makes the plugins that
+/// can be activated the runtime's active set, in one atomic swap. Nothing
+/// is activated before the whole set has been checked; calls in flight
+/// finish on the set they started with. A running host calls this again
+/// after install, update, enable or disable.
 pub async fn load_and_activate(runtime: &Runtime, home: &Home, discovery: Discovery) -> ActiveSet {
     let (loaded, candidates, problems) = load_all(runtime, home, discovery).await;
     let mut resolution = resolve(&candidates);
     resolution.problems.extend(problems);
     resolution.problems.sort();
-    for namespace in &resolution.order {
-        if let Some((plugin, _)) = loaded
-            .iter()
-            .find(|(p, _)| p.manifest.namespace.as_str() == namespace)
-        {
-            runtime.activate(plugin.clone());
-        }
-    }
+    let active = resolution
+        .order
+        .iter()
+        .filter_map(|ns| {
+            loaded
+                .iter()
+                .find(|(p, _)| p.manifest.namespace.as_str() == ns)
+        })
+        .map(|(p, _)| p.clone())
+        .collect();
+    runtime.replace_active(active);
     ActiveSet {
         loaded,
         candidates,

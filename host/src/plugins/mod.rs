@@ -462,6 +462,19 @@ impl Runtime {
         active.insert(plugin.manifest.namespace.to_string(), plugin)
     }
 
+    /// Replaces the whole active set at once. Calls already running keep the
+    /// plugins they started with; calls that start afterwards see only the
+    /// new set. This is how a running host reloads after install, update,
+    /// enable or disable.
+    pub fn replace_active(&self, plugins: Vec<Arc<LoadedPlugin>>) {
+        let next: BTreeMap<String, Arc<LoadedPlugin>> = plugins
+            .into_iter()
+            .map(|p| (p.manifest.namespace.to_string(), p))
+            .collect();
+        let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
+        *active = next;
+    }
+
     /// Removes a namespace from the active set.
     pub fn deactivate(&self, namespace: &str) -> Option<Arc<LoadedPlugin>> {
         let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
