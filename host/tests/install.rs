@@ -518,3 +518,88 @@ fn an_install_killed_at_any_moment_leaves_the_previous_set() {
     }
     eprintln!("{completed} of 20 installs completed before the kill");
 }
+
+#[test]
+fn a_publisher_signs_with_the_cli_and_a_user_installs() {
+    let publisher = tempfile::tempdir().unwrap();
+    let key = publisher.path().join("publisher.key");
+    let out = hearth(
+        publisher.path(),
+        &["registry", "keygen", "--out", key.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let public = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .expect("keygen prints the public key")
+        .to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the secret key is readable by others: {mode:o}"
+        );
+    }
+    let dir = publisher.path();
+    std::fs::write(dir.join("plugin.toml"), "name = \"mathx\"\nnamespace = \"mathx\"\nversion = \"1.0.0\"\ncontract = \"0.1.0\"\npriority = 3\ndescription = \"math\"\n").unwrap();
+    std::fs::write(dir.join("mathx.wasm"), component("plugins/calc")).unwrap();
+    let index = dir.join("index.toml");
+    let out = hearth(
+        dir,
+        &[
+            "registry",
+            "add",
+            "--index",
+            index.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--manifest",
+            dir.join("plugin.toml").to_str().unwrap(),
+            "--component",
+            dir.join("mathx.wasm").to_str().unwrap(),
+            "--source",
+            "mathx.wasm",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("added mathx@1.0.0"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let user = tempfile::tempdir().unwrap();
+    let out = install(user.path(), index.to_str().unwrap(), "mathx", &[]);
+    assert!(!out.status.success(), "installed without trusting the key");
+    assert!(
+        text(&out.stderr).contains("which you do not trust"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        hearth(user.path(), &["registry", "trust", &public])
+            .status
+            .success()
+    );
+    let out = install(user.path(), index.to_str().unwrap(), "mathx", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = hearth(
+        user.path(),
+        &[
+            "plugin",
+            "invoke",
+            "mathx.eval",
+            "--args",
+            r#"{"expression":"2^10"}"#,
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("\"value\":1024"),
+        "{}",
+        text(&out.stderr)
+    );
+}

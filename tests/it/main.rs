@@ -6,10 +6,12 @@
 //!   compiled-component cache.
 //! - `first_party`: the bundled plugins through the real host.
 //! - `golden`: exact errors for broken `plugin.toml` and `registry.toml` files.
+//! - `install`: installing over HTTP from a loopback index.
 //! - `registry`: `registry.toml` matches the reproducible build.
 
 mod first_party;
 mod golden;
+mod install;
 mod loading;
 mod registry;
 mod sandbox;

@@ -147,6 +147,18 @@ pub struct MockServer {
 impl MockServer {
     /// Starts serving `status` and `body` on 127.0.0.1 with a free port.
     pub async fn start(status: u16, body: &'static str) -> MockServer {
+        MockServer::routes(status, move |_| {
+            Some(bytes::Bytes::from_static(body.as_bytes()))
+        })
+        .await
+    }
+
+    /// Starts serving, for each path, what `route` gives (404 for `None`).
+    pub async fn routes(
+        status: u16,
+        route: impl Fn(&str) -> Option<bytes::Bytes> + Send + Sync + 'static,
+    ) -> MockServer {
+        let route = Arc::new(route);
         use hyper::service::service_fn;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -158,7 +170,7 @@ impl MockServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (h, l) = (h.clone(), l.clone());
+                let (h, l, route) = (h.clone(), l.clone(), route.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         h.fetch_add(1, Ordering::SeqCst);
@@ -171,13 +183,15 @@ impl MockServer {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                         );
+                        let (status, body) = match route(req.uri().path()) {
+                            Some(body) => (status, body),
+                            None => (404, bytes::Bytes::from_static(b"not found")),
+                        };
                         async move {
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
                                     .status(status)
-                                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                                        body.as_bytes(),
-                                    )))
+                                    .body(http_body_util::Full::new(body))
                                     .unwrap(),
                             )
                         }

@@ -1,0 +1,72 @@
+//! Installing over HTTP: the index and the component both come from a
+//! loopback server.
+
+use hearth::home::Home;
+use hearth::manager::install::{self, Options};
+use hearth::manager::registry::{self, Index};
+use hearth::plugins::manifest::RawManifest;
+use hearth_tests::{MockServer, Scratch};
+
+#[tokio::test]
+async fn index_and_component_are_fetched_over_http() {
+    let calc = hearth::bundled::BUNDLED
+        .iter()
+        .find(|b| b.source == "plugins/calc")
+        .unwrap()
+        .component;
+    let manifest: RawManifest = toml::from_str(
+        "name = \"mathx\"\nnamespace = \"mathx\"\nversion = \"1.0.0\"\ncontract = \"0.1.0\"\npriority = 3\ndescription = \"math\"\n",
+    )
+    .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    // The entry's source is filled in once the server's port is known.
+    let server = {
+        let index = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let served = index.clone();
+        let server = MockServer::routes(200, move |path| match path {
+            "/index.toml" => Some(bytes::Bytes::from(served.lock().unwrap().clone())),
+            "/mathx.wasm" => Some(bytes::Bytes::from_static(calc)),
+            _ => None,
+        })
+        .await;
+        let entry = registry::signed_entry(
+            &key,
+            &manifest,
+            calc,
+            &format!("http://{}/mathx.wasm", server.addr),
+        );
+        *index.lock().unwrap() = format!("format = 1\n\n{}", registry::entry_toml(&entry));
+        server
+    };
+    let index = Index::load(&format!("http://{}/index.toml", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(index.entries.len(), 1);
+
+    let s = Scratch::new();
+    let home = Home {
+        root: s.dir.path().to_path_buf(),
+    };
+    registry::TrustedKeys::add(&home, &hex_public(&key)).unwrap();
+    let report = install::install(
+        &home,
+        &s.runtime,
+        &index,
+        "mathx",
+        &semver::VersionReq::STAR,
+        &Options::default(),
+        &mut |_| true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.installed, ["mathx@1.0.0"]);
+    assert_eq!(server.hits(), 2, "one index and one component download");
+}
+
+fn hex_public(key: &ed25519_dalek::SigningKey) -> String {
+    key.verifying_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
