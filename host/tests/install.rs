@@ -345,9 +345,26 @@ fn downgrades_are_refused_and_upgrades_show_new_permissions() {
     let home = home_trusting(&index);
     let out = install(home.path(), &location, "mathx@^1", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = install(home.path(), &location, "mathx", &[]);
+    // Without --yes nobody grants the new permissions: nothing changes.
+    let before = snapshot(home.path());
+    let out = hearth(home.path(), &["plugin", "update"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("failed at step `permissions`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(snapshot(home.path()), before);
+    let out = hearth(home.path(), &["plugin", "update", "--yes"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
+    assert!(stdout.contains("installed mathx@2.0.0"), "{stdout}");
+    let out = hearth(home.path(), &["plugin", "update", "--yes"]);
+    assert!(
+        text(&out.stdout).contains("everything is up to date"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(
         stdout.contains("mathx@2.0.0 (upgrade from 1.0.0)"),
         "{stdout}"

@@ -492,3 +492,41 @@ async fn still_calc(s: &Scratch) {
         .unwrap();
     assert_eq!(v["value"], 14);
 }
+
+#[tokio::test]
+async fn event_hooks_run_in_priority_order_and_may_modify_or_veto() {
+    let s = Scratch::new();
+    s.hostile(|t| format!("{t}\n[config]\ntag = \"A\"\n"))
+        .await
+        .unwrap();
+    s.hostile(|t| {
+        t.replace("namespace = \"hostile\"", "namespace = \"second\"")
+            .replace("priority = 0", "priority = 5")
+            + "\n[config]\ntag = \"B\"\n"
+    })
+    .await
+    .unwrap();
+    let scope = || hearth::plugins::CallScope::new("hooks");
+    let kind = hearth::plugins::EventKind::BeforePrompt;
+    // `second` (priority 5) runs before `hostile` (priority 0).
+    let d = s.runtime.dispatch(kind, "\"x\"", scope()).await;
+    assert_eq!(d.payload, "\"xBA\"");
+    assert!(d.vetoed.is_none() && d.failures.is_empty());
+    // A veto stops the chain.
+    let d = s.runtime.dispatch(kind, "\"forbidden\"", scope()).await;
+    assert_eq!(
+        d.vetoed,
+        Some(("second".to_string(), "B refuses".to_string()))
+    );
+    assert_eq!(d.payload, "\"forbidden\"");
+    // A trapping hook is skipped and reported; the others still run.
+    let d = s.runtime.dispatch(kind, "\"trap\"", scope()).await;
+    assert_eq!(d.failures.len(), 2, "{:?}", d.failures);
+    assert_eq!(d.payload, "\"trap\"");
+    // Nobody observes after-response.
+    let d = s
+        .runtime
+        .dispatch(hearth::plugins::EventKind::AfterResponse, "\"y\"", scope())
+        .await;
+    assert_eq!(d.payload, "\"y\"");
+}

@@ -521,6 +521,67 @@ impl Runtime {
         self.invoke(&plugin, tool, arguments, scope).await
     }
 
+    /// Runs the `on-event` hook of every active plugin that observes `kind`,
+    /// highest priority first (the resolver refuses equal priorities). Each
+    /// sees the payload as the ones before left it; a veto stops the chain.
+    /// A hook that fails is skipped and reported, never fatal.
+    pub async fn dispatch(&self, kind: EventKind, payload: &str, scope: CallScope) -> Dispatch {
+        let mut observers: Vec<Arc<LoadedPlugin>> = self
+            .active_plugins()
+            .into_iter()
+            .filter(|p| p.events.contains(&kind))
+            .collect();
+        observers.sort_by(|a, b| {
+            b.manifest
+                .priority
+                .cmp(&a.manifest.priority)
+                .then_with(|| a.manifest.namespace.cmp(&b.manifest.namespace))
+        });
+        let mut dispatch = Dispatch {
+            payload: payload.to_string(),
+            vetoed: None,
+            failures: Vec::new(),
+        };
+        use contract::latest::hearth::plugin::types::{Event, EventOutcome};
+        for plugin in observers {
+            let namespace = plugin.manifest.namespace.to_string();
+            let event = Event {
+                kind,
+                payload: dispatch.payload.clone(),
+            };
+            match self
+                .inner
+                .run(&plugin, scope.clone(), Op::OnEvent(event))
+                .await
+            {
+                Ok(OpResult::Event(EventOutcome::Proceed)) => {}
+                Ok(OpResult::Event(EventOutcome::Modify(next))) => {
+                    if serde_json::from_str::<serde::de::IgnoredAny>(&next).is_err() {
+                        dispatch.failures.push((
+                            namespace.clone(),
+                            InvokeError::OutputNotJson {
+                                plugin: namespace,
+                                message: "a modified payload must be JSON".into(),
+                            },
+                        ));
+                        continue;
+                    }
+                    dispatch.payload = next;
+                }
+                Ok(OpResult::Event(EventOutcome::Veto(reason))) => {
+                    dispatch.vetoed = Some((namespace, sanitize(&reason, 1024)));
+                    break;
+                }
+                Ok(_) => unreachable!("on-event returns an outcome"),
+                Err(e) => {
+                    tracing::warn!(plugin = %namespace, "event hook failed: {e}");
+                    dispatch.failures.push((namespace, e));
+                }
+            }
+        }
+        dispatch
+    }
+
     /// An instance kept alive across calls. hearth itself always uses a
     /// fresh instance per call; this exists to measure the warm path and for
     /// trusted batch work. Limits still apply per instance.
@@ -673,9 +734,21 @@ impl CallScope {
     }
 }
 
+/// What the observers of an event made of it.
+#[derive(Debug)]
+pub struct Dispatch {
+    /// The payload after every modification.
+    pub payload: String,
+    /// The plugin that vetoed, and its reason; later observers did not run.
+    pub vetoed: Option<(String, String)>,
+    /// Observers that failed (skipped, the chain went on), with the error.
+    pub failures: Vec<(String, InvokeError)>,
+}
+
 /// One export call.
 enum Op<'a> {
     Describe,
+    OnEvent(contract::latest::hearth::plugin::types::Event),
     ValidateConfig(&'a str),
     Invoke {
         tool: &'a str,
@@ -687,6 +760,7 @@ enum Op<'a> {
 /// What an export returned.
 enum OpResult {
     Describe(contract::latest::hearth::plugin::types::Description),
+    Event(contract::latest::hearth::plugin::types::EventOutcome),
     Validated(Result<(), String>),
     Invoked(Result<String, ToolError>),
 }
@@ -769,6 +843,9 @@ impl Inner {
                 let guest = bindings.hearth_plugin_guest();
                 wasmtime::Result::Ok(match op {
                     Op::Describe => OpResult::Describe(guest.call_describe(&mut *store).await?),
+                    Op::OnEvent(event) => {
+                        OpResult::Event(guest.call_on_event(&mut *store, &event).await?)
+                    }
                     Op::ValidateConfig(config) => {
                         OpResult::Validated(guest.call_validate_config(&mut *store, config).await?)
                     }
