@@ -88,16 +88,23 @@ impl Tool {
 pub struct Call {
     /// The unqualified tool name.
     pub tool: String,
-    /// The arguments as parsed JSON.
-    pub arguments: Value,
+    /// The arguments as JSON text, exactly as the host passed them.
+    pub arguments: String,
     /// Request id, caller and depth.
     pub context: CallContext,
 }
 
 impl Call {
-    /// Deserialises the arguments into `T`; the error names the field.
+    /// Deserialises the arguments straight into `T` (no intermediate
+    /// value); the error names the field.
     pub fn args<T: serde::de::DeserializeOwned>(&self) -> Result<T, ToolError> {
-        T::deserialize(&self.arguments).map_err(|e| ToolError::InvalidArguments(e.to_string()))
+        serde_json::from_str(&self.arguments)
+            .map_err(|e| ToolError::InvalidArguments(e.to_string()))
+    }
+
+    /// The arguments as a JSON value, for tools that inspect them freely.
+    pub fn value(&self) -> Result<Value, ToolError> {
+        self.args()
     }
 }
 
@@ -227,8 +234,6 @@ pub mod __private {
         arguments: String,
         context: CallContext,
     ) -> Result<String, ToolError> {
-        let arguments: Value = serde_json::from_str(&arguments)
-            .map_err(|e| ToolError::InvalidArguments(format!("arguments are not JSON: {e}")))?;
         let value = P::invoke(Call {
             tool,
             arguments,

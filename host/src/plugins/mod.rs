@@ -1008,11 +1008,6 @@ impl Inner {
                     self.options.max_input_bytes
                 )));
             }
-            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(arguments) {
-                return Err(InvokeError::BadArguments(format!(
-                    "arguments are not valid JSON: {e}"
-                )));
-            }
             let ctx = wit_context(&scope);
             let OpResult::Invoked(result) = self
                 .run(

@@ -1,9 +1,9 @@
 //! `upper`: the hearth side of the Extism comparison. One tool, `upper`:
 //! `{"text": "..."}` in, `{"text": "<UPPERCASED>"}` out.
 //!
-//! The SDK parses the arguments into a `serde_json::Value`, `call.args`
-//! deserialises the struct from it, and the returned `Value` is serialised
-//! with `to_string`. The Extism guest does exactly the same steps.
+//! `call.args` deserialises the struct straight from the argument text, and
+//! the returned `Value` is serialised with `to_string`. The Extism guest does
+//! exactly the same steps.
 
 use hearth_sdk::{Call, Plugin, Tool, ToolError, Value, json};
 
@@ -17,16 +17,14 @@ struct UpperArgs {
 
 impl Plugin for Upper {
     fn tools() -> Vec<Tool> {
-        vec![
-            Tool::new("upper", "Upper-case a text.").schema(json!({
-                "type": "object",
-                "properties": {
-                    "text": { "type": "string", "description": "The text to upper-case" }
-                },
-                "required": ["text"],
-                "additionalProperties": false
-            })),
-        ]
+        vec![Tool::new("upper", "Upper-case a text.").schema(json!({
+            "type": "object",
+            "properties": {
+                "text": { "type": "string", "description": "The text to upper-case" }
+            },
+            "required": ["text"],
+            "additionalProperties": false
+        }))]
     }
 
     fn invoke(call: Call) -> Result<Value, ToolError> {

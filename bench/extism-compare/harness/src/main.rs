@@ -15,7 +15,8 @@
 //!   repeatedly.
 //!
 //! Both sides get the same limits: 64 MiB of linear memory and a 10 s time
-//! limit (hearth from `plugin.toml`, Extism from its manifest).
+//! limit (hearth from `plugin.toml`, Extism from its manifest; set
+//! `EXTISM_LIMITS=0` to run Extism without them).
 //!
 //! Method: outputs of both are checked against the expected JSON first (the
 //! process exits 1 on a mismatch). Then, per size and path, each side is
@@ -44,7 +45,13 @@ fn fail(message: impl std::fmt::Display) -> BoxError {
 /// `len` bytes of lowercase ASCII text with spaces and digits.
 fn payload(len: usize) -> String {
     const WORDS: &[u8] = b"the quick brown fox jumps over the lazy dog 0123456789 ";
-    WORDS.iter().copied().cycle().take(len).map(char::from).collect()
+    WORDS
+        .iter()
+        .copied()
+        .cycle()
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 struct Hearth {
@@ -178,10 +185,17 @@ impl Stats {
         let mut v = self.per_call_us.clone();
         v.sort_by(f64::total_cmp);
         let m = v.len() / 2;
-        if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
     }
     fn min(&self) -> f64 {
-        self.per_call_us.iter().copied().fold(f64::INFINITY, f64::min)
+        self.per_call_us
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
     }
     fn max(&self) -> f64 {
         self.per_call_us.iter().copied().fold(0.0, f64::max)
@@ -197,16 +211,26 @@ async fn measure(
 ) -> Result<(Stats, Stats), BoxError> {
     let nh = hearth.calibrate(args, target).await?;
     let nx = extism.calibrate(args, target).await?;
-    let mut h = Stats { n: nh, per_call_us: Vec::new() };
-    let mut x = Stats { n: nx, per_call_us: Vec::new() };
+    let mut h = Stats {
+        n: nh,
+        per_call_us: Vec::new(),
+    };
+    let mut x = Stats {
+        n: nx,
+        per_call_us: Vec::new(),
+    };
     for round in 0..rounds {
         let per_call = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n as f64;
         if round % 2 == 0 {
-            h.per_call_us.push(per_call(hearth.batch(args, nh).await?, nh));
-            x.per_call_us.push(per_call(extism.batch(args, nx).await?, nx));
+            h.per_call_us
+                .push(per_call(hearth.batch(args, nh).await?, nh));
+            x.per_call_us
+                .push(per_call(extism.batch(args, nx).await?, nx));
         } else {
-            x.per_call_us.push(per_call(extism.batch(args, nx).await?, nx));
-            h.per_call_us.push(per_call(hearth.batch(args, nh).await?, nh));
+            x.per_call_us
+                .push(per_call(extism.batch(args, nx).await?, nx));
+            h.per_call_us
+                .push(per_call(hearth.batch(args, nh).await?, nh));
         }
     }
     Ok((h, x))
@@ -214,13 +238,21 @@ async fn measure(
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, BoxError> {
     match std::env::var(name) {
-        Ok(v) => v.parse().map_err(|_| fail(format!("{name}={v} is not a valid value"))),
+        Ok(v) => v
+            .parse()
+            .map_err(|_| fail(format!("{name}={v} is not a valid value"))),
         Err(_) => Ok(default),
     }
 }
 
 fn fmt_us(us: f64) -> String {
-    if us >= 100.0 { format!("{us:.0}") } else if us >= 10.0 { format!("{us:.1}") } else { format!("{us:.2}") }
+    if us >= 100.0 {
+        format!("{us:.0}")
+    } else if us >= 10.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.2}")
+    }
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -239,13 +271,17 @@ async fn run() -> Result<(), BoxError> {
         return Err(fail("BENCH_ROUNDS must be at least 1"));
     }
 
-    let hearth_bytes = std::fs::read(&hearth_path).map_err(|e| fail(format!("reading {hearth_path}: {e}")))?;
-    let extism_bytes = std::fs::read(&extism_path).map_err(|e| fail(format!("reading {extism_path}: {e}")))?;
+    let hearth_bytes =
+        std::fs::read(&hearth_path).map_err(|e| fail(format!("reading {hearth_path}: {e}")))?;
+    let extism_bytes =
+        std::fs::read(&extism_path).map_err(|e| fail(format!("reading {extism_path}: {e}")))?;
 
     // hearth: engine, linker, cache and kv store under a throwaway directory.
     let dir = tempfile::tempdir().map_err(|e| fail(format!("tempdir: {e}")))?;
-    let runtime = Runtime::new(RuntimeOptions::in_dir(dir.path())).map_err(|e| fail(format!("hearth runtime: {e}")))?;
-    let manifest = Manifest::parse(MANIFEST, "plugin.toml").map_err(|e| fail(format!("plugin.toml: {e}")))?;
+    let runtime = Runtime::new(RuntimeOptions::in_dir(dir.path()))
+        .map_err(|e| fail(format!("hearth runtime: {e}")))?;
+    let manifest =
+        Manifest::parse(MANIFEST, "plugin.toml").map_err(|e| fail(format!("plugin.toml: {e}")))?;
     let plugin = runtime
         .load(manifest, &hearth_bytes, None)
         .await
@@ -253,9 +289,14 @@ async fn run() -> Result<(), BoxError> {
     let hearth = Hearth { runtime, plugin };
 
     // Extism: compiled once, same memory and time limits, no WASI, no cache.
-    let xmanifest = extism::Manifest::new([extism::Wasm::data(extism_bytes)])
-        .with_memory_max(MEMORY_PAGES)
-        .with_timeout(TIME_LIMIT);
+    // EXTISM_LIMITS=0 leaves Extism's limits off, to see what they cost.
+    let extism_limits = env_or("EXTISM_LIMITS", 1u8)? != 0;
+    let mut xmanifest = extism::Manifest::new([extism::Wasm::data(extism_bytes)]);
+    if extism_limits {
+        xmanifest = xmanifest
+            .with_memory_max(MEMORY_PAGES)
+            .with_timeout(TIME_LIMIT);
+    }
     let compiled = extism::PluginBuilder::new(xmanifest)
         .with_wasi(false)
         .with_cache_disabled()
@@ -302,25 +343,50 @@ async fn run() -> Result<(), BoxError> {
                 )));
             }
         }
-        println!("check {label:>6}: all four outputs identical ({} bytes of correct uppercase JSON)", expected.len());
+        println!(
+            "check {label:>6}: all four outputs identical ({} bytes of correct uppercase JSON)",
+            expected.len()
+        );
     }
 
     println!(
-        "\nmeasuring: {rounds} interleaved rounds per row, batches of ~{} ms; rustc-built guests, release",
-        target.as_millis()
+        "\nmeasuring: {rounds} interleaved rounds per row, batches of ~{} ms; Extism limits {}",
+        target.as_millis(),
+        if extism_limits {
+            "on (64 MiB, 10 s, like hearth's plugin.toml)"
+        } else {
+            "OFF (EXTISM_LIMITS=0)"
+        }
     );
     let mut rows = Vec::new();
     for (label, len) in sizes {
         let text = payload(len);
         let args = serde_json::json!({ "text": text }).to_string();
 
-        let (h, x) = measure(&mut Side::HearthFresh(&hearth), &mut Side::ExtismFresh(&extism), &args, rounds, target).await?;
-        rows.push(Row { size: label, path: "fresh", hearth: h, extism: x });
+        let (h, x) = measure(
+            &mut Side::HearthFresh(&hearth),
+            &mut Side::ExtismFresh(&extism),
+            &args,
+            rounds,
+            target,
+        )
+        .await?;
+        rows.push(Row {
+            size: label,
+            path: "fresh",
+            hearth: h,
+            extism: x,
+        });
 
         let mut wh = Side::HearthWarm(hearth.warm().await?);
         let mut wx = Side::ExtismWarm(extism.instance()?);
         let (h, x) = measure(&mut wh, &mut wx, &args, rounds, target).await?;
-        rows.push(Row { size: label, path: "warm", hearth: h, extism: x });
+        rows.push(Row {
+            size: label,
+            path: "warm",
+            hearth: h,
+            extism: x,
+        });
         eprintln!("  done: {label}");
     }
 
