@@ -61,6 +61,16 @@ async fn index_and_component_are_fetched_over_http() {
     .unwrap();
     assert_eq!(report.installed, ["mathx@1.0.0"]);
     assert_eq!(server.hits(), 2, "one index and one component download");
+
+    // A running host picks the change up without restarting.
+    assert!(s.runtime.active("mathx").is_none());
+    hearth::manager::reload(&s.runtime, &home).await.unwrap();
+    let v = s.call("mathx.eval", serde_json::json!({"expression": "3*3"})).await.unwrap();
+    assert_eq!(v["value"], 9);
+    install::set_enabled(&home, "mathx", false).unwrap();
+    hearth::manager::reload(&s.runtime, &home).await.unwrap();
+    assert!(s.runtime.active("mathx").is_none());
+    assert!(s.runtime.active("calc").is_some());
 }
 
 fn hex_public(key: &ed25519_dalek::SigningKey) -> String {

@@ -38,6 +38,10 @@ pub const BUILTIN_INDEX: &str = include_str!("../../../registry.toml");
 #[serde(deny_unknown_fields)]
 struct RawIndex {
     format: u32,
+    /// The `rustc --version` that produced the digests of repository
+    /// entries (their bytes depend on the compiler).
+    #[serde(default)]
+    toolchain: Option<String>,
     #[serde(default)]
     plugin: Vec<RawEntry>,
 }
@@ -160,6 +164,8 @@ pub struct IndexError {
 pub struct Index {
     /// Where it came from.
     pub location: String,
+    /// The compiler its repository digests were recorded with, if stated.
+    pub toolchain: Option<String>,
     /// Its entries.
     pub entries: Vec<Entry>,
 }
@@ -237,6 +243,7 @@ impl Index {
         }
         Ok(Index {
             location: location.to_string(),
+            toolchain: raw.toolchain,
             entries,
         })
     }

@@ -302,3 +302,13 @@ pub async fn load_and_activate(runtime: &Runtime, home: &Home, discovery: Discov
         resolution,
     }
 }
+
+/// Reloads the user's set into a running runtime: discovers the bundled and
+/// installed plugins again (after an install, update, remove, enable or
+/// disable), loads them (from the compile cache), resolves, and swaps the
+/// active set atomically. Calls in flight finish on the set they started
+/// with. This is what a long-running host calls when the lock file changes.
+pub async fn reload(runtime: &Runtime, home: &Home) -> Result<ActiveSet, String> {
+    let discovery = discover_installed(home)?;
+    Ok(load_and_activate(runtime, home, discovery).await)
+}
