@@ -65,7 +65,10 @@ async fn index_and_component_are_fetched_over_http() {
     // A running host picks the change up without restarting.
     assert!(s.runtime.active("mathx").is_none());
     hearth::manager::reload(&s.runtime, &home).await.unwrap();
-    let v = s.call("mathx.eval", serde_json::json!({"expression": "3*3"})).await.unwrap();
+    let v = s
+        .call("mathx.eval", serde_json::json!({"expression": "3*3"}))
+        .await
+        .unwrap();
     assert_eq!(v["value"], 9);
     install::set_enabled(&home, "mathx", false).unwrap();
     hearth::manager::reload(&s.runtime, &home).await.unwrap();

@@ -56,6 +56,35 @@ async fn a_component_without_a_contract_stamp_is_refused() {
 }
 
 #[tokio::test]
+async fn a_stamped_component_without_the_guest_exports_is_refused() {
+    let s = Scratch::new();
+    let bytes =
+        wat::parse_str(r#"(component (core module (@custom "hearth:contract-version" "0.1.0")))"#)
+            .unwrap();
+    let err = s
+        .runtime
+        .load(calc_manifest(), &bytes, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::BadExports(_)), "{err}");
+    assert!(err.to_string().contains("hearth:plugin/guest"), "{err}");
+}
+
+#[tokio::test]
+async fn a_component_stamped_with_an_unsupported_contract_is_refused() {
+    let s = Scratch::new();
+    let bytes =
+        wat::parse_str(r#"(component (core module (@custom "hearth:contract-version" "0.2.0")))"#)
+            .unwrap();
+    let err = s
+        .runtime
+        .load(calc_manifest(), &bytes, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::UnsupportedContract(_)), "{err}");
+}
+
+#[tokio::test]
 async fn oversized_components_are_refused_before_parsing() {
     let s = Scratch::with(|o| o.max_component_bytes = 1024);
     let calc = BUNDLED.iter().find(|b| b.source == "plugins/calc").unwrap();

@@ -251,6 +251,38 @@ async fn http_to_a_granted_host_works() {
 }
 
 #[tokio::test]
+async fn redirects_are_not_followed_and_credentials_headers_are_refused() {
+    let target = MockServer::start(200, "internal secret").await;
+    let redirector = MockServer::redirect(format!("http://{}/", target.addr)).await;
+    let grant = format!("http://127.0.0.1:{}", redirector.addr.port());
+    let s = sandbox_with(|t| t.replace("http://allowed.invalid", &grant)).await;
+    let out = s
+        .call("hostile.http", json!({ "url": format!("{grant}/go") }))
+        .await
+        .unwrap();
+    assert_eq!(out["status"], 302, "{out}");
+    assert_eq!(target.hits(), 0, "the redirect was followed");
+    for header in ["authorization", "cookie", "host", "proxy-authorization"] {
+        let err = s
+            .call(
+                "hostile.http",
+                json!({ "url": format!("{grant}/h"), "headers": [[header, "x"]] }),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(header) || err.to_string().contains("Forbidden"),
+            "{header}: {err}"
+        );
+    }
+    assert_eq!(
+        redirector.hits(),
+        1,
+        "a request with a forbidden header went out"
+    );
+}
+
+#[tokio::test]
 async fn stdout_flood_is_capped_and_the_call_completes() {
     let _serial = crate::MEMORY.lock().await;
     let s = sandbox_with(|t| t.replace("time-limit-ms = 1000", "time-limit-ms = 20000")).await;

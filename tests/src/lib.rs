@@ -153,10 +153,26 @@ impl MockServer {
         .await
     }
 
+    /// Starts answering every request with a redirect to `location`.
+    pub async fn redirect(location: String) -> MockServer {
+        MockServer::serve(move |_| (302, bytes::Bytes::new(), Some(location.clone()))).await
+    }
+
     /// Starts serving, for each path, what `route` gives (404 for `None`).
     pub async fn routes(
         status: u16,
         route: impl Fn(&str) -> Option<bytes::Bytes> + Send + Sync + 'static,
+    ) -> MockServer {
+        MockServer::serve(move |path| match route(path) {
+            Some(body) => (status, body, None),
+            None => (404, bytes::Bytes::from_static(b"not found"), None),
+        })
+        .await
+    }
+
+    /// Starts serving (status, body, optional Location header) per path.
+    async fn serve(
+        route: impl Fn(&str) -> (u16, bytes::Bytes, Option<String>) + Send + Sync + 'static,
     ) -> MockServer {
         let route = Arc::new(route);
         use hyper::service::service_fn;
@@ -183,18 +199,13 @@ impl MockServer {
                                 .and_then(|v| v.to_str().ok())
                                 .unwrap_or("")
                         );
-                        let (status, body) = match route(req.uri().path()) {
-                            Some(body) => (status, body),
-                            None => (404, bytes::Bytes::from_static(b"not found")),
-                        };
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(http_body_util::Full::new(body))
-                                    .unwrap(),
-                            )
+                        let (status, body, location) = route(req.uri().path());
+                        let mut response = hyper::Response::builder().status(status);
+                        if let Some(location) = location {
+                            response = response.header("location", location);
                         }
+                        let response = response.body(http_body_util::Full::new(body)).unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(response) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
