@@ -1,23 +1,11 @@
 //! The `hearth` binary as a user runs it.
 
-use std::process::Command;
-
-fn hearth(home: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .env("HEARTH_HOME", home)
-        .env_remove("HEARTH_LOG")
-        .output()
-        .expect("run hearth")
-}
+mod common;
+use common::{hearth, text};
 
 /// `hearth plugin invoke <tool> --args <args>`.
 fn invoke(home: &std::path::Path, tool: &str, args: &str) -> std::process::Output {
     hearth(home, &["plugin", "invoke", tool, "--args", args])
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

@@ -10,18 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn hearth(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .env("HEARTH_HOME", home)
-        .env_remove("HEARTH_LOG")
-        .output()
-        .expect("run hearth")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{hearth, text};
 
 fn component(source: &str) -> &'static [u8] {
     BUNDLED
@@ -120,21 +110,26 @@ fn snapshot(home: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
-#[test]
-fn installs_signed_plugins_with_their_dependencies() {
+/// An index with `base` 1.0.0 (the calc component) and `mathx` 1.0.0,
+/// which depends on it and runs `mathx_component` with `mathx_extra` added
+/// to its manifest.
+fn index_with_dependency(mathx_component: &str, mathx_extra: &str) -> Index {
     let mut index = Index::new();
     index.add(
         &manifest("base", "1.0.0", "priority = 1\n"),
         component("plugins/calc"),
     );
+    let extra = format!("priority = 5\n{mathx_extra}[dependencies]\nbase = \"^1\"\n");
     index.add(
-        &manifest(
-            "mathx",
-            "1.0.0",
-            "priority = 5\n[dependencies]\nbase = \"^1\"\n",
-        ),
-        component("plugins/calc"),
+        &manifest("mathx", "1.0.0", &extra),
+        component(mathx_component),
     );
+    index
+}
+
+#[test]
+fn installs_signed_plugins_with_their_dependencies() {
+    let index = index_with_dependency("plugins/calc", "");
     let location = index.write();
     let home = home_trusting(&index);
 
@@ -414,28 +409,8 @@ fn first_party_plugins_install_from_the_built_in_index_by_digest() {
 /// still be intact and load, and the next command cleans up after it.
 #[test]
 fn an_install_killed_at_any_moment_leaves_the_previous_set() {
-    let mut index = Index::new();
-    index.add(
-        &manifest("base", "1.0.0", "priority = 1\n"),
-        component("plugins/calc"),
-    );
-    index.add(
-        &manifest(
-            "mathx",
-            "1.0.0",
-            "priority = 5\n[dependencies]\nbase = \"^1\"\n",
-        ),
-        component("plugins/notes"),
-    );
-    // mathx needs the key-value store for the notes component.
-    index.entries[1].permissions.kv = true;
-    let m = manifest(
-        "mathx",
-        "1.0.0",
-        "priority = 5\n[permissions]\nkv = true\n[dependencies]\nbase = \"^1\"\n",
-    );
-    let source = index.entries[1].source.clone();
-    index.entries[1] = registry::signed_entry(&index.key, &m, component("plugins/notes"), &source);
+    // mathx runs the notes component, which needs the key-value store.
+    let index = index_with_dependency("plugins/notes", "[permissions]\nkv = true\n");
     let location = index.write();
     let home = home_trusting(&index);
 

@@ -55,30 +55,27 @@ async fn a_component_without_a_contract_stamp_is_refused() {
     assert!(matches!(err, LoadError::NoContractStamp), "{err}");
 }
 
+/// A component that exports nothing, stamped with `contract`.
+fn stamped(contract: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component (core module (@custom "hearth:contract-version" "{contract}")))"#
+    ))
+    .unwrap()
+}
+
 #[tokio::test]
-async fn a_stamped_component_without_the_guest_exports_is_refused() {
+async fn stamped_components_with_the_wrong_exports_or_contract_are_refused() {
     let s = Scratch::new();
-    let bytes =
-        wat::parse_str(r#"(component (core module (@custom "hearth:contract-version" "0.1.0")))"#)
-            .unwrap();
     let err = s
         .runtime
-        .load(calc_manifest(), &bytes, None)
+        .load(calc_manifest(), &stamped("0.1.0"), None)
         .await
         .unwrap_err();
     assert!(matches!(err, LoadError::BadExports(_)), "{err}");
     assert!(err.to_string().contains("hearth:plugin/guest"), "{err}");
-}
-
-#[tokio::test]
-async fn a_component_stamped_with_an_unsupported_contract_is_refused() {
-    let s = Scratch::new();
-    let bytes =
-        wat::parse_str(r#"(component (core module (@custom "hearth:contract-version" "0.2.0")))"#)
-            .unwrap();
     let err = s
         .runtime
-        .load(calc_manifest(), &bytes, None)
+        .load(calc_manifest(), &stamped("0.2.0"), None)
         .await
         .unwrap_err();
     assert!(matches!(err, LoadError::UnsupportedContract(_)), "{err}");

@@ -1,0 +1,19 @@
+//! Running the `hearth` binary from tests.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `hearth <args>` with `HEARTH_HOME` set to `home`.
+pub fn hearth(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env("HEARTH_HOME", home)
+        .env_remove("HEARTH_LOG")
+        .output()
+        .expect("run hearth")
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
