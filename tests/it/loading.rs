@@ -82,6 +82,20 @@ async fn stamped_components_with_the_wrong_exports_or_contract_are_refused() {
 }
 
 #[tokio::test]
+async fn compilation_is_bounded_by_the_watchdog() {
+    // Nothing cached, and no time to compile: the load is refused instead
+    // of waiting on the compiler.
+    let s = Scratch::with(|o| o.compile_timeout = std::time::Duration::from_micros(1));
+    let calc = BUNDLED.iter().find(|b| b.source == "plugins/calc").unwrap();
+    let err = s
+        .runtime
+        .load(calc_manifest(), calc.component, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::CompileTimeout(_)), "{err}");
+}
+
+#[tokio::test]
 async fn oversized_components_are_refused_before_parsing() {
     let s = Scratch::with(|o| o.max_component_bytes = 1024);
     let calc = BUNDLED.iter().find(|b| b.source == "plugins/calc").unwrap();

@@ -375,6 +375,24 @@ async fn random_bytes_bomb_is_refused() {
 }
 
 #[tokio::test]
+async fn a_resource_handle_flood_hits_the_handle_limit() {
+    let s = sandbox().await;
+    let err = contained(
+        &s,
+        "handle_flood",
+        json!({}),
+        ErrorKind::Trap,
+        Duration::from_secs(4),
+    )
+    .await;
+    // The store's resource table is capped at 4096 entries.
+    assert!(
+        err.to_string().contains("resource table has no free keys"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn no_state_leaks_between_calls() {
     let s = sandbox().await;
     for _ in 0..3 {
