@@ -1,12 +1,7 @@
 //! The `hearth` binary as a user runs it.
 
 mod common;
-use common::{hearth, text};
-
-/// `hearth plugin invoke <tool> --args <args>`.
-fn invoke(home: &std::path::Path, tool: &str, args: &str) -> std::process::Output {
-    hearth(home, &["plugin", "invoke", tool, "--args", args])
-}
+use common::{hearth, invoke, text};
 
 #[test]
 fn invoke_prints_the_json_result() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{hearth, text};
+use common::{hearth, invoke, text};
 
 fn component(source: &str) -> &'static [u8] {
     BUNDLED
@@ -145,16 +145,7 @@ fn installs_signed_plugins_with_their_dependencies() {
         "{stdout}"
     );
 
-    let out = hearth(
-        home.path(),
-        &[
-            "plugin",
-            "invoke",
-            "mathx.eval",
-            "--args",
-            r#"{"expression":"6*7"}"#,
-        ],
-    );
+    let out = invoke(home.path(), "mathx.eval", r#"{"expression":"6*7"}"#);
     assert!(
         text(&out.stdout).contains("\"value\":42"),
         "{}",
@@ -164,16 +155,7 @@ fn installs_signed_plugins_with_their_dependencies() {
     // Taking the dependency away leaves the dependent out, with the reason.
     let out = hearth(home.path(), &["plugin", "disable", "base"]);
     assert!(out.status.success());
-    let out = hearth(
-        home.path(),
-        &[
-            "plugin",
-            "invoke",
-            "mathx.eval",
-            "--args",
-            r#"{"expression":"1"}"#,
-        ],
-    );
+    let out = invoke(home.path(), "mathx.eval", r#"{"expression":"1"}"#);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -579,16 +561,7 @@ fn a_publisher_signs_with_the_cli_and_a_user_installs() {
     );
     let out = install(user.path(), index.to_str().unwrap(), "mathx", &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = hearth(
-        user.path(),
-        &[
-            "plugin",
-            "invoke",
-            "mathx.eval",
-            "--args",
-            r#"{"expression":"2^10"}"#,
-        ],
-    );
+    let out = invoke(user.path(), "mathx.eval", r#"{"expression":"2^10"}"#);
     assert!(
         text(&out.stdout).contains("\"value\":1024"),
         "{}",

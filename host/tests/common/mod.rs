@@ -1,5 +1,8 @@
 //! Running the `hearth` binary from tests.
 
+// Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -16,4 +19,9 @@ pub fn hearth(home: &Path, args: &[&str]) -> Output {
 /// Output bytes as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `hearth plugin invoke <tool> --args <args>`.
+pub fn invoke(home: &Path, tool: &str, args: &str) -> Output {
+    hearth(home, &["plugin", "invoke", tool, "--args", args])
 }
