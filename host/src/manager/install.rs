@@ -283,12 +283,7 @@ pub async fn install(
     // 6. check the would-be set against the current one, tools and hooks
     // included (the current plugins load from the compile cache).
     let planned: BTreeSet<&str> = plan.iter().map(|e| e.manifest.namespace.as_str()).collect();
-    let (_, before, _) = load_all(
-        runtime,
-        home,
-        discover_installed(home).map_err(|m| fail(name, Step::CheckSet, m))?,
-    )
-    .await;
+    let (_, before, _) = load_all(runtime, home, current.clone()).await;
     let mut after: Vec<Candidate> = before
         .iter()
         .filter(|c| !planned.contains(c.manifest.namespace.as_str()))

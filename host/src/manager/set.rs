@@ -87,8 +87,8 @@ impl Found {
     }
 }
 
-/// What [`discover`] found: valid manifests and the problems of the rest.
-#[derive(Debug, Default)]
+/// What discovery found: valid manifests and the problems of the rest.
+#[derive(Debug, Clone, Default)]
 pub struct Discovery {
     /// Plugins with valid manifests.
     pub found: Vec<Found>,
