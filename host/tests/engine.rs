@@ -194,7 +194,14 @@ fn max_tokens_ends_with_length() {
 
 #[test]
 fn the_context_window_is_enforced() {
-    let small = Engine::load(&model_path(), &EngineOptions { context: Some(48) }).unwrap();
+    let small = Engine::load(
+        &model_path(),
+        &EngineOptions {
+            context: Some(48),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let long = "word ".repeat(60);
     let err = small
         .generate(GenerateRequest::chat(vec![ChatMessage::new(
@@ -250,6 +257,24 @@ fn cancelling_stops_between_tokens() {
         }
     }
     panic!("no Done event");
+}
+
+#[test]
+fn the_candle_backend_runs_the_same_file() {
+    let options = EngineOptions {
+        backend: hearth::engine::Backend::Candle,
+        ..Default::default()
+    };
+    let candle = Engine::load(&model_path(), &options).unwrap();
+    let run = || {
+        let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Name a fruit.")]);
+        req.params = SamplingParams::greedy(8);
+        candle.generate(req).unwrap().wait(&mut |_| {}).unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.text, b.text);
+    assert!(!a.text.is_empty());
+    assert_eq!(a.usage.completion_tokens, 8);
 }
 
 #[test]

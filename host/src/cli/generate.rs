@@ -3,8 +3,8 @@
 
 use crate::engine::provision::{self, Spec};
 use crate::engine::{
-    ChatMessage, Engine, EngineOptions, GenerateRequest, ModelFile, OutputFormat, Prompt, Role,
-    SamplingParams,
+    Backend, ChatMessage, Engine, EngineOptions, GenerateRequest, ModelFile, OutputFormat, Prompt,
+    Role, SamplingParams,
 };
 use crate::home::Home;
 use anyhow::Context;
@@ -21,6 +21,18 @@ pub struct ModelArgs {
     /// Context window in tokens (default: the model's, at most 8192).
     #[arg(long)]
     pub context: Option<usize>,
+    /// Which implementation runs the model.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
+
+impl ModelArgs {
+    fn options(&self) -> EngineOptions {
+        EngineOptions {
+            context: self.context,
+            backend: self.backend,
+        }
+    }
 }
 
 /// Sampling flags, named like the API's parameters.
@@ -134,12 +146,7 @@ pub fn pull_with_bar(home: &Home, spec: &Spec, to: &str) -> anyhow::Result<PathB
 
 fn load(home: &Home, args: &ModelArgs) -> anyhow::Result<Engine> {
     let path = resolve_model(home, args)?;
-    Ok(Engine::load(
-        &path,
-        &EngineOptions {
-            context: args.context,
-        },
-    )?)
+    Ok(Engine::load(&path, &args.options())?)
 }
 
 /// `hearth run`: one answer, streamed to stdout.
@@ -301,12 +308,7 @@ pub fn bench(
     json: bool,
 ) -> anyhow::Result<i32> {
     let path = resolve_model(home, model)?;
-    let engine = Engine::load(
-        &path,
-        &EngineOptions {
-            context: model.context,
-        },
-    )?;
+    let engine = Engine::load(&path, &model.options())?;
     // One untimed run warms caches and page-faults the weights in.
     engine.bench(prompt_tokens.min(8), 2)?;
     let mut prompt = Vec::new();

@@ -16,6 +16,7 @@ pub mod constrain;
 mod error;
 pub mod gguf;
 mod model;
+mod native;
 pub mod provision;
 pub mod sample;
 pub mod template;
@@ -25,6 +26,7 @@ pub mod tools;
 pub use constrain::OutputFormat;
 pub use error::EngineError;
 pub use gguf::{ModelFile, ModelInfo};
+pub use model::Backend;
 pub use sample::SamplingParams;
 pub use template::{ChatMessage, Role, ToolSpec};
 pub use tools::{ToolCall, parse_tool_calls};
@@ -70,6 +72,8 @@ pub struct EngineOptions {
     /// Context window in tokens (default: what the model was trained for,
     /// at most 8192).
     pub context: Option<usize>,
+    /// Which implementation runs the model.
+    pub backend: Backend,
 }
 
 /// What to generate from.
@@ -273,13 +277,14 @@ impl Engine {
             &token_text("tokenizer.ggml.eos_token_id"),
         )?;
         let device = model::device()?;
+        let backend = options.backend;
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
         let thread_tokenizer = tokenizer.clone();
         std::thread::Builder::new()
             .name("hearth-engine".into())
             .spawn(move || {
-                let network = match Network::load(file, &device) {
+                let network = match Network::load(file, &device, backend, threads()) {
                     Ok(n) => {
                         let _ = loaded_tx.send(Ok(()));
                         n

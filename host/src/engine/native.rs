@@ -1,0 +1,171 @@
+//! hearth's own CPU implementation of the llama architecture (Llama,
+//! SmolLM, Mistral-style dense models), used instead of candle's on the
+//! CPU. Why: candle's CPU path spends its time in 8-bit×8-bit dot products
+//! and per-op tensor bookkeeping; this one runs fused projections through
+//! `hearth-kernels` (8-bit weights × 16-bit activations, see there), keeps
+//! the token embedding quantised instead of expanding it to f32, and
+//! allocates nothing per token.
+
+use super::error::EngineError;
+use super::gguf::ModelFile;
+use candle_core::Device;
+use candle_core::quantized::{GgmlDType, QTensor};
+use hearth_kernels::Q8Matrix;
+use hearth_kernels::llama::{Config, Layer, Llama};
+use std::fs::File;
+use std::io::BufReader;
+
+/// A llama-architecture model on hearth's CPU kernels.
+pub struct NativeLlama {
+    model: Llama,
+}
+
+impl NativeLlama {
+    /// Whether this file can run here: a dense llama model.
+    pub fn supports(file: &ModelFile) -> bool {
+        file.str("general.architecture") == Some("llama")
+            && file.arch_int("expert_count").unwrap_or(0) == 0
+            && file
+                .arch_int("embedding_length")
+                .is_some_and(|d| d % 32 == 0)
+            && file
+                .arch_int("feed_forward_length")
+                .is_some_and(|d| d % 32 == 0)
+    }
+
+    /// Loads the weights, converting each matrix to 8-bit blocks.
+    pub fn load(file: &ModelFile, threads: usize) -> Result<NativeLlama, EngineError> {
+        let bad = |reason: String| EngineError::BadFile {
+            path: file.path.clone(),
+            reason,
+        };
+        let need = |key: &str| {
+            file.arch_int(key)
+                .map(|v| v as usize)
+                .ok_or_else(|| bad(format!("no llama.{key}")))
+        };
+        let dim = need("embedding_length")?;
+        let heads = need("attention.head_count")?;
+        let kv_heads = file
+            .arch_int("attention.head_count_kv")
+            .map_or(heads, |v| v as usize);
+        let layers_n = need("block_count")?;
+        let ffn = need("feed_forward_length")?;
+        let head_dim = dim / heads;
+        let float = |key: &str, default: f32| {
+            file.content
+                .metadata
+                .get(&format!("llama.{key}"))
+                .and_then(|v| v.to_f32().ok())
+                .unwrap_or(default)
+        };
+        let cfg = Config {
+            dim,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn,
+            eps: float("attention.layer_norm_rms_epsilon", 1e-5),
+            rope_base: float("rope.freq_base", 10_000.0),
+            rope_dim: file
+                .arch_int("rope.dimension_count")
+                .map_or(head_dim, |v| v as usize),
+        };
+        let mut reader = BufReader::new(File::open(&file.path).map_err(|e| EngineError::Io {
+            path: file.path.clone(),
+            reason: e.to_string(),
+        })?);
+        let cpu = Device::Cpu;
+        let mut tensor = |name: &str| -> Result<QTensor, EngineError> {
+            file.content
+                .tensor(&mut reader, name, &cpu)
+                .map_err(|e| bad(format!("tensor {name}: {e}")))
+        };
+        let mut matrix = |name: &str| -> Result<Q8Matrix, EngineError> {
+            to_q8(&tensor(name)?).map_err(|e| bad(format!("tensor {name}: {e}")))
+        };
+        let embedding = matrix("token_embd.weight")?;
+        let output = if file.content.tensor_infos.contains_key("output.weight") {
+            Some(matrix("output.weight")?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(layers_n);
+        for i in 0..layers_n {
+            let p = |n: &str| format!("blk.{i}.{n}.weight");
+            let qkv = Q8Matrix::stack(&[
+                matrix(&p("attn_q"))?,
+                matrix(&p("attn_k"))?,
+                matrix(&p("attn_v"))?,
+            ]);
+            let gate_up = Q8Matrix::stack(&[matrix(&p("ffn_gate"))?, matrix(&p("ffn_up"))?]);
+            layers.push(Layer {
+                attn_norm: Vec::new(),
+                qkv,
+                wo: matrix(&p("attn_output"))?,
+                ffn_norm: Vec::new(),
+                gate_up,
+                down: matrix(&p("ffn_down"))?,
+                keys: Vec::new(),
+                values: Vec::new(),
+            });
+        }
+        let mut vector = |name: &str| -> Result<Vec<f32>, EngineError> {
+            let t = file
+                .content
+                .tensor(&mut reader, name, &cpu)
+                .and_then(|q| q.dequantize(&cpu))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+            Ok(t)
+        };
+        for (i, layer) in layers.iter_mut().enumerate() {
+            layer.attn_norm = vector(&format!("blk.{i}.attn_norm.weight"))?;
+            layer.ffn_norm = vector(&format!("blk.{i}.ffn_norm.weight"))?;
+        }
+        let out_norm = vector("output_norm.weight")?;
+        let model = Llama::new(cfg, embedding, output, out_norm, layers, threads)
+            .map_err(EngineError::Model)?;
+        Ok(NativeLlama { model })
+    }
+
+    /// Forgets the KV cache.
+    pub fn clear(&mut self) {
+        self.model.clear();
+    }
+
+    /// Feeds `tokens` at positions `pos..`; returns the next token's logits.
+    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
+        self.model
+            .forward(tokens, pos)
+            .map(<[f32]>::to_vec)
+            .map_err(EngineError::Model)
+    }
+}
+
+/// Any GGUF weight matrix as 8-bit blocks: Q8_0 is taken as it is; other
+/// types go through f32.
+fn to_q8(t: &QTensor) -> candle_core::Result<Q8Matrix> {
+    let dims = t.shape().dims();
+    let (rows, cols) = match dims {
+        [r, c] => (*r, *c),
+        other => candle_core::bail!("expected a matrix, got shape {other:?}"),
+    };
+    if t.dtype() == GgmlDType::Q8_0 {
+        let data = t.data()?;
+        let blocks = rows * cols / 32;
+        let mut scales = Vec::with_capacity(blocks);
+        let mut quants = Vec::with_capacity(rows * cols);
+        for b in data.chunks_exact(34).take(blocks) {
+            scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+            quants.extend(b[2..].iter().map(|v| *v as i8));
+        }
+        return Ok(Q8Matrix::from_q8_0(scales, quants, rows, cols));
+    }
+    let full = t
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(Q8Matrix::from_f32(&full, rows, cols))
+}
