@@ -615,7 +615,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Model(ModelCommand::List) => {
             for (path, size) in crate::engine::provision::list(&home)? {
-                println!("{}  {:.1} MB", path.display(), size as f64 / 1e6);
+                let summary = match crate::engine::ModelFile::open(&path) {
+                    Ok(file) => {
+                        let i = file.info();
+                        format!(
+                            "{} {:.0}M {} ctx {} template {} tokenizer {}",
+                            i.architecture,
+                            i.parameters as f64 / 1e6,
+                            i.quantization,
+                            i.context_length,
+                            if i.chat_template { "yes" } else { "no" },
+                            i.tokenizer
+                        )
+                    }
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                println!("{}  {:.1} MB  {summary}", path.display(), size as f64 / 1e6);
             }
             Ok(0)
         }

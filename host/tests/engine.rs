@@ -495,6 +495,39 @@ fn quantize_writes_a_model_that_loads() {
     req.params = SamplingParams::greedy(4);
     let done = small.generate(req).unwrap().wait(&mut |_| {}).unwrap();
     assert!(done.usage.completion_tokens >= 1);
+    // --quantize at load: done once into the data directory, then reused.
+    let home = tempfile::tempdir().unwrap();
+    let model = model_path();
+    let args = [
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--quantize",
+        "q4_0",
+        "--max-tokens",
+        "3",
+        "Hi",
+    ];
+    let first = common::hearth(home.path(), &args);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("quantizing"),
+        "{}",
+        text(&first.stderr)
+    );
+    let again = common::hearth(home.path(), &args);
+    assert!(
+        !text(&again.stderr).contains("quantizing"),
+        "{}",
+        text(&again.stderr)
+    );
+    let list = common::hearth(home.path(), &["model", "list"]);
+    let list = text(&list.stdout);
+    assert!(
+        list.contains("SmolLM2-135M-Instruct.Q4_0.gguf")
+            && list.contains("llama 135M Q4_0 ctx 8192 template yes"),
+        "{list}"
+    );
     let bad = common::hearth(
         dir.path(),
         &["model", "quantize", "a.gguf", "b.gguf", "--type", "q3"],

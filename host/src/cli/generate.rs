@@ -24,6 +24,10 @@ pub struct ModelArgs {
     /// Which implementation runs the model.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// Quantize the model to this type before loading (q8_0, q4_0, q4_k…;
+    /// for f16/f32 files): done once, kept in the data directory.
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 impl ModelArgs {
@@ -106,9 +110,30 @@ impl SamplingArgs {
 /// The model file to load: `--model`, else the default model, pulled and
 /// re-quantised on first use with a message saying so.
 pub fn resolve_model(home: &Home, args: &ModelArgs) -> anyhow::Result<PathBuf> {
-    if let Some(path) = &args.model {
-        return Ok(path.clone());
+    let path = match &args.model {
+        Some(path) => path.clone(),
+        None => default_model(home)?,
+    };
+    let Some(to) = &args.quantize else {
+        return Ok(path);
+    };
+    let ty = crate::engine::gguf::parse_type(to)?;
+    let dir = provision::models_dir(home);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = dir.join(provision::quantized_name(&path, ty));
+    if target.exists() {
+        return Ok(target);
     }
+    eprintln!(
+        "hearth: quantizing {} to {} …",
+        path.display(),
+        target.display()
+    );
+    crate::engine::gguf::quantize(&path, &target, ty, &mut |_, _| {})?;
+    Ok(target)
+}
+
+fn default_model(home: &Home) -> anyhow::Result<PathBuf> {
     let dir = provision::models_dir(home);
     let default = provision::DEFAULT;
     let expected = dir.join(provision::default_file_name());

@@ -100,11 +100,10 @@ pub fn pull_prepared(
     }
     let ty = super::gguf::parse_type(to).map_err(|e| e.to_string())?;
     let file = super::gguf::ModelFile::open(&pulled).map_err(|e| e.to_string())?;
-    let label = format!("{ty:?}").to_uppercase();
-    if file.info().quantization == label {
+    if file.info().quantization == format!("{ty:?}").to_uppercase() {
         return Ok(pulled);
     }
-    let target = pulled.with_file_name(format!("{}.{label}.gguf", model_stem(&pulled)));
+    let target = pulled.with_file_name(quantized_name(&pulled, ty));
     if target.exists() && super::gguf::ModelFile::open(&target).is_ok() {
         return Ok(target);
     }
@@ -121,6 +120,16 @@ pub fn default_file_name() -> String {
         "{}.{}.gguf",
         model_stem(Path::new(DEFAULT.member)),
         DEFAULT_TYPE.to_uppercase()
+    )
+}
+
+/// The file name of `path` quantised to `ty`:
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` → `SmolLM2-135M-Instruct.Q8_0.gguf`.
+pub fn quantized_name(path: &Path, ty: candle_core::quantized::GgmlDType) -> String {
+    format!(
+        "{}.{}.gguf",
+        model_stem(path),
+        format!("{ty:?}").to_uppercase()
     )
 }
 
