@@ -4,7 +4,11 @@
 //! - [`plugins`]: the component runtime — one wasmtime engine, the versioned
 //!   `hearth:plugin` contract, manifests, capabilities, limits, the verified
 //!   compile cache and the key-value store.
-//! - [`engine`]: the model: provisioning (loading and generation next).
+//! - [`engine`]: the model: provisioning, GGUF loading, tokenizer and chat
+//!   template from the file, sampling, constrained output, generation on its
+//!   own thread.
+//! - [`scheduler`]: the bounded, prioritised queue in front of the engine:
+//!   admission, deadlines, cancellation.
 //! - [`bundled`]: the first-party plugins, built from `plugins/` at compile
 //!   time and embedded in the binary.
 //! - [`manager`]: the plugin set: resolver (petgraph), conflicts, activation order.
@@ -19,3 +23,4 @@ pub mod engine;
 pub mod home;
 pub mod manager;
 pub mod plugins;
+pub mod scheduler;

@@ -2,27 +2,15 @@
 //! deterministic weights and the default model's real tokenizer: loading,
 //! the qwen2 pre-tokenizer, generation through candle.
 
+mod common;
+use common::default_model;
+
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use hearth::engine::{
     ChatMessage, Engine, EngineOptions, GenerateRequest, ModelFile, Role, SamplingParams,
 };
-use std::path::{Path, PathBuf};
-
-fn default_model() -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
-    std::fs::create_dir_all(&root).unwrap();
-    let lock = std::fs::File::create(root.join(".lock")).unwrap();
-    lock.lock().unwrap();
-    let home = hearth::home::Home { root };
-    hearth::engine::provision::pull_prepared(
-        &home,
-        &hearth::engine::provision::Spec::Default,
-        hearth::engine::provision::DEFAULT_TYPE,
-        &mut |_, _| {},
-    )
-    .unwrap()
-}
+use std::path::Path;
 
 /// Writes a 2-block qwen2 model (dim 64) with the default model's vocabulary.
 fn tiny_qwen2(path: &Path) {

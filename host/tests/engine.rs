@@ -3,34 +3,16 @@
 
 mod common;
 use common::text;
-use hearth::engine::provision::{self, Spec};
 use hearth::engine::{
     CancelToken, ChatMessage, Engine, EngineError, EngineOptions, Event, FinishReason,
     GenerateRequest, OutputFormat, Prompt, Role, SamplingParams,
 };
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// The default model, pulled once into the build folder (a lock keeps
-/// parallel test binaries from pulling it twice).
 fn model_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
-        std::fs::create_dir_all(&root).unwrap();
-        let lock = std::fs::File::create(root.join(".lock")).unwrap();
-        lock.lock().unwrap();
-        let home = hearth::home::Home { root };
-        provision::pull_prepared(
-            &home,
-            &Spec::Default,
-            provision::DEFAULT_TYPE,
-            &mut |_, _| {},
-        )
-        .expect("pull the default model")
-    })
-    .clone()
+    common::default_model()
 }
 
 fn engine() -> &'static Engine {

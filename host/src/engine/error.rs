@@ -80,6 +80,15 @@ pub enum EngineError {
     /// The model computation failed.
     #[error("model: {0}")]
     Model(String),
+    /// The request waited in the queue past its deadline and never ran.
+    #[error("the request waited {waited_ms} ms in the queue, past its deadline, and was not run")]
+    QueueDeadline {
+        /// Time spent queued.
+        waited_ms: u64,
+    },
+    /// The service is shutting down; the request was not run.
+    #[error("the service is shutting down")]
+    ShuttingDown,
     /// The engine thread is gone (it panicked or was shut down).
     #[error("the engine has stopped")]
     Stopped,

@@ -189,6 +189,18 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// A generation whose events arrive on `events` (for queues in front
+    /// of the engine).
+    pub fn from_channel(
+        events: tokio::sync::mpsc::Receiver<Result<Event, EngineError>>,
+        prompt_tokens: usize,
+    ) -> Generation {
+        Generation {
+            events,
+            prompt_tokens,
+        }
+    }
+
     /// The next event, waiting asynchronously. `None` after `Done` or an error.
     pub async fn next(&mut self) -> Option<Result<Event, EngineError>> {
         self.events.recv().await
@@ -211,11 +223,46 @@ impl Generation {
     }
 }
 
+/// A checked, tokenized request, ready for [`Engine::start`].
+pub struct Prepared {
+    tokens: Vec<u32>,
+    params: SamplingParams,
+    constraint: Option<Constraint>,
+    cancel: CancelToken,
+    deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("prompt_tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl Prepared {
+    /// Tokens in the prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The request's cancellation token.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
+    }
+
+    /// Stops generation (finish reason `cancelled`) once `deadline` passes.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+}
+
 struct Job {
     tokens: Vec<u32>,
     params: SamplingParams,
     constraint: Option<Constraint>,
     cancel: CancelToken,
+    deadline: Option<Instant>,
     /// Benchmarks generate a fixed number of tokens whatever the model says.
     ignore_eos: bool,
     events: tokio::sync::mpsc::Sender<Result<Event, EngineError>>,
@@ -354,6 +401,13 @@ impl Engine {
     /// Queues a generation. Bad parameters, a prompt too long for the
     /// context and a bad schema are refused here, before any work.
     pub fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
+        let prepared = self.prepare(request)?;
+        self.start(prepared)
+    }
+
+    /// Checks and tokenizes a request without queuing it, so a caller with
+    /// its own queue (the scheduler) can refuse bad input at once.
+    pub fn prepare(&self, request: GenerateRequest) -> Result<Prepared, EngineError> {
         request.params.validate()?;
         let tokens = self.tokenize(&request.prompt)?;
         if tokens.is_empty() {
@@ -375,14 +429,26 @@ impl Engine {
                     .map_err(|e| EngineError::Constraint(e.to_string()))?,
             ),
         };
+        Ok(Prepared {
+            tokens,
+            params: request.params,
+            constraint,
+            cancel: request.cancel,
+            deadline: None,
+        })
+    }
+
+    /// Hands a prepared request to the engine thread.
+    pub fn start(&self, prepared: Prepared) -> Result<Generation, EngineError> {
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-        let prompt_tokens = tokens.len();
+        let prompt_tokens = prepared.tokens.len();
         self.jobs
             .send(Job {
-                tokens,
-                params: request.params,
-                constraint,
-                cancel: request.cancel,
+                tokens: prepared.tokens,
+                params: prepared.params,
+                constraint: prepared.constraint,
+                cancel: prepared.cancel,
+                deadline: prepared.deadline,
                 ignore_eos: false,
                 events: tx,
             })
@@ -423,6 +489,7 @@ impl Engine {
                 params,
                 constraint: None,
                 cancel: CancelToken::default(),
+                deadline: None,
                 ignore_eos: true,
                 events: tx,
             })
@@ -473,7 +540,10 @@ impl Worker {
         let mut decoder = StreamDecoder::default();
         let mut generated = 0usize;
         let finish = loop {
-            if job.cancel.is_cancelled() || job.events.is_closed() {
+            if job.cancel.is_cancelled()
+                || job.events.is_closed()
+                || job.deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 break FinishReason::Cancelled;
             }
             if let Some(c) = job.constraint.as_mut() {

@@ -1,0 +1,286 @@
+//! The task scheduling centre: one bounded queue in front of the engine.
+//!
+//! - Priority classes: interactive requests run before model calls made by
+//!   plugins, which run before background work; first come, first served
+//!   within a class.
+//! - Admission: a full queue refuses at once with a retry-after estimate
+//!   (the server's 503), never blocking the caller.
+//! - Deadlines: a request still queued at its deadline is answered with an
+//!   error without running; one running at its deadline is stopped between
+//!   two tokens.
+//! - Cancellation: dropping the [`Generation`] a submission returns (a
+//!   client that disconnected) drops queued work and stops running work.
+//! - Generation runs on the engine's thread; this module's dispatcher is one
+//!   more plain thread. Nothing here blocks an async executor.
+
+use crate::engine::{
+    CancelToken, Engine, EngineError, Event, GenerateRequest, Generation, Prepared,
+};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Who is asking, in the order they are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// A person waiting on an API or CLI request.
+    Interactive = 0,
+    /// A plugin calling the model.
+    Plugin = 1,
+    /// Work nobody is waiting on.
+    Background = 2,
+}
+
+const CLASSES: usize = 3;
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The queue holds `capacity` requests already.
+    #[error("the queue is full ({capacity} requests waiting); retry after {} s", retry_after.as_secs())]
+    QueueFull {
+        /// The queue's bound.
+        capacity: usize,
+        /// When trying again is likely to succeed.
+        retry_after: Duration,
+    },
+    /// The request itself is invalid (bad parameters, too long a prompt…).
+    #[error(transparent)]
+    Invalid(#[from] EngineError),
+    /// The scheduler is shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+/// Counters for health checks and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// Waiting requests per class (interactive, plugin, background).
+    pub queued: [usize; CLASSES],
+    /// Requests generating now (0 or 1: one model, one generation).
+    pub in_flight: usize,
+    /// Requests that ran to an end.
+    pub completed: u64,
+    /// Submissions refused because the queue was full.
+    pub rejected_full: u64,
+    /// Requests whose deadline passed while queued.
+    pub expired: u64,
+    /// Queued requests dropped because their client went away.
+    pub abandoned: u64,
+}
+
+/// Limits of the queue.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Most requests waiting (not counting the one generating).
+    pub capacity: usize,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions { capacity: 64 }
+    }
+}
+
+struct Queued {
+    prepared: Prepared,
+    deadline: Option<Instant>,
+    enqueued: Instant,
+    events: tokio::sync::mpsc::Sender<Result<Event, EngineError>>,
+}
+
+#[derive(Default)]
+struct State {
+    queues: [VecDeque<Queued>; CLASSES],
+    stats: Stats,
+    shutting_down: bool,
+    /// The running request's token, for shutdown.
+    running: Option<CancelToken>,
+    /// Exponential average of how long one generation takes.
+    average_run: Option<Duration>,
+}
+
+struct Inner {
+    engine: Engine,
+    capacity: usize,
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// The queue and its dispatcher thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Scheduler {
+    /// Starts the dispatcher in front of `engine`.
+    pub fn new(engine: Engine, options: SchedulerOptions) -> Scheduler {
+        let inner = Arc::new(Inner {
+            engine,
+            capacity: options.capacity.max(1),
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
+        let worker = inner.clone();
+        std::thread::Builder::new()
+            .name("hearth-scheduler".into())
+            .spawn(move || dispatch(&worker))
+            .expect("start the scheduler thread");
+        Scheduler { inner }
+    }
+
+    /// The engine behind the queue.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Checks and queues a request. Invalid requests and a full queue are
+    /// refused here; otherwise events arrive on the returned generation
+    /// once the request's turn comes. `deadline` bounds queueing and
+    /// generation together.
+    pub fn submit(
+        &self,
+        request: GenerateRequest,
+        priority: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<Generation, SchedulerError> {
+        let mut prepared = self.inner.engine.prepare(request)?;
+        prepared.set_deadline(deadline);
+        let prompt_tokens = prepared.prompt_tokens();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut state = self.inner.state.lock().expect("scheduler state");
+        if state.shutting_down {
+            return Err(SchedulerError::ShuttingDown);
+        }
+        let waiting: usize = state.queues.iter().map(VecDeque::len).sum();
+        if waiting >= self.inner.capacity {
+            state.stats.rejected_full += 1;
+            let per_job = state.average_run.unwrap_or(Duration::from_secs(1));
+            // Time for the queue to drain by a quarter, at least a second.
+            let retry_after = (per_job * (waiting as u32 / 4 + 1))
+                .clamp(Duration::from_secs(1), Duration::from_secs(60));
+            return Err(SchedulerError::QueueFull {
+                capacity: self.inner.capacity,
+                retry_after: Duration::from_secs(retry_after.as_secs_f64().ceil() as u64),
+            });
+        }
+        state.queues[priority as usize].push_back(Queued {
+            prepared,
+            deadline,
+            enqueued: Instant::now(),
+            events: tx,
+        });
+        state.stats.queued[priority as usize] += 1;
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(Generation::from_channel(rx, prompt_tokens))
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner
+            .state
+            .lock()
+            .expect("scheduler state")
+            .stats
+            .clone()
+    }
+
+    /// Refuses new work, answers every queued request with
+    /// [`EngineError::ShuttingDown`] and stops the running one.
+    pub fn shutdown(&self) {
+        let mut state = self.inner.state.lock().expect("scheduler state");
+        state.shutting_down = true;
+        for queue in state.queues.iter_mut() {
+            for job in queue.drain(..) {
+                let _ = job.events.try_send(Err(EngineError::ShuttingDown));
+                job.prepared.cancel_token().cancel();
+            }
+        }
+        state.stats.queued = [0; CLASSES];
+        if let Some(running) = &state.running {
+            running.cancel();
+        }
+        drop(state);
+        self.inner.wake.notify_all();
+    }
+}
+
+/// Takes the next request in priority order; `None` once shut down.
+fn next(inner: &Inner) -> Option<Queued> {
+    let mut state = inner.state.lock().expect("scheduler state");
+    loop {
+        for class in 0..CLASSES {
+            if let Some(job) = state.queues[class].pop_front() {
+                state.stats.queued[class] -= 1;
+                return Some(job);
+            }
+        }
+        if state.shutting_down {
+            return None;
+        }
+        state = inner.wake.wait(state).expect("scheduler state");
+    }
+}
+
+fn dispatch(inner: &Inner) {
+    while let Some(job) = next(inner) {
+        let now = Instant::now();
+        if job.events.is_closed() || job.prepared.cancel_token().is_cancelled() {
+            inner.state.lock().expect("scheduler state").stats.abandoned += 1;
+            continue;
+        }
+        if job.deadline.is_some_and(|d| now >= d) {
+            inner.state.lock().expect("scheduler state").stats.expired += 1;
+            let waited_ms = now.duration_since(job.enqueued).as_millis() as u64;
+            let _ = job
+                .events
+                .blocking_send(Err(EngineError::QueueDeadline { waited_ms }));
+            continue;
+        }
+        let cancel = job.prepared.cancel_token().clone();
+        {
+            let mut state = inner.state.lock().expect("scheduler state");
+            if state.shutting_down {
+                cancel.cancel();
+            }
+            state.stats.in_flight = 1;
+            state.running = Some(cancel.clone());
+        }
+        let started = Instant::now();
+        match inner.engine.start(job.prepared) {
+            Ok(mut generation) => {
+                while let Some(event) = generation.blocking_next() {
+                    if job.events.blocking_send(event).is_err() {
+                        // The client went away: stop generating, then drain
+                        // so the engine is free before the next request.
+                        cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = job.events.blocking_send(Err(e));
+            }
+        }
+        let took = started.elapsed();
+        let mut state = inner.state.lock().expect("scheduler state");
+        state.stats.in_flight = 0;
+        state.running = None;
+        state.stats.completed += 1;
+        state.average_run = Some(match state.average_run {
+            None => took,
+            Some(avg) => (avg * 7 + took) / 8,
+        });
+    }
+}
