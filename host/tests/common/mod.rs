@@ -34,9 +34,6 @@ pub fn default_model() -> std::path::PathBuf {
     static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
-        std::fs::create_dir_all(&root).unwrap();
-        let lock = std::fs::File::create(root.join(".lock")).unwrap();
-        lock.lock().unwrap();
         let home = hearth::home::Home { root };
         provision::pull_prepared(
             &home,
