@@ -71,6 +71,30 @@ pub enum Command {
     /// Measure speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// The model.
+        #[command(flatten)]
+        model: ModelArgs,
+        /// API keys accepted as `Authorization: Bearer <key>` (comma-separated
+        /// in the environment variable).
+        #[arg(
+            long = "api-key",
+            env = "HEARTH_API_KEYS",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        api_keys: Vec<String>,
+        /// Allow listening beyond loopback without an API key.
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// Most requests waiting for the model before new ones get 503.
+        #[arg(long, default_value_t = 64)]
+        queue: usize,
+    },
 }
 
 /// `hearth bench …`
@@ -312,6 +336,83 @@ async fn active_set(
     let runtime = runtime_for(home)?;
     let set = manager::load_and_activate(&runtime, home, discovery).await;
     Ok((runtime, set))
+}
+
+async fn serve(
+    home: Home,
+    addr: std::net::SocketAddr,
+    model: ModelArgs,
+    api_keys: Vec<String>,
+    insecure_no_auth: bool,
+    queue: usize,
+) -> anyhow::Result<i32> {
+    let api_keys: Vec<String> = api_keys
+        .into_iter()
+        .filter(|k| !k.trim().is_empty())
+        .collect();
+    if !addr.ip().is_loopback() && api_keys.is_empty() && !insecure_no_auth {
+        bail!(
+            "refusing to listen on {addr} without an API key: anyone who can reach it could use the model; pass --api-key (or HEARTH_API_KEYS), or --insecure-no-auth"
+        );
+    }
+    let (path, engine) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let path = generate::resolve_model(&home, &model)?;
+        let engine = crate::engine::Engine::load(&path, &model.options())?;
+        Ok((path, engine))
+    })
+    .await??;
+    let scheduler = crate::scheduler::Scheduler::new(
+        engine,
+        crate::scheduler::SchedulerOptions { capacity: queue },
+    );
+    let model_id = crate::server::model_id(&path);
+    let options = crate::server::ServerOptions {
+        api_keys,
+        ..Default::default()
+    };
+    let state = std::sync::Arc::new(crate::server::AppState::new(
+        scheduler,
+        model_id.clone(),
+        options,
+    ));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    eprintln!("hearth: serving {model_id} on http://{local}/v1");
+    crate::server::serve(
+        listener,
+        state,
+        shutdown_signal(),
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    eprintln!("hearth: stopped");
+    Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -591,6 +692,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await?
         }
+        Command::Serve {
+            addr,
+            model,
+            api_keys,
+            insecure_no_auth,
+            queue,
+        } => serve(home, addr, model, api_keys, insecure_no_auth, queue).await,
         Command::Chat { model, sampling } => {
             tokio::task::spawn_blocking(move || generate::chat(&home, &model, &sampling)).await?
         }

@@ -7,6 +7,7 @@
 //! - [`engine`]: the model: provisioning, GGUF loading, tokenizer and chat
 //!   template from the file, sampling, constrained output, generation on its
 //!   own thread.
+//! - [`server`]: the OpenAI-compatible HTTP API and health checks.
 //! - [`scheduler`]: the bounded, prioritised queue in front of the engine:
 //!   admission, deadlines, cancellation.
 //! - [`bundled`]: the first-party plugins, built from `plugins/` at compile
@@ -24,3 +25,4 @@ pub mod home;
 pub mod manager;
 pub mod plugins;
 pub mod scheduler;
+pub mod server;

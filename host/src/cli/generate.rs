@@ -31,7 +31,8 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn options(&self) -> EngineOptions {
+    /// The engine options these flags ask for.
+    pub fn options(&self) -> EngineOptions {
         EngineOptions {
             context: self.context,
             backend: self.backend,

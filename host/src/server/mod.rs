@@ -1,0 +1,643 @@
+//! The HTTP service: an OpenAI-compatible API over the scheduler, health
+//! checks, API keys. hyper 1.x on tokio; generation never runs on a tokio
+//! worker (the scheduler and engine have their own threads), so health
+//! checks answer while the model is busy.
+
+pub mod openai;
+
+use crate::engine::{EngineError, Event, FinishReason, GenerateRequest, Prompt};
+use crate::scheduler::{Priority, Scheduler, SchedulerError};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Accepted API keys (`Authorization: Bearer …`); none means no auth.
+    pub api_keys: Vec<String>,
+    /// Largest request body.
+    pub max_body: usize,
+    /// Time allowed to send the request headers.
+    pub header_timeout: Duration,
+    /// Time allowed to send the request body.
+    pub body_timeout: Duration,
+    /// Longest a chat request may queue and generate.
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            api_keys: Vec::new(),
+            max_body: 1 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What every request handler sees.
+pub struct AppState {
+    scheduler: Scheduler,
+    model_id: String,
+    created: u64,
+    key_digests: Vec<[u8; 32]>,
+    options: ServerOptions,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("model", &self.model_id)
+            .finish()
+    }
+}
+
+impl AppState {
+    /// The state for a scheduler serving model `model_id`.
+    pub fn new(scheduler: Scheduler, model_id: String, options: ServerOptions) -> AppState {
+        let key_digests = options
+            .api_keys
+            .iter()
+            .map(|k| Sha256::digest(k.as_bytes()).into())
+            .collect();
+        AppState {
+            scheduler,
+            model_id,
+            created: unix_now(),
+            key_digests,
+            options,
+        }
+    }
+}
+
+type Body_ = BoxBody<Bytes, Infallible>;
+
+/// An error in the OpenAI shape.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// A 400 naming the parameter at fault.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+        e.param = param.map(str::to_string);
+        e
+    }
+
+    fn response(&self) -> Response<Body_> {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        let mut r = json_response(self.status, &body);
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        r
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::ContextOverflow { .. } => {
+                let mut a = ApiError::invalid(e.to_string(), Some("messages"));
+                a.code = Some("context_length_exceeded");
+                a
+            }
+            EngineError::InvalidParameter { name, .. } => {
+                ApiError::invalid(e.to_string(), Some(name))
+            }
+            EngineError::Constraint(_) | EngineError::Template(_) | EngineError::Tokenizer(_) => {
+                ApiError::invalid(e.to_string(), None)
+            }
+            EngineError::QueueDeadline { .. } => {
+                let mut a = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    e.to_string(),
+                );
+                a.retry_after = Some(5);
+                a
+            }
+            EngineError::ShuttingDown | EngineError::Stopped => {
+                let mut a = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    e.to_string(),
+                );
+                a.retry_after = Some(5);
+                a
+            }
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<SchedulerError> for ApiError {
+    fn from(e: SchedulerError) -> Self {
+        match e {
+            SchedulerError::Invalid(e) => e.into(),
+            SchedulerError::QueueFull { retry_after, .. } => {
+                let mut a = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    e_text(&retry_after),
+                );
+                a.code = Some("queue_full");
+                a.retry_after = Some(retry_after.as_secs().max(1));
+                a
+            }
+            SchedulerError::ShuttingDown => EngineError::ShuttingDown.into(),
+        }
+    }
+}
+
+fn e_text(retry: &Duration) -> String {
+    format!(
+        "the server is busy: the queue is full; retry after {} s",
+        retry.as_secs().max(1)
+    )
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body_> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .expect("valid response")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Answers one request.
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body_>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match route(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.response(),
+    };
+    tracing::info!(%method, path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    Ok(response)
+}
+
+async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body_>, ApiError> {
+    let path = req.uri().path();
+    let allowed: &[Method] = match path {
+        "/healthz" | "/readyz" | "/v1/models" => &[Method::GET],
+        "/v1/chat/completions" => &[Method::POST],
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("no route {path}"),
+            ));
+        }
+    };
+    if !allowed.contains(req.method()) {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!(
+                "{} is not allowed on {path}; use {}",
+                req.method(),
+                allowed[0]
+            ),
+        );
+        e.code = Some("method_not_allowed");
+        return Err(e);
+    }
+    match path {
+        "/healthz" => return Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        "/readyz" => {
+            let stats = state.scheduler.stats();
+            return Ok(json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "model": state.model_id, "queue": stats}),
+            ));
+        }
+        _ => {}
+    }
+    authorize(state, &req)?;
+    match path {
+        "/v1/models" => Ok(json_response(
+            StatusCode::OK,
+            &json!({"object": "list", "data": [
+                {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "hearth"}
+            ]}),
+        )),
+        _ => chat(state, req).await,
+    }
+}
+
+fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
+    if state.key_digests.is_empty() {
+        return Ok(());
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "missing API key: send `Authorization: Bearer <key>`",
+        ));
+    };
+    // Comparing digests makes the comparison independent of the key's
+    // length; folding every byte makes it independent of where they differ.
+    let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let mut ok = 0u8;
+    for key in &state.key_digests {
+        let diff = key
+            .iter()
+            .zip(&digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        ok |= u8::from(diff == 0);
+    }
+    if ok == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid API key",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a JSON body within the size and time limits.
+async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
+        let mut e = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!("Content-Type must be application/json, got `{content_type}`"),
+        );
+        e.code = Some("unsupported_media_type");
+        return Err(e);
+    }
+    let too_large = || {
+        let mut e = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "the request body is larger than {} bytes",
+                state.options.max_body
+            ),
+        );
+        e.code = Some("body_too_large");
+        e
+    };
+    if req.body().size_hint().lower() > state.options.max_body as u64 {
+        return Err(too_large());
+    }
+    let limited = Limited::new(req.into_body(), state.options.max_body);
+    let collected = tokio::time::timeout(state.options.body_timeout, limited.collect())
+        .await
+        .map_err(|_| {
+            let mut e = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "the request body did not arrive in time",
+            );
+            e.code = Some("body_timeout");
+            e
+        })?;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(ApiError::invalid(
+                format!("reading the request body: {e}"),
+                None,
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))
+}
+
+async fn chat(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body_>, ApiError> {
+    let body = json_body(state, req).await?;
+    let request: openai::ChatRequest = serde_path_to_error::deserialize(&body).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid(
+            format!("`{path}`: {}", e.inner()),
+            Some(path.split('.').next().unwrap_or(&path)),
+        )
+    })?;
+    if let Some(model) = &request.model
+        && !model.is_empty()
+        && model != &state.model_id
+    {
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "model `{model}` does not exist; this server serves `{}`",
+                state.model_id
+            ),
+        );
+        e.param = Some("model".into());
+        e.code = Some("model_not_found");
+        return Err(e);
+    }
+    let stream = request.stream;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let mapped = request.map()?;
+    let tools_offered = !mapped.tools.is_empty();
+    let forced_call = mapped.forced_call;
+    let generate = GenerateRequest {
+        prompt: Prompt::Chat {
+            messages: mapped.messages,
+            tools: mapped.tools,
+        },
+        params: mapped.params,
+        format: mapped.format,
+        cancel: Default::default(),
+    };
+    let deadline = Instant::now() + state.options.request_timeout;
+    let generation = state
+        .scheduler
+        .submit(generate, Priority::Interactive, Some(deadline))?;
+    let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
+    let created = unix_now();
+    if stream {
+        return Ok(stream_response(
+            state.model_id.clone(),
+            id,
+            created,
+            generation,
+            tools_offered,
+            forced_call,
+            include_usage,
+        ));
+    }
+    let mut generation = generation;
+    let done = loop {
+        match generation.next().await {
+            Some(Ok(Event::Text(_))) => {}
+            Some(Ok(Event::Done(done))) => break done,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(EngineError::Stopped.into()),
+        }
+    };
+    let (content, calls) = openai::answer(&done.text, tools_offered, forced_call);
+    let finish = finish_reason(done.finish_reason, !calls.is_empty());
+    let mut message = json!({"role": "assistant", "content": content});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(openai::tool_calls_json(
+            &calls,
+            &id.replace("chatcmpl", "call"),
+        ));
+        if content.is_empty() {
+            message["content"] = Value::Null;
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id, "object": "chat.completion", "created": created, "model": state.model_id,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
+            "usage": usage(&done.usage),
+        }),
+    ))
+}
+
+fn usage(u: &crate::engine::Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+fn finish_reason(reason: FinishReason, calls: bool) -> &'static str {
+    match reason {
+        _ if calls => "tool_calls",
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// A response body fed from a channel: dropping it (the client went away)
+/// closes the channel, which cancels the generation behind it.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn stream_response(
+    model: String,
+    id: String,
+    created: u64,
+    mut generation: crate::engine::Generation,
+    tools_offered: bool,
+    forced_call: bool,
+    include_usage: bool,
+) -> Response<Body_> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Option<&str>| {
+            let v = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+            });
+            Bytes::from(format!("data: {v}\n\n"))
+        };
+        if tx
+            .send(chunk(json!({"role": "assistant", "content": ""}), None))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // With tools, the text may turn out to be a call: it is held until
+        // the end and sent as content or as tool-call deltas.
+        let hold = tools_offered || forced_call;
+        let done = loop {
+            // Watch for the client going away even while nothing is being
+            // sent (a queued request), so its place in the queue is freed.
+            let event = tokio::select! {
+                event = generation.next() => event,
+                () = tx.closed() => return,
+            };
+            match event {
+                Some(Ok(Event::Text(t))) => {
+                    if !hold && tx.send(chunk(json!({"content": t}), None)).await.is_err() {
+                        return; // dropping `generation` cancels it
+                    }
+                }
+                Some(Ok(Event::Done(done))) => break done,
+                Some(Err(e)) => {
+                    let e = ApiError::from(e);
+                    let v = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
+                    let _ = tx.send(Bytes::from(format!("data: {v}\n\n"))).await;
+                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    return;
+                }
+                None => return,
+            }
+        };
+        let mut calls = Vec::new();
+        if hold {
+            let (content, found) = openai::answer(&done.text, tools_offered, forced_call);
+            if !content.is_empty() {
+                let _ = tx.send(chunk(json!({"content": content}), None)).await;
+            }
+            calls = found;
+            let call_id = id.replace("chatcmpl", "call");
+            for call in openai::tool_calls_json(&calls, &call_id) {
+                let _ = tx.send(chunk(json!({"tool_calls": [call]}), None)).await;
+            }
+        }
+        let _ = tx
+            .send(chunk(
+                json!({}),
+                Some(finish_reason(done.finish_reason, !calls.is_empty())),
+            ))
+            .await;
+        if include_usage {
+            let v = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage(&done.usage)});
+            let _ = tx.send(Bytes::from(format!("data: {v}\n\n"))).await;
+        }
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(BodyExt::boxed(ChannelBody(rx)))
+        .expect("valid response")
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting,
+/// shuts the scheduler down (queued requests get 503s, the running one is
+/// stopped) and waits up to `grace` for connections to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let mut closing = closing_rx.clone();
+        let header_timeout = state.options.header_timeout;
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "connection: {e}");
+                    }
+                }
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    state.scheduler.shutdown();
+    let _ = closing_tx.send(true);
+    let _ = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// The model id `/v1/models` reports: the file name without `.gguf`.
+pub fn model_id(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
+}

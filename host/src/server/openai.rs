@@ -1,0 +1,428 @@
+//! The OpenAI chat-completions wire format: requests in, responses and
+//! stream chunks out, mapped to and from the engine's types.
+
+use super::ApiError;
+use crate::engine::{
+    ChatMessage, OutputFormat, Role, SamplingParams, ToolCall, ToolSpec, parse_tool_calls,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Largest `max_tokens` accepted.
+pub const MAX_TOKENS_CAP: u32 = 8192;
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRequest {
+    /// Which model (must be the one served, when given).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<InMessage>,
+    /// Server-sent events instead of one response.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Most tokens to generate (legacy name).
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Most tokens to generate.
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    /// Sampling temperature.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Stop sequences.
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Mapped to the repeat penalty.
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// Mapped to the repeat penalty.
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {"schema": …}}`.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// Tools the model may call.
+    #[serde(default)]
+    pub tools: Option<Vec<InTool>>,
+    /// `none`, `auto`, `required` or `{"type":"function","function":{"name":…}}`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Number of choices (only 1).
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+}
+
+/// Streaming options.
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with token counts.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// One stop string or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// A message as clients send it.
+#[derive(Debug, Deserialize)]
+pub struct InMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Text, or a list of parts of which the text ones are used.
+    #[serde(default)]
+    pub content: Option<Value>,
+    /// Calls the assistant made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<InToolCall>>,
+    /// For `tool` messages.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    /// Optional name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A call in an assistant message.
+#[derive(Debug, Deserialize)]
+pub struct InToolCall {
+    /// Its id.
+    #[serde(default)]
+    pub id: String,
+    /// The function.
+    pub function: InFunctionCall,
+}
+
+/// Function name and JSON-encoded arguments.
+#[derive(Debug, Deserialize)]
+pub struct InFunctionCall {
+    /// Name.
+    pub name: String,
+    /// Arguments, as a JSON string.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// A tool definition.
+#[derive(Debug, Deserialize)]
+pub struct InTool {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: ToolSpec,
+}
+
+/// What the engine needs, taken from a request.
+#[derive(Debug)]
+pub struct Mapped {
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Tools offered in the prompt.
+    pub tools: Vec<ToolSpec>,
+    /// Sampling.
+    pub params: SamplingParams,
+    /// Output constraint.
+    pub format: Option<OutputFormat>,
+    /// Whether the output is a forced tool call (constrained JSON).
+    pub forced_call: bool,
+}
+
+fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid(message, Some(param))
+}
+
+impl ChatRequest {
+    /// Checks every field and maps the request to the engine's terms.
+    pub fn map(self) -> Result<Mapped, ApiError> {
+        if self.messages.is_empty() {
+            return Err(invalid(
+                "messages",
+                "`messages` must contain at least one message",
+            ));
+        }
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(invalid("n", format!("only n = 1 is supported, got {n}")));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            messages.push(message(i, m)?);
+        }
+        let mut params = SamplingParams::default();
+        if let Some(max) = self.max_completion_tokens.or(self.max_tokens) {
+            if max <= 0 || max > MAX_TOKENS_CAP as i64 {
+                return Err(invalid(
+                    "max_tokens",
+                    format!("`max_tokens` must be between 1 and {MAX_TOKENS_CAP}, got {max}"),
+                ));
+            }
+            params.max_new_tokens = max as usize;
+        }
+        if let Some(t) = self.temperature {
+            params.temperature = t;
+        }
+        if let Some(p) = self.top_p {
+            params.top_p = p;
+        }
+        params.seed = self.seed;
+        params.stop = match self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        let penalty = [self.frequency_penalty, self.presence_penalty]
+            .into_iter()
+            .flatten()
+            .fold(None, |m: Option<f32>, p| Some(m.map_or(p, |m| m.max(p))));
+        if let Some(p) = penalty {
+            if !p.is_finite() || !(-2.0..=2.0).contains(&p) {
+                return Err(invalid(
+                    "frequency_penalty",
+                    format!("penalties must be between -2 and 2, got {p}"),
+                ));
+            }
+            // OpenAI's additive penalties in [-2, 2] as a multiplicative one.
+            params.repeat_penalty = (1.0 + p / 2.0).max(0.1);
+        }
+        params.validate().map_err(|e| match e {
+            crate::engine::EngineError::InvalidParameter { name, reason } => {
+                invalid(name, format!("invalid `{name}`: {reason}"))
+            }
+            other => ApiError::invalid(other.to_string(), None),
+        })?;
+        let mut format = match &self.response_format {
+            None => None,
+            Some(v) => match v.get("type").and_then(Value::as_str) {
+                Some("text") => None,
+                Some("json_object") => Some(OutputFormat::JsonObject),
+                Some("json_schema") => {
+                    let schema = v.pointer("/json_schema/schema").cloned().ok_or_else(|| {
+                        invalid(
+                            "response_format",
+                            "`response_format.json_schema.schema` is missing",
+                        )
+                    })?;
+                    Some(OutputFormat::JsonSchema(schema))
+                }
+                _ => {
+                    return Err(invalid(
+                        "response_format",
+                        "`response_format.type` must be text, json_object or json_schema",
+                    ));
+                }
+            },
+        };
+        let mut tools: Vec<ToolSpec> = Vec::new();
+        for (i, t) in self.tools.unwrap_or_default().into_iter().enumerate() {
+            if t.kind != "function" {
+                return Err(invalid(
+                    "tools",
+                    format!("tools[{i}].type must be `function`"),
+                ));
+            }
+            tools.push(t.function);
+        }
+        let mut forced_call = false;
+        match &self.tool_choice {
+            None => {}
+            Some(Value::String(s)) if s == "auto" => {}
+            Some(Value::String(s)) if s == "none" => tools.clear(),
+            Some(Value::String(s)) if s == "required" => {
+                if tools.is_empty() {
+                    return Err(invalid(
+                        "tool_choice",
+                        "`tool_choice` is `required` but no tools were given",
+                    ));
+                }
+                format = Some(OutputFormat::JsonSchema(call_schema(&tools)));
+                forced_call = true;
+            }
+            Some(v) => {
+                let name = v
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("tool_choice", "`tool_choice` must be none, auto, required or {\"type\":\"function\",\"function\":{\"name\":…}}"))?;
+                let Some(tool) = tools.iter().find(|t| t.name == name).cloned() else {
+                    return Err(invalid(
+                        "tool_choice",
+                        format!("`tool_choice` names `{name}`, which is not in `tools`"),
+                    ));
+                };
+                format = Some(OutputFormat::JsonSchema(call_schema(std::slice::from_ref(
+                    &tool,
+                ))));
+                forced_call = true;
+            }
+        }
+        Ok(Mapped {
+            messages,
+            tools,
+            params,
+            format,
+            forced_call,
+        })
+    }
+}
+
+/// The JSON Schema of a call to one of `tools`.
+fn call_schema(tools: &[ToolSpec]) -> Value {
+    let one = |t: &ToolSpec| {
+        let params = if t.parameters.is_object() {
+            t.parameters.clone()
+        } else {
+            json!({"type": "object"})
+        };
+        json!({
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": params},
+            "required": ["name", "arguments"],
+            "additionalProperties": false
+        })
+    };
+    if tools.len() == 1 {
+        one(&tools[0])
+    } else {
+        json!({"anyOf": tools.iter().map(one).collect::<Vec<_>>()})
+    }
+}
+
+fn message(i: usize, m: InMessage) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(invalid(
+                "messages",
+                format!(
+                    "messages[{i}].role `{other}` is not system, developer, user, assistant or tool"
+                ),
+            ));
+        }
+    };
+    let content = match m.content {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for part in parts {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    _ => {
+                        return Err(invalid(
+                            "messages",
+                            format!("messages[{i}].content: only text parts are supported"),
+                        ));
+                    }
+                }
+            }
+            text
+        }
+        Some(_) => {
+            return Err(invalid(
+                "messages",
+                format!("messages[{i}].content must be a string or a list of text parts"),
+            ));
+        }
+    };
+    let mut tool_calls = Vec::new();
+    for call in m.tool_calls.unwrap_or_default() {
+        let arguments = if call.function.arguments.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str(&call.function.arguments).map_err(|e| {
+                invalid(
+                    "messages",
+                    format!("messages[{i}].tool_calls: arguments are not JSON: {e}"),
+                )
+            })?
+        };
+        tool_calls.push(ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments,
+        });
+    }
+    Ok(ChatMessage {
+        role,
+        content,
+        tool_calls,
+        tool_call_id: m.tool_call_id,
+        name: m.name,
+    })
+}
+
+/// The answer's text and calls, from the model's raw output.
+pub fn answer(text: &str, tools_offered: bool, forced_call: bool) -> (String, Vec<ToolCall>) {
+    if forced_call {
+        if let Ok(Value::Object(mut call)) = serde_json::from_str::<Value>(text) {
+            let name = call
+                .remove("name")
+                .and_then(|n| n.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let arguments = call.remove("arguments").unwrap_or(json!({}));
+            return (
+                String::new(),
+                vec![ToolCall {
+                    id: "call_0".into(),
+                    name,
+                    arguments,
+                }],
+            );
+        }
+        return (text.to_string(), Vec::new());
+    }
+    if tools_offered {
+        let parsed = parse_tool_calls(text);
+        if !parsed.calls.is_empty() {
+            return (parsed.content, parsed.calls);
+        }
+    }
+    (text.to_string(), Vec::new())
+}
+
+/// Calls in the API's shape (arguments as a JSON string).
+pub fn tool_calls_json(calls: &[ToolCall], id_prefix: &str) -> Vec<Value> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "index": i,
+                "id": format!("{id_prefix}_{i}"),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments.to_string()}
+            })
+        })
+        .collect()
+}

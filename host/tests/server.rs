@@ -1,0 +1,334 @@
+//! The HTTP service on 127.0.0.1 with the real default model, spoken to
+//! over raw sockets (so malformed requests can be sent too).
+
+mod common;
+use hearth::engine::{Engine, EngineOptions};
+use hearth::scheduler::{Scheduler, SchedulerOptions};
+use hearth::server::{AppState, ServerOptions};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+const KEY: &str = "test-key-123";
+
+struct Server {
+    addr: SocketAddr,
+    scheduler: Scheduler,
+}
+
+fn engine() -> Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| Engine::load(&common::default_model(), &EngineOptions::default()).unwrap())
+        .clone()
+}
+
+/// A server on its own runtime thread, for as long as the test runs.
+fn start(queue: usize, options: ServerOptions) -> Server {
+    let scheduler = Scheduler::new(engine(), SchedulerOptions { capacity: queue });
+    let state = Arc::new(AppState::new(scheduler.clone(), "smollm2".into(), options));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            hearth::server::serve(
+                listener,
+                state,
+                std::future::pending(),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        });
+    });
+    Server {
+        addr: rx.recv().unwrap(),
+        scheduler,
+    }
+}
+
+fn options() -> ServerOptions {
+    ServerOptions {
+        api_keys: vec![KEY.into()],
+        ..Default::default()
+    }
+}
+
+/// Sends raw bytes; returns (status, headers, body).
+fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, String, String) {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw(addr, req.as_bytes())
+}
+
+fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, String, String) {
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// The JSON of a non-chunked body, or of a chunked one.
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| {
+        let joined: String = body
+            .lines()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .collect();
+        serde_json::from_str(&joined).unwrap_or_else(|e| panic!("{e}: {body}"))
+    })
+}
+
+fn error_of(status: u16, body: &str, want: u16) -> Value {
+    assert_eq!(status, want, "{body}");
+    let v = json_of(body);
+    assert!(v["error"]["message"].is_string(), "{v}");
+    assert!(v["error"]["type"].is_string(), "{v}");
+    v["error"].clone()
+}
+
+#[test]
+fn health_models_and_auth() {
+    let s = start(8, options());
+    let (status, _, body) = get(s.addr, "/healthz", None);
+    assert_eq!(
+        (status, json_of(&body)["status"].clone()),
+        (200, json!("ok"))
+    );
+    let (status, _, _) = get(s.addr, "/readyz", None);
+    assert_eq!(status, 200);
+    let (status, _, body) = get(s.addr, "/v1/models", Some(KEY));
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&body)["data"][0]["id"], "smollm2");
+    let e = error_of(
+        get(s.addr, "/v1/models", None).0,
+        &get(s.addr, "/v1/models", None).2,
+        401,
+    );
+    assert!(e["message"].as_str().unwrap().contains("missing API key"));
+    let (status, _, body) = get(s.addr, "/v1/models", Some("wrong"));
+    let e = error_of(status, &body, 401);
+    assert_eq!(e["message"], "invalid API key");
+    let (status, _, body) = get(s.addr, "/v2/nothing", Some(KEY));
+    error_of(status, &body, 404);
+    let (status, _, body) = get(s.addr, "/v1/chat/completions", Some(KEY));
+    error_of(status, &body, 405);
+}
+
+#[test]
+fn chat_answers_with_usage_and_streams() {
+    let s = start(8, options());
+    let (status, _, body) = post(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 40}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["object"], "chat.completion");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+    );
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 20);
+
+    let (status, head, body) = post(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Count to five."}], "stream": true, "max_tokens": 6, "temperature": 0, "stream_options": {"include_usage": true}}).to_string(),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!streamed.is_empty());
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .unwrap();
+    assert_eq!(finish, "length");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 6);
+}
+
+#[test]
+fn client_tools_come_back_as_tool_calls() {
+    let s = start(8, options());
+    let tools = json!([{"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}}, "required": ["city"], "additionalProperties": false}
+    }}]);
+    let (status, _, body) = post(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": tools,
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "temperature": 0}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{v}");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].is_string(), "{args}");
+}
+
+#[test]
+fn bad_requests_get_openai_errors_naming_the_problem() {
+    let s = start(
+        8,
+        ServerOptions {
+            max_body: 4096,
+            ..options()
+        },
+    );
+    let chat = |body: &str| post(s.addr, "/v1/chat/completions", body);
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "not valid JSON"),
+        (json!({"model": "smollm2"}).to_string(), 400, "messages"),
+        (json!({"messages": user, "temperature": "hot"}).to_string(), 400, "temperature"),
+        (json!({"messages": user, "temperature": -1}).to_string(), 400, "temperature"),
+        (json!({"messages": user, "top_p": 0}).to_string(), 400, "top_p"),
+        (json!({"messages": user, "max_tokens": 0}).to_string(), 400, "max_tokens"),
+        (json!({"messages": user, "max_tokens": 1_000_000}).to_string(), 400, "max_tokens"),
+        (json!({"messages": user, "model": "gpt-4"}).to_string(), 404, "gpt-4"),
+        (json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string(), 400, "wizard"),
+        (json!({"messages": user, "tool_choice": "required"}).to_string(), 400, "tool_choice"),
+        (json!({"messages": user, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}}).to_string(), 400, "constraint"),
+        (format!("{}{}", "[".repeat(1000), "]".repeat(1000)), 400, "JSON"),
+        (json!({"messages": user, "bogus": 1}).to_string(), 400, "bogus"),
+    ];
+    for (body, want, mentions) in cases {
+        let (status, _, text) = chat(&body);
+        let e = error_of(status, &text, want);
+        let all = e.to_string();
+        assert!(all.contains(mentions), "{body:.80}: {all}");
+    }
+    // Too large for the body limit.
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(10_000)}]}).to_string();
+    let (status, _, text) = chat(&big);
+    error_of(status, &text, 413);
+    // Over the context window (still under the body limit here).
+    let s2 = start(8, options());
+    let long = json!({"messages": [{"role": "user", "content": "word ".repeat(9000)}]}).to_string();
+    let (status, _, text) = post(s2.addr, "/v1/chat/completions", &long);
+    let e = error_of(status, &text, 400);
+    assert_eq!(e["code"], "context_length_exceeded", "{e}");
+    // Wrong content type.
+    let body = json!({"messages": user}).to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, text) = raw(s.addr, req.as_bytes());
+    error_of(status, &text, 415);
+    // Content-Length and Transfer-Encoding together.
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+    );
+    let (status, _, _) = raw(s.addr, req.as_bytes());
+    assert!(status == 400 || status == 0, "CL+TE answered {status}");
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_disconnects_stop_generation() {
+    let s = start(1, options());
+    let long = json!({"messages": [{"role": "user", "content": "Tell me a very long story about the sea."}], "stream": true, "max_tokens": 400, "temperature": 0}).to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
+        long.len()
+    );
+    // One generating, one queued.
+    let mut running = TcpStream::connect(s.addr).unwrap();
+    running.write_all(req.as_bytes()).unwrap();
+    let mut first = [0u8; 256];
+    let _ = running.read(&mut first).unwrap();
+    while s.scheduler.stats().in_flight < 1 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut queued = TcpStream::connect(s.addr).unwrap();
+    queued.write_all(req.as_bytes()).unwrap();
+    while s.scheduler.stats().queued.iter().sum::<usize>() < 1 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, head, text) = post(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    );
+    let e = error_of(status, &text, 503);
+    assert_eq!(e["code"], "queue_full");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    // Both clients hang up: the running generation stops, the queued one never runs.
+    drop(running);
+    drop(queued);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = s.scheduler.stats();
+        if st.in_flight == 0 && st.queued.iter().sum::<usize>() == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still busy: {st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = s.scheduler.stats();
+    assert_eq!(st.abandoned, 1, "{st:?}");
+    // And the server keeps serving.
+    let (status, _, _) = get(s.addr, "/healthz", None);
+    assert_eq!(status, 200);
+}
