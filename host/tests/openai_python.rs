@@ -1,0 +1,108 @@
+//! The official `openai` Python package against a live `hearth serve`:
+//! chat, streaming, tool calls and errors parsed by a client we did not
+//! write. The package is installed once into a virtualenv in the build
+//! folder (pip, pinned version).
+
+mod common;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const OPENAI: &str = "openai==3.57.0";
+
+fn venv_python() -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    let python = root.join("bin/python");
+    let ready = root.join(".installed");
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(OPENAI) {
+        let python3 = std::env::var("HEARTH_PYTHON").unwrap_or_else(|_| "python3".into());
+        let ok = Command::new(&python3)
+            .args(["-m", "venv"])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "creating a virtualenv with {python3}");
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                OPENAI,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip install {OPENAI}: {}",
+            common::text(&out.stderr)
+        );
+        std::fs::write(&ready, OPENAI).unwrap();
+    }
+    python
+}
+
+#[test]
+fn the_official_python_client_chats_streams_and_calls_tools() {
+    let python = venv_python();
+    let home = tempfile::tempdir().unwrap();
+    let model = common::default_model();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--api-key",
+            "py-key",
+            "--model",
+        ])
+        .arg(&model)
+        .env("HEARTH_HOME", home.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "hearth serve exited"
+        );
+        if let Some(at) = line.find("http://") {
+            break line[at..].trim().to_string();
+        }
+    };
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/openai_client.py"
+        ))
+        .env("OPENAI_BASE_URL", &url)
+        .env("OPENAI_API_KEY", "py-key")
+        .output()
+        .unwrap();
+    // SIGTERM: the server stops gracefully and exits 0.
+    terminate(server.id());
+    let status = server.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        common::text(&out.stdout),
+        common::text(&out.stderr)
+    );
+    assert_eq!(common::text(&out.stdout).trim(), "ok");
+    assert!(status.success(), "hearth serve exited with {status}");
+}
+
+fn terminate(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
