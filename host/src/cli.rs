@@ -323,6 +323,20 @@ fn runtime_for(home: &Home) -> anyhow::Result<Runtime> {
     Ok(Runtime::new(RuntimeOptions::in_dir(&home.root))?)
 }
 
+/// The installed plugin set, activated, with the model behind their `llm`
+/// import.
+async fn serving_plugins(
+    home: &Home,
+    llm: std::sync::Arc<dyn crate::plugins::LlmBackend>,
+) -> anyhow::Result<(Runtime, ActiveSet)> {
+    let discovery = manager::discover_installed(home).map_err(anyhow::Error::msg)?;
+    let mut options = RuntimeOptions::in_dir(&home.root);
+    options.llm = Some(llm);
+    let runtime = Runtime::new(options)?;
+    let set = manager::load_and_activate(&runtime, home, discovery).await;
+    Ok((runtime, set))
+}
+
 /// Discovers, loads, resolves and activates the plugin set.
 async fn active_set(
     home: &Home,
@@ -355,8 +369,9 @@ async fn serve(
             "refusing to listen on {addr} without an API key: anyone who can reach it could use the model; pass --api-key (or HEARTH_API_KEYS), or --insecure-no-auth"
         );
     }
+    let model_home = home.clone();
     let (path, engine) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let path = generate::resolve_model(&home, &model)?;
+        let path = generate::resolve_model(&model_home, &model)?;
         let engine = crate::engine::Engine::load(&path, &model.options())?;
         Ok((path, engine))
     })
@@ -365,16 +380,22 @@ async fn serve(
         engine,
         crate::scheduler::SchedulerOptions { capacity: queue },
     );
+    let (runtime, set) = serving_plugins(&home, std::sync::Arc::new(scheduler.clone())).await?;
+    for problem in &set.resolution.problems {
+        eprintln!("warning: {problem}");
+    }
+    eprintln!(
+        "hearth: plugins active: {}",
+        set.resolution.order.join(", ")
+    );
     let model_id = crate::server::model_id(&path);
     let options = crate::server::ServerOptions {
         api_keys,
         ..Default::default()
     };
-    let state = std::sync::Arc::new(crate::server::AppState::new(
-        scheduler,
-        model_id.clone(),
-        options,
-    ));
+    let state = std::sync::Arc::new(
+        crate::server::AppState::new(scheduler, model_id.clone(), options).with_plugins(runtime),
+    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;

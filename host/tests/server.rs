@@ -27,8 +27,20 @@ fn engine() -> Engine {
 
 /// A server on its own runtime thread, for as long as the test runs.
 fn start(queue: usize, options: ServerOptions) -> Server {
+    start_with(queue, options, None)
+}
+
+fn start_with(
+    queue: usize,
+    options: ServerOptions,
+    plugins: Option<hearth::plugins::Runtime>,
+) -> Server {
     let scheduler = Scheduler::new(engine(), SchedulerOptions { capacity: queue });
-    let state = Arc::new(AppState::new(scheduler.clone(), "smollm2".into(), options));
+    let mut state = AppState::new(scheduler.clone(), "smollm2".into(), options);
+    if let Some(runtime) = plugins {
+        state = state.with_plugins(runtime);
+    }
+    let state = Arc::new(state);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -331,4 +343,50 @@ fn a_full_queue_answers_503_with_retry_after_and_disconnects_stop_generation() {
     // And the server keeps serving.
     let (status, _, _) = get(s.addr, "/healthz", None);
     assert_eq!(status, 200);
+}
+
+#[test]
+fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = hearth::home::Home {
+        root: dir.path().to_path_buf(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let discovery = hearth::manager::discover_installed(&home).unwrap();
+            let runtime =
+                hearth::plugins::Runtime::new(hearth::plugins::RuntimeOptions::in_dir(&home.root))
+                    .unwrap();
+            let set = hearth::manager::load_and_activate(&runtime, &home, discovery).await;
+            assert!(
+                set.resolution.order.iter().any(|n| n == "calc"),
+                "{:?}",
+                set.resolution.order
+            );
+            runtime
+        });
+    let s = start_with(8, options(), Some(runtime));
+    let (status, _, body) = post(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "What is 6 times 7?"}],
+                "tool_choice": {"type": "function", "function": {"name": "calc.eval"}},
+                "temperature": 0, "max_tokens": 60})
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    // The call went to the plugin, not back to the client, and the model
+    // answered after seeing its result: two generations for one request.
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    assert_eq!(s.scheduler.stats().completed, 2, "{v}");
+    let u = &v["usage"];
+    assert!(
+        u["prompt_tokens"].as_u64().unwrap() > 100,
+        "both prompts are counted: {u}"
+    );
 }

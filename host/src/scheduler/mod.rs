@@ -259,9 +259,27 @@ fn dispatch(inner: &Inner) {
             state.running = Some(cancel.clone());
         }
         let started = Instant::now();
+        let mut finished = false;
+        // Counted before the last event goes out, so whoever receives it
+        // sees the scheduler already free.
+        let finish = |inner: &Inner| {
+            let took = started.elapsed();
+            let mut state = inner.state.lock().expect("scheduler state");
+            state.stats.in_flight = 0;
+            state.running = None;
+            state.stats.completed += 1;
+            state.average_run = Some(match state.average_run {
+                None => took,
+                Some(avg) => (avg * 7 + took) / 8,
+            });
+        };
         match inner.engine.start(job.prepared) {
             Ok(mut generation) => {
                 while let Some(event) = generation.blocking_next() {
+                    if matches!(event, Ok(Event::Done(_)) | Err(_)) {
+                        finish(inner);
+                        finished = true;
+                    }
                     if job.events.blocking_send(event).is_err() {
                         // The client went away: stop generating, then drain
                         // so the engine is free before the next request.
@@ -270,18 +288,14 @@ fn dispatch(inner: &Inner) {
                 }
             }
             Err(e) => {
+                finish(inner);
+                finished = true;
                 let _ = job.events.blocking_send(Err(e));
             }
         }
-        let took = started.elapsed();
-        let mut state = inner.state.lock().expect("scheduler state");
-        state.stats.in_flight = 0;
-        state.running = None;
-        state.stats.completed += 1;
-        state.average_run = Some(match state.average_run {
-            None => took,
-            Some(avg) => (avg * 7 + took) / 8,
-        });
+        if !finished {
+            finish(inner);
+        }
     }
 }
 

@@ -50,6 +50,7 @@ impl Default for ServerOptions {
 /// What every request handler sees.
 pub struct AppState {
     scheduler: Scheduler,
+    plugins: Option<crate::plugins::Runtime>,
     model_id: String,
     created: u64,
     key_digests: Vec<[u8; 32]>,
@@ -65,6 +66,33 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// Offers the active plugins' tools to the model and runs its calls
+    /// to them in the sandbox.
+    pub fn with_plugins(mut self, runtime: crate::plugins::Runtime) -> AppState {
+        self.plugins = Some(runtime);
+        self
+    }
+
+    /// The active plugins' tools, by qualified name.
+    fn plugin_tools(&self) -> Vec<crate::engine::ToolSpec> {
+        let Some(runtime) = &self.plugins else {
+            return Vec::new();
+        };
+        let mut tools: Vec<_> = runtime
+            .active_plugins()
+            .iter()
+            .flat_map(|p| {
+                p.tools.iter().map(|t| crate::engine::ToolSpec {
+                    name: format!("{}.{}", p.manifest.namespace, t.name),
+                    description: t.description.clone(),
+                    parameters: t.schema.clone(),
+                })
+            })
+            .collect();
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        tools
+    }
+
     /// The state for a scheduler serving model `model_id`.
     pub fn new(scheduler: Scheduler, model_id: String, options: ServerOptions) -> AppState {
         let key_digests = options
@@ -74,6 +102,7 @@ impl AppState {
             .collect();
         AppState {
             scheduler,
+            plugins: None,
             model_id,
             created: unix_now(),
             key_digests,
@@ -406,25 +435,31 @@ async fn chat(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
-    let mapped = request.map()?;
-    let tools_offered = !mapped.tools.is_empty();
-    let forced_call = mapped.forced_call;
-    let generate = GenerateRequest {
-        prompt: Prompt::Chat {
-            messages: mapped.messages,
-            tools: mapped.tools,
-        },
-        params: mapped.params,
-        format: mapped.format,
-        cancel: Default::default(),
+    let no_tools = request.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
+    let plugin_tools = if no_tools {
+        Vec::new()
+    } else {
+        state.plugin_tools()
     };
-    let deadline = Instant::now() + state.options.request_timeout;
-    let generation = state
-        .scheduler
-        .submit(generate, Priority::Interactive, Some(deadline))?;
+    let mapped = request.map(&plugin_tools)?;
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
     let created = unix_now();
-    if stream {
+    let deadline = Instant::now() + state.options.request_timeout;
+    if stream && plugin_tools.is_empty() {
+        let tools_offered = !mapped.tools.is_empty();
+        let forced_call = mapped.forced_call;
+        let generate = GenerateRequest {
+            prompt: Prompt::Chat {
+                messages: mapped.messages,
+                tools: mapped.tools,
+            },
+            params: mapped.params,
+            format: mapped.format,
+            cancel: Default::default(),
+        };
+        let generation = state
+            .scheduler
+            .submit(generate, Priority::Interactive, Some(deadline))?;
         return Ok(stream_response(
             state.model_id.clone(),
             id,
@@ -435,24 +470,61 @@ async fn chat(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<
             include_usage,
         ));
     }
-    let mut generation = generation;
-    let done = loop {
-        match generation.next().await {
-            Some(Ok(Event::Text(_))) => {}
-            Some(Ok(Event::Done(done))) => break done,
-            Some(Err(e)) => return Err(e.into()),
-            None => return Err(EngineError::Stopped.into()),
-        }
-    };
-    let (content, calls) = openai::answer(&done.text, tools_offered, forced_call);
-    let finish = finish_reason(done.finish_reason, !calls.is_empty());
-    let mut message = json!({"role": "assistant", "content": content});
-    if !calls.is_empty() {
+    if stream {
+        // Plugin calls happen between generations: the answer is streamed
+        // once the last one is known.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let state = state.clone();
+        let model = state.model_id.clone();
+        tokio::spawn(async move {
+            let sse = |v: Value| Bytes::from(format!("data: {v}\n\n"));
+            let chunk = |delta: Value, finish: Option<&str>| {
+                sse(
+                    json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]}),
+                )
+            };
+            let _ = tx
+                .send(chunk(json!({"role": "assistant", "content": ""}), None))
+                .await;
+            let outcome = tokio::select! {
+                o = converse(&state, mapped, &plugin_tools, deadline, &id) => o,
+                () = tx.closed() => return,
+            };
+            match outcome {
+                Ok(o) => {
+                    if !o.content.is_empty() {
+                        let _ = tx.send(chunk(json!({"content": o.content}), None)).await;
+                    }
+                    for call in openai::tool_calls_json(&o.calls, &id.replace("chatcmpl", "call")) {
+                        let _ = tx.send(chunk(json!({"tool_calls": [call]}), None)).await;
+                    }
+                    let _ = tx.send(chunk(json!({}), Some(o.finish))).await;
+                    if include_usage {
+                        let _ = tx.send(sse(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage(&o.usage)}))).await;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(sse(json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}))).await;
+                }
+            }
+            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(BodyExt::boxed(ChannelBody(rx)))
+            .expect("valid response"));
+    }
+    let o = converse(state, mapped, &plugin_tools, deadline, &id).await?;
+    let mut message = json!({"role": "assistant", "content": o.content});
+    if !o.calls.is_empty() {
         message["tool_calls"] = Value::Array(openai::tool_calls_json(
-            &calls,
+            &o.calls,
             &id.replace("chatcmpl", "call"),
         ));
-        if content.is_empty() {
+        if o.content.is_empty() {
             message["content"] = Value::Null;
         }
     }
@@ -460,10 +532,110 @@ async fn chat(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<
         StatusCode::OK,
         &json!({
             "id": id, "object": "chat.completion", "created": created, "model": state.model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
-            "usage": usage(&done.usage),
+            "choices": [{"index": 0, "message": message, "finish_reason": o.finish, "logprobs": null}],
+            "usage": usage(&o.usage),
         }),
     ))
+}
+
+/// Most generations one request may run (each plugin call adds one).
+const MAX_STEPS: usize = 5;
+
+/// A finished turn: what goes back to the client.
+struct Outcome {
+    content: String,
+    /// Calls of the client's own tools, for it to run.
+    calls: Vec<crate::engine::ToolCall>,
+    finish: &'static str,
+    usage: crate::engine::Usage,
+}
+
+/// Generates until the model answers: calls to plugin tools are run in the
+/// sandbox and their results (or errors) fed back, up to [`MAX_STEPS`]
+/// generations; calls to the client's tools end the turn.
+async fn converse(
+    state: &AppState,
+    mapped: openai::Mapped,
+    plugin_tools: &[crate::engine::ToolSpec],
+    deadline: Instant,
+    request_id: &str,
+) -> Result<Outcome, ApiError> {
+    let openai::Mapped {
+        mut messages,
+        tools,
+        params,
+        mut format,
+        mut forced_call,
+    } = mapped;
+    let mut total = crate::engine::Usage::default();
+    for step in 0..MAX_STEPS {
+        let generate = GenerateRequest {
+            prompt: Prompt::Chat {
+                messages: messages.clone(),
+                tools: tools.clone(),
+            },
+            params: params.clone(),
+            format: format.take(),
+            cancel: Default::default(),
+        };
+        let mut generation =
+            state
+                .scheduler
+                .submit(generate, Priority::Interactive, Some(deadline))?;
+        let done = loop {
+            match generation.next().await {
+                Some(Ok(Event::Text(_))) => {}
+                Some(Ok(Event::Done(done))) => break done,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(EngineError::Stopped.into()),
+            }
+        };
+        total.prompt_tokens += done.usage.prompt_tokens;
+        total.completion_tokens += done.usage.completion_tokens;
+        let (content, calls) = openai::answer(&done.text, !tools.is_empty(), forced_call);
+        forced_call = false;
+        let (plugin_calls, client_calls): (Vec<_>, Vec<_>) = calls
+            .into_iter()
+            .partition(|c| plugin_tools.iter().any(|t| t.name == c.name));
+        if plugin_calls.is_empty() || step + 1 == MAX_STEPS {
+            let finish = if step + 1 == MAX_STEPS && !plugin_calls.is_empty() {
+                "length"
+            } else {
+                finish_reason(done.finish_reason, !client_calls.is_empty())
+            };
+            return Ok(Outcome {
+                content,
+                calls: client_calls,
+                finish,
+                usage: total,
+            });
+        }
+        let runtime = state
+            .plugins
+            .as_ref()
+            .expect("plugin tools come from a runtime");
+        let mut assistant =
+            crate::engine::ChatMessage::new(crate::engine::Role::Assistant, content);
+        assistant.tool_calls = plugin_calls.clone();
+        messages.push(assistant);
+        for (i, call) in plugin_calls.into_iter().enumerate() {
+            let scope = crate::plugins::CallScope::new(format!("{request_id}-{step}-{i}"));
+            let result = match runtime
+                .invoke_qualified(&call.name, &call.arguments.to_string(), scope)
+                .await
+            {
+                Ok(json) => json,
+                // The model sees the failure and can answer anyway.
+                Err(e) => json!({"error": e.to_string()}).to_string(),
+            };
+            tracing::info!(tool = call.name, request = request_id, "plugin tool call");
+            let mut reply = crate::engine::ChatMessage::new(crate::engine::Role::Tool, result);
+            reply.tool_call_id = Some(call.id.clone());
+            reply.name = Some(call.name.clone());
+            messages.push(reply);
+        }
+    }
+    unreachable!("the last step returns")
 }
 
 fn usage(u: &crate::engine::Usage) -> Value {

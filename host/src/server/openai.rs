@@ -158,7 +158,9 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
 
 impl ChatRequest {
     /// Checks every field and maps the request to the engine's terms.
-    pub fn map(self) -> Result<Mapped, ApiError> {
+    /// `plugin_tools` are offered beside the client's own (and may be
+    /// named by `tool_choice`).
+    pub fn map(self, plugin_tools: &[ToolSpec]) -> Result<Mapped, ApiError> {
         if self.messages.is_empty() {
             return Err(invalid(
                 "messages",
@@ -248,6 +250,7 @@ impl ChatRequest {
             }
             tools.push(t.function);
         }
+        tools.extend(plugin_tools.iter().cloned());
         let mut forced_call = false;
         match &self.tool_choice {
             None => {}
