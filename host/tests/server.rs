@@ -210,6 +210,15 @@ fn chat_answers_with_usage_and_streams() {
     assert_eq!(finish, "length");
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], 6);
+    let (_, _, metrics) = get(s.addr, "/metrics", None);
+    assert!(
+        metrics.contains("hearth_time_to_first_token_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hearth_generation_tokens_per_second_count 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -340,9 +349,23 @@ fn a_full_queue_answers_503_with_retry_after_and_disconnects_stop_generation() {
     }
     let st = s.scheduler.stats();
     assert_eq!(st.abandoned, 1, "{st:?}");
-    // And the server keeps serving.
+    // And the server keeps serving; its metrics say what happened.
     let (status, _, _) = get(s.addr, "/healthz", None);
     assert_eq!(status, 200);
+    let (status, head, metrics) = get(s.addr, "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain"), "{head}");
+    for line in [
+        "hearth_in_flight_generations 0",
+        "hearth_rejected_total 1",
+        "hearth_abandoned_total 1",
+        "hearth_requests_total{route=\"/v1/chat/completions\",status=\"503\"} 1",
+        "hearth_queue_depth{class=\"interactive\"} 0",
+        "hearth_model_loaded 1",
+        "hearth_resident_memory_bytes ",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
 }
 
 #[test]
@@ -384,6 +407,11 @@ fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
     assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
     assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
     assert_eq!(s.scheduler.stats().completed, 2, "{v}");
+    let (_, _, metrics) = get(s.addr, "/metrics", None);
+    assert!(
+        metrics.contains("hearth_plugin_calls_total{namespace=\"calc\",outcome="),
+        "{metrics}"
+    );
     let u = &v["usage"];
     assert!(
         u["prompt_tokens"].as_u64().unwrap() > 100,

@@ -3,6 +3,7 @@
 //! worker (the scheduler and engine have their own threads), so health
 //! checks answer while the model is busy.
 
+pub mod metrics;
 pub mod openai;
 
 use crate::engine::{EngineError, Event, FinishReason, GenerateRequest, Prompt};
@@ -50,6 +51,7 @@ impl Default for ServerOptions {
 /// What every request handler sees.
 pub struct AppState {
     scheduler: Scheduler,
+    metrics: metrics::Metrics,
     plugins: Option<crate::plugins::Runtime>,
     model_id: String,
     created: u64,
@@ -102,6 +104,7 @@ impl AppState {
             .collect();
         AppState {
             scheduler,
+            metrics: metrics::Metrics::default(),
             plugins: None,
             model_id,
             created: unix_now(),
@@ -247,18 +250,34 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match route(&state, req).await {
+    let response = match route(&state, req, started).await {
         Ok(r) => r,
         Err(e) => e.response(),
     };
+    // Known routes only, so stray paths cannot grow the label set.
+    let label = match path.as_str() {
+        "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/chat/completions" => {
+            path.as_str()
+        }
+        _ => "other",
+    };
+    state.metrics.request(
+        label,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(%method, path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     Ok(response)
 }
 
-async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body_>, ApiError> {
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<Body_>, ApiError> {
     let path = req.uri().path();
     let allowed: &[Method] = match path {
-        "/healthz" | "/readyz" | "/v1/models" => &[Method::GET],
+        "/healthz" | "/readyz" | "/metrics" | "/v1/models" => &[Method::GET],
         "/v1/chat/completions" => &[Method::POST],
         _ => {
             return Err(ApiError::new(
@@ -283,6 +302,14 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
     }
     match path {
         "/healthz" => return Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        "/metrics" => {
+            let text = state.metrics.render(&state.scheduler.stats(), true);
+            return Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(text)).boxed())
+                .expect("valid response"));
+        }
         "/readyz" => {
             let stats = state.scheduler.stats();
             return Ok(json_response(
@@ -300,7 +327,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
                 {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "hearth"}
             ]}),
         )),
-        _ => chat(state, req).await,
+        _ => chat(state, req, started).await,
     }
 }
 
@@ -405,7 +432,11 @@ async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Value, Ap
         .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))
 }
 
-async fn chat(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body_>, ApiError> {
+async fn chat(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<Body_>, ApiError> {
     let body = json_body(state, req).await?;
     let request: openai::ChatRequest = serde_path_to_error::deserialize(&body).map_err(|e| {
         let path = e.path().to_string();
@@ -461,7 +492,8 @@ async fn chat(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<
             .scheduler
             .submit(generate, Priority::Interactive, Some(deadline))?;
         return Ok(stream_response(
-            state.model_id.clone(),
+            state.clone(),
+            started,
             id,
             created,
             generation,
@@ -590,6 +622,7 @@ async fn converse(
                 None => return Err(EngineError::Stopped.into()),
             }
         };
+        record_speed(state, &done);
         total.prompt_tokens += done.usage.prompt_tokens;
         total.completion_tokens += done.usage.completion_tokens;
         let (content, calls) = openai::answer(&done.text, !tools.is_empty(), forced_call);
@@ -620,13 +653,29 @@ async fn converse(
         messages.push(assistant);
         for (i, call) in plugin_calls.into_iter().enumerate() {
             let scope = crate::plugins::CallScope::new(format!("{request_id}-{step}-{i}"));
+            let namespace = call.name.split('.').next().unwrap_or_default();
             let result = match runtime
                 .invoke_qualified(&call.name, &call.arguments.to_string(), scope)
                 .await
             {
-                Ok(json) => json,
+                Ok(json) => {
+                    state.metrics.plugin_call(namespace, "ok");
+                    json
+                }
                 // The model sees the failure and can answer anyway.
-                Err(e) => json!({"error": e.to_string()}).to_string(),
+                Err(e) => {
+                    use crate::plugins::ErrorKind;
+                    let outcome = match e.kind() {
+                        ErrorKind::Timeout => "timeout",
+                        ErrorKind::Trap
+                        | ErrorKind::MemoryLimit
+                        | ErrorKind::StackOverflow
+                        | ErrorKind::OutputTooLarge => "trap",
+                        _ => "error",
+                    };
+                    state.metrics.plugin_call(namespace, outcome);
+                    json!({"error": e.to_string()}).to_string()
+                }
             };
             tracing::info!(tool = call.name, request = request_id, "plugin tool call");
             let mut reply = crate::engine::ChatMessage::new(crate::engine::Role::Tool, result);
@@ -636,6 +685,15 @@ async fn converse(
         }
     }
     unreachable!("the last step returns")
+}
+
+fn record_speed(state: &AppState, done: &crate::engine::Completion) {
+    let secs = done.decode_time.as_secs_f64();
+    if done.usage.completion_tokens > 1 && secs > 0.0 {
+        state
+            .metrics
+            .tokens_per_second((done.usage.completion_tokens - 1) as f64 / secs);
+    }
 }
 
 fn usage(u: &crate::engine::Usage) -> Value {
@@ -666,8 +724,10 @@ impl Body for ChannelBody {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stream_response(
-    model: String,
+    state: Arc<AppState>,
+    started: Instant,
     id: String,
     created: u64,
     mut generation: crate::engine::Generation,
@@ -676,7 +736,9 @@ fn stream_response(
     include_usage: bool,
 ) -> Response<Body_> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let model = state.model_id.clone();
     tokio::spawn(async move {
+        let mut first = true;
         let chunk = |delta: Value, finish: Option<&str>| {
             let v = json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -703,11 +765,20 @@ fn stream_response(
             };
             match event {
                 Some(Ok(Event::Text(t))) => {
+                    if first {
+                        state
+                            .metrics
+                            .time_to_first_token(started.elapsed().as_secs_f64());
+                        first = false;
+                    }
                     if !hold && tx.send(chunk(json!({"content": t}), None)).await.is_err() {
                         return; // dropping `generation` cancels it
                     }
                 }
-                Some(Ok(Event::Done(done))) => break done,
+                Some(Ok(Event::Done(done))) => {
+                    record_speed(&state, &done);
+                    break done;
+                }
                 Some(Err(e)) => {
                     let e = ApiError::from(e);
                     let v = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
