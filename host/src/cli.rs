@@ -5,7 +5,6 @@ use crate::manager::{self, ActiveSet, install, registry};
 use crate::plugins::{CallScope, Runtime, RuntimeOptions};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -783,30 +782,10 @@ fn print_list(runtime: &Runtime, set: &ActiveSet, format: Format) -> anyhow::Res
                 .loaded
                 .iter()
                 .map(|(p, origin)| {
-                    let m = &p.manifest;
-                    serde_json::json!({
-                        "namespace": m.namespace.as_str(),
-                        "name": m.name.as_str(),
-                        "version": m.version.to_string(),
-                        "contract": p.contract.to_string(),
-                        "description": m.description,
-                        "origin": origin.to_string(),
-                        "active": is_active(p),
-                        "digest": p.digest,
-                        "tools": p.tools.iter().map(|t| serde_json::json!({
-                            "name": format!("{}.{}", m.namespace, t.name),
-                            "description": t.description,
-                            "parameters": t.schema,
-                        })).collect::<Vec<_>>(),
-                        "permissions": {
-                            "http": m.permissions.http.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
-                            "kv": m.permissions.kv,
-                            "llm_tokens": m.permissions.llm_tokens,
-                            "memory_bytes": m.permissions.memory_bytes,
-                            "time_limit_ms": m.permissions.time_limit.as_millis() as u64,
-                        },
-                        "dependencies": m.dependencies.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-                    })
+                    let mut v = p.summary();
+                    v["origin"] = origin.to_string().into();
+                    v["active"] = is_active(p).into();
+                    v
                 })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&list)?);

@@ -174,6 +174,36 @@ pub struct LoadedPlugin {
     http_policy: http::HttpPolicy,
 }
 
+impl LoadedPlugin {
+    /// What the plugin is and may do, as JSON (for `plugin list` and
+    /// `GET /v1/plugins`): tools by qualified name with their schemas,
+    /// permissions, dependencies.
+    pub fn summary(&self) -> serde_json::Value {
+        let m = &self.manifest;
+        serde_json::json!({
+            "namespace": m.namespace.as_str(),
+            "name": m.name.as_str(),
+            "version": m.version.to_string(),
+            "contract": self.contract.to_string(),
+            "description": m.description,
+            "digest": self.digest,
+            "tools": self.tools.iter().map(|t| serde_json::json!({
+                "name": format!("{}.{}", m.namespace, t.name),
+                "description": t.description,
+                "parameters": t.schema,
+            })).collect::<Vec<_>>(),
+            "permissions": {
+                "http": m.permissions.http.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+                "kv": m.permissions.kv,
+                "llm_tokens": m.permissions.llm_tokens,
+                "memory_bytes": m.permissions.memory_bytes,
+                "time_limit_ms": m.permissions.time_limit.as_millis() as u64,
+            },
+            "dependencies": m.dependencies.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+        })
+    }
+}
+
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")

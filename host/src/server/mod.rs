@@ -277,8 +277,9 @@ async fn route(
 ) -> Result<Response<Body_>, ApiError> {
     let path = req.uri().path();
     let allowed: &[Method] = match path {
-        "/healthz" | "/readyz" | "/metrics" | "/v1/models" => &[Method::GET],
+        "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/plugins" => &[Method::GET],
         "/v1/chat/completions" => &[Method::POST],
+        p if p.starts_with("/v1/plugins/") && p.matches('/').count() == 4 => &[Method::POST],
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -327,7 +328,21 @@ async fn route(
                 {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "hearth"}
             ]}),
         )),
-        _ => chat(state, req, started).await,
+        "/v1/plugins" => {
+            let mut list: Vec<Value> = state
+                .plugins
+                .iter()
+                .flat_map(|r| r.active_plugins())
+                .map(|p| p.summary())
+                .collect();
+            list.sort_by(|a, b| a["namespace"].as_str().cmp(&b["namespace"].as_str()));
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"object": "list", "data": list}),
+            ))
+        }
+        "/v1/chat/completions" => chat(state, req, started).await,
+        _ => invoke_plugin(state, req).await,
     }
 }
 
@@ -685,6 +700,74 @@ async fn converse(
         }
     }
     unreachable!("the last step returns")
+}
+
+/// `POST /v1/plugins/{namespace}/{tool}`: the body is the arguments
+/// object, the answer the tool's JSON result.
+async fn invoke_plugin(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body_>, ApiError> {
+    use crate::plugins::ErrorKind;
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches("/v1/plugins/").splitn(2, '/');
+    let (namespace, tool) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let Some(runtime) = state.plugins.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "no plugins are active on this server",
+        ));
+    };
+    let args = json_body(state, req).await?;
+    if !args.is_object() {
+        return Err(ApiError::invalid(
+            "the body must be a JSON object of the tool's arguments",
+            None,
+        ));
+    }
+    let qualified = format!("{namespace}.{tool}");
+    let scope = crate::plugins::CallScope::new(format!("direct-{:08x}", rand::random::<u32>()));
+    match runtime
+        .invoke_qualified(&qualified, &args.to_string(), scope)
+        .await
+    {
+        Ok(result) => {
+            state.metrics.plugin_call(namespace, "ok");
+            let body: Value = serde_json::from_str(&result).unwrap_or(Value::String(result));
+            Ok(json_response(StatusCode::OK, &body))
+        }
+        Err(e) => {
+            let (status, outcome) = match e.kind() {
+                ErrorKind::NotFound => (StatusCode::NOT_FOUND, "error"),
+                ErrorKind::BadArguments => (StatusCode::BAD_REQUEST, "error"),
+                ErrorKind::Tool => (StatusCode::UNPROCESSABLE_ENTITY, "error"),
+                ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                ErrorKind::Host => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "trap"),
+            };
+            if e.kind() != ErrorKind::NotFound {
+                state.metrics.plugin_call(namespace, outcome);
+            }
+            let mut a = ApiError::new(
+                status,
+                if status.is_server_error() {
+                    "server_error"
+                } else {
+                    "invalid_request_error"
+                },
+                format!("{qualified}: {e}"),
+            );
+            a.code = Some(match e.kind() {
+                ErrorKind::NotFound => "tool_not_found",
+                ErrorKind::BadArguments => "invalid_arguments",
+                ErrorKind::Tool => "tool_error",
+                ErrorKind::Timeout => "plugin_timeout",
+                _ => "plugin_failed",
+            });
+            Err(a)
+        }
+    }
 }
 
 fn record_speed(state: &AppState, done: &crate::engine::Completion) {
