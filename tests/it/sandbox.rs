@@ -511,6 +511,68 @@ async fn plugins_reach_the_model_through_the_scheduler_within_their_budget() {
     assert_eq!(scheduler.stats().completed, 1);
 }
 
+/// POSTs a chat request to a server; returns (status, body).
+async fn chat_over_http(addr: std::net::SocketAddr, content: &str) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({"messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 8}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+#[tokio::test]
+async fn before_prompt_hooks_can_refuse_a_chat_request() {
+    let engine =
+        hearth::engine::Engine::load(&default_model(), &hearth::engine::EngineOptions::default())
+            .unwrap();
+    let scheduler = hearth::scheduler::Scheduler::new(engine, Default::default());
+    let s = Scratch::new();
+    s.hostile(|t| format!("{t}\n[config]\ntag = \"A\"\n"))
+        .await
+        .unwrap();
+    let state = std::sync::Arc::new(
+        hearth::server::AppState::new(scheduler.clone(), "m".into(), Default::default())
+            .with_plugins(s.runtime.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hearth::server::serve(
+        listener,
+        state,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let (status, v) = chat_over_http(addr, "this is forbidden").await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "refused_by_plugin", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("A refuses"),
+        "{v}"
+    );
+    assert_eq!(
+        scheduler.stats().completed,
+        0,
+        "a refused request never reaches the model"
+    );
+    let (status, v) = chat_over_http(addr, "Say hello.").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(scheduler.stats().completed, 1);
+}
+
 #[tokio::test]
 async fn plugins_call_only_declared_dependencies() {
     let s = sandbox().await;

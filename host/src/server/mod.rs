@@ -491,7 +491,11 @@ async fn chat(
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
     let created = unix_now();
     let deadline = Instant::now() + state.options.request_timeout;
-    if stream && plugin_tools.is_empty() {
+    let observers = state
+        .plugins
+        .as_ref()
+        .is_some_and(|r| !r.active_plugins().is_empty());
+    if stream && !observers {
         let tools_offered = !mapped.tools.is_empty();
         let forced_call = mapped.forced_call;
         let generate = GenerateRequest {
@@ -614,6 +618,35 @@ async fn converse(
         mut format,
         mut forced_call,
     } = mapped;
+    if let Some(runtime) = &state.plugins
+        && let Some(last) = messages
+            .iter_mut()
+            .rev()
+            .find(|m| m.role == crate::engine::Role::User)
+    {
+        // Observers see the user's message first (a JSON string), and may
+        // rewrite or refuse it.
+        let payload = Value::String(last.content.clone()).to_string();
+        let scope = crate::plugins::CallScope::new(format!("{request_id}-before"));
+        let d = runtime
+            .dispatch(crate::plugins::EventKind::BeforePrompt, &payload, scope)
+            .await;
+        if let Some((plugin, reason)) = d.vetoed {
+            let mut e = ApiError::invalid(
+                format!("plugin `{plugin}` refused the request: {reason}"),
+                Some("messages"),
+            );
+            e.code = Some("refused_by_plugin");
+            return Err(e);
+        }
+        match serde_json::from_str::<Value>(&d.payload) {
+            Ok(Value::String(text)) => last.content = text,
+            _ => tracing::warn!(
+                request = request_id,
+                "a before-prompt hook returned no JSON string; ignored"
+            ),
+        }
+    }
     let mut total = crate::engine::Usage::default();
     for step in 0..MAX_STEPS {
         let generate = GenerateRequest {
@@ -651,12 +684,14 @@ async fn converse(
             } else {
                 finish_reason(done.finish_reason, !client_calls.is_empty())
             };
-            return Ok(Outcome {
+            let mut outcome = Outcome {
                 content,
                 calls: client_calls,
                 finish,
                 usage: total,
-            });
+            };
+            after_response(state, request_id, &mut outcome).await;
+            return Ok(outcome);
         }
         let runtime = state
             .plugins
@@ -700,6 +735,32 @@ async fn converse(
         }
     }
     unreachable!("the last step returns")
+}
+
+/// Observers see the answer and may rewrite it or withhold it (finish
+/// reason `content_filter`).
+async fn after_response(state: &AppState, request_id: &str, outcome: &mut Outcome) {
+    let Some(runtime) = &state.plugins else {
+        return;
+    };
+    let payload = Value::String(outcome.content.clone()).to_string();
+    let scope = crate::plugins::CallScope::new(format!("{request_id}-after"));
+    let d = runtime
+        .dispatch(crate::plugins::EventKind::AfterResponse, &payload, scope)
+        .await;
+    if let Some((plugin, reason)) = d.vetoed {
+        tracing::info!(
+            request = request_id,
+            plugin,
+            reason,
+            "answer withheld by a plugin"
+        );
+        outcome.content.clear();
+        outcome.calls.clear();
+        outcome.finish = "content_filter";
+    } else if let Ok(Value::String(text)) = serde_json::from_str::<Value>(&d.payload) {
+        outcome.content = text;
+    }
 }
 
 /// `POST /v1/plugins/{namespace}/{tool}`: the body is the arguments
