@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 mod generate;
+mod remote;
 pub use generate::{ModelArgs, SamplingArgs};
 
 /// hearth: a local AI assistant host with sandboxed WebAssembly plugins.

@@ -86,6 +86,28 @@ fn the_official_python_client_chats_streams_and_calls_tools() {
         .env("OPENAI_API_KEY", "py-key")
         .output()
         .unwrap();
+    // hearth's own client, against the same server.
+    let run = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "run",
+            "--url",
+            &url,
+            "--api-key",
+            "py-key",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "40",
+            "What is the capital of France?",
+        ])
+        .env("HEARTH_HOME", home.path())
+        .output()
+        .unwrap();
+    let wrong_key = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "--url", &url, "--api-key", "nope", "Hi"])
+        .env("HEARTH_HOME", home.path())
+        .output()
+        .unwrap();
     // SIGTERM: the server stops gracefully and exits 0.
     terminate(server.id());
     let status = server.wait().unwrap();
@@ -97,6 +119,18 @@ fn the_official_python_client_chats_streams_and_calls_tools() {
     );
     assert_eq!(common::text(&out.stdout).trim(), "ok");
     assert!(status.success(), "hearth serve exited with {status}");
+    assert!(run.status.success(), "{}", common::text(&run.stderr));
+    assert!(
+        common::text(&run.stdout).contains("Paris"),
+        "{}",
+        common::text(&run.stdout)
+    );
+    assert!(!wrong_key.status.success());
+    assert!(
+        common::text(&wrong_key.stderr).contains("401 Unauthorized: invalid API key"),
+        "{}",
+        common::text(&wrong_key.stderr)
+    );
 }
 
 fn terminate(pid: u32) {

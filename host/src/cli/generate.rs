@@ -73,10 +73,17 @@ pub struct SamplingArgs {
     /// Answer with JSON valid against this schema (a file, or inline JSON).
     #[arg(long, conflicts_with = "json")]
     pub json_schema: Option<String>,
+    /// Ask a running hearth server (e.g. http://127.0.0.1:8080/v1) instead
+    /// of loading the model here.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// API key for --url.
+    #[arg(long, env = "HEARTH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 impl SamplingArgs {
-    fn params(&self) -> SamplingParams {
+    pub(crate) fn params(&self) -> SamplingParams {
         SamplingParams {
             max_new_tokens: self.max_tokens,
             temperature: self.temperature,
@@ -89,7 +96,7 @@ impl SamplingArgs {
         }
     }
 
-    fn format(&self) -> anyhow::Result<Option<OutputFormat>> {
+    pub(crate) fn format(&self) -> anyhow::Result<Option<OutputFormat>> {
         if self.json {
             return Ok(Some(OutputFormat::JsonObject));
         }
@@ -182,22 +189,63 @@ pub fn run_once(
     sampling: &SamplingArgs,
     prompt: &str,
 ) -> anyhow::Result<i32> {
-    let engine = load(home, model)?;
+    let target = Target::new(home, model, sampling)?;
     let mut messages = Vec::new();
     if let Some(system) = &sampling.system {
         messages.push(ChatMessage::new(Role::System, system.clone()));
     }
     messages.push(ChatMessage::new(Role::User, prompt));
-    answer(&engine, sampling, messages)?;
+    answer(&target, sampling, messages)?;
     Ok(0)
+}
+
+/// What answers: the model loaded here, or a server.
+enum Target {
+    Local(Engine),
+    Remote(super::remote::Remote, tokio::runtime::Handle),
+}
+
+impl Target {
+    fn new(home: &Home, model: &ModelArgs, sampling: &SamplingArgs) -> anyhow::Result<Target> {
+        Ok(match &sampling.url {
+            Some(url) => Target::Remote(
+                super::remote::Remote::new(url, sampling.api_key.clone())?,
+                tokio::runtime::Handle::current(),
+            ),
+            None => Target::Local(load(home, model)?),
+        })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Target::Local(engine) => engine
+                .info()
+                .name
+                .clone()
+                .unwrap_or_else(|| "the model".into()),
+            Target::Remote(..) => "the server".into(),
+        }
+    }
 }
 
 /// Generates one assistant turn, printing it as it comes; returns it.
 fn answer(
-    engine: &Engine,
+    target: &Target,
     sampling: &SamplingArgs,
     messages: Vec<ChatMessage>,
 ) -> anyhow::Result<String> {
+    let engine = match target {
+        Target::Local(engine) => engine,
+        Target::Remote(remote, handle) => {
+            let text = handle.block_on(remote.answer(sampling, &messages, &mut |piece| {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }))?;
+            println!();
+            return Ok(text);
+        }
+    };
     let request = GenerateRequest {
         prompt: Prompt::Chat {
             messages,
@@ -219,12 +267,12 @@ fn answer(
 
 /// `hearth chat`: a conversation on stdin/stdout.
 pub fn chat(home: &Home, model: &ModelArgs, sampling: &SamplingArgs) -> anyhow::Result<i32> {
-    let engine = load(home, model)?;
+    let target = Target::new(home, model, sampling)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
             "hearth chat with {} — /reset forgets the conversation, /exit or Ctrl-D leaves",
-            engine.info().name.as_deref().unwrap_or("the model")
+            target.name()
         );
     }
     let mut history = Vec::new();
@@ -252,7 +300,7 @@ pub fn chat(home: &Home, model: &ModelArgs, sampling: &SamplingArgs) -> anyhow::
             _ => {}
         }
         history.push(ChatMessage::new(Role::User, line));
-        match answer(&engine, sampling, history.clone()) {
+        match answer(&target, sampling, history.clone()) {
             Ok(reply) => history.push(ChatMessage::new(Role::Assistant, reply)),
             Err(e) => {
                 // The turn failed (say, the context is full): say why and
