@@ -136,6 +136,31 @@ fn same_seed_same_tokens() {
 }
 
 #[test]
+fn a_reused_prompt_prefix_gives_the_same_answer_as_a_fresh_start() {
+    let system = ChatMessage::new(
+        Role::System,
+        "You are a terse assistant. Answer in one sentence.",
+    );
+    let turn = |q: &str| vec![system.clone(), ChatMessage::new(Role::User, q)];
+    let run = |engine: &Engine, q: &str| {
+        let mut req = GenerateRequest::chat(turn(q));
+        req.params = SamplingParams::greedy(24);
+        engine
+            .generate(req)
+            .unwrap()
+            .wait(&mut |_| {})
+            .unwrap()
+            .text
+    };
+    let warm = Engine::load(&model_path(), &EngineOptions::default()).unwrap();
+    run(&warm, "Name a river in Africa.");
+    // Shares the system prompt with the previous request: only the rest is evaluated.
+    let after = run(&warm, "Name a mountain in Asia.");
+    let fresh = Engine::load(&model_path(), &EngineOptions::default()).unwrap();
+    assert_eq!(after, run(&fresh, "Name a mountain in Asia."));
+}
+
+#[test]
 fn stop_sequences_end_the_answer_before_them() {
     let full = ask(
         "Count from 1 to 10, separated by commas.",

@@ -352,34 +352,25 @@ unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(q)
 }
 
-/// One row times one token: the decode path. Two blocks per iteration
-/// with separate accumulators keep both FMA ports busy.
+/// One row times one token: the decode path. The same operations in the
+/// same order as [`dot4_avx2`], so a token's result does not depend on
+/// whether it was evaluated alone or in a prompt batch (a cached prompt
+/// prefix then gives exactly the numbers a fresh evaluation would).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot1_avx2(wq: &[i8], ws: &[f32], xq: &[i16], xs: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let nb = ws.len();
     debug_assert!(wq.len() == nb * BLOCK && xq.len() == nb * BLOCK && xs.len() == nb);
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (w, x) = (wq.as_ptr(), xq.as_ptr());
-    let mut b = 0;
-    // SAFETY: b + 1 < nb inside the loop, so every block read is in bounds.
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: b < nb, so every block read is in bounds.
     unsafe {
-        while b + 1 < nb {
-            let (l0, h0) = load_weights(w.add(b * BLOCK));
-            let (l1, h1) = load_weights(w.add((b + 1) * BLOCK));
-            let p0 = block_dot(l0, h0, x.add(b * BLOCK));
-            let p1 = block_dot(l1, h1, x.add((b + 1) * BLOCK));
-            a0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(ws[b] * xs[b]), a0);
-            a1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(ws[b + 1] * xs[b + 1]), a1);
-            b += 2;
+        for (b, (&w, &x)) in ws.iter().zip(xs).enumerate() {
+            let (lo, hi) = load_weights(wq.as_ptr().add(b * BLOCK));
+            let p = block_dot(lo, hi, xq.as_ptr().add(b * BLOCK));
+            acc = _mm256_fmadd_ps(p, _mm256_set1_ps(w * x), acc);
         }
-        if b < nb {
-            let (l0, h0) = load_weights(w.add(b * BLOCK));
-            let p0 = block_dot(l0, h0, x.add(b * BLOCK));
-            a0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(ws[b] * xs[b]), a0);
-        }
-        hsum(_mm256_add_ps(a0, a1))
+        hsum(acc)
     }
 }
 
@@ -473,6 +464,25 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
+        let mut seed = 9;
+        let (rows, cols, tokens) = (40, 128, 7);
+        let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+        let m = Q8Matrix::from_f32(&w, rows, cols);
+        let x: Vec<f32> = (0..tokens * cols).map(|_| lcg(&mut seed)).collect();
+        let mut a = Activations::default();
+        a.quantize(&x, cols);
+        let mut batch = vec![0f32; tokens * rows];
+        matmul(&m, &a, &mut batch, None);
+        for t in 0..tokens {
+            a.quantize(&x[t * cols..(t + 1) * cols], cols);
+            let mut alone = vec![0f32; rows];
+            matmul(&m, &a, &mut alone, None);
+            assert_eq!(alone, batch[t * rows..(t + 1) * rows], "token {t}");
         }
     }
 

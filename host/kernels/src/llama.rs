@@ -108,6 +108,16 @@ impl Llama {
         })
     }
 
+    /// Keeps the first `tokens` positions of the KV cache (a shared prompt
+    /// prefix) and forgets the rest.
+    pub fn truncate(&mut self, tokens: usize) {
+        let kv_dim = self.cfg.kv_heads * self.cfg.head_dim;
+        for l in &mut self.layers {
+            l.keys.truncate(tokens * kv_dim);
+            l.values.truncate(tokens * kv_dim);
+        }
+    }
+
     /// Forgets the KV cache.
     pub fn clear(&mut self) {
         for l in &mut self.layers {

@@ -346,6 +346,7 @@ impl Engine {
                     device,
                     tokenizer: thread_tokenizer,
                     context,
+                    cached: Vec::new(),
                 };
                 while let Ok(job) = jobs_rx.recv() {
                     worker.run(job);
@@ -515,11 +516,20 @@ struct Worker {
     device: candle_core::Device,
     tokenizer: Arc<Tokenizer>,
     context: usize,
+    /// The tokens whose keys and values are in the cache, in order: a new
+    /// prompt that starts the same way (the system prompt, the tools, the
+    /// conversation so far) only evaluates what is new.
+    cached: Vec<u32>,
 }
 
 impl Worker {
     fn run(&mut self, mut job: Job) {
         let result = self.generate(&mut job);
+        if result.is_err() {
+            // The cache may be half-written: start the next job afresh.
+            self.network.clear();
+            self.cached.clear();
+        }
         let event = match result {
             Ok(completion) => Ok(Event::Done(completion)),
             Err(e) => Err(e),
@@ -530,8 +540,23 @@ impl Worker {
     /// The one generation loop: prompt, then token by token until an end.
     fn generate(&mut self, job: &mut Job) -> Result<Completion, EngineError> {
         let started = Instant::now();
-        self.network.clear();
-        let mut logits = self.network.forward(&job.tokens, 0, &self.device)?;
+        let shared = if job.ignore_eos {
+            // Benchmarks measure the whole prompt every time.
+            0
+        } else {
+            self.cached
+                .iter()
+                .zip(&job.tokens)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(job.tokens.len() - 1)
+        };
+        let kept = self.network.keep_prefix(shared);
+        self.cached.truncate(kept);
+        let mut logits = self
+            .network
+            .forward(&job.tokens[kept..], kept, &self.device)?;
+        self.cached.extend_from_slice(&job.tokens[kept..]);
         let prompt_time = started.elapsed();
         let decode_start = Instant::now();
         let mut sampler = Sampler::new(&job.params);

@@ -123,6 +123,21 @@ impl Network {
         })
     }
 
+    /// Keeps the first `tokens` positions of the KV cache where the
+    /// implementation can (hearth's kernels); returns how many were kept.
+    pub fn keep_prefix(&mut self, tokens: usize) -> usize {
+        match self {
+            Network::Native(m) => {
+                m.truncate(tokens);
+                tokens
+            }
+            _ => {
+                self.clear();
+                0
+            }
+        }
+    }
+
     /// Forgets the KV cache (a new conversation).
     pub fn clear(&mut self) {
         match self {

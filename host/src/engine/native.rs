@@ -135,6 +135,11 @@ impl NativeLlama {
         self.model.clear();
     }
 
+    /// Keeps the first `tokens` positions of the KV cache.
+    pub fn truncate(&mut self, tokens: usize) {
+        self.model.truncate(tokens);
+    }
+
     /// Feeds `tokens` at positions `pos..`; returns the next token's logits.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
         self.model
