@@ -538,13 +538,25 @@ async fn chat(
             let _ = tx
                 .send(chunk(json!({"role": "assistant", "content": ""}), None))
                 .await;
+            // Answer rewriting by after-response hooks needs the whole
+            // answer before anything is sent.
+            let rewrites = state.plugins.as_ref().is_some_and(|r| {
+                r.active_plugins()
+                    .iter()
+                    .any(|p| p.events.contains(&crate::plugins::EventKind::AfterResponse))
+            });
+            let live = (!rewrites).then_some(Live {
+                tx: &tx,
+                chunk: &chunk,
+                started,
+            });
             let outcome = tokio::select! {
-                o = converse(&state, mapped, &plugin_tools, deadline, &id) => o,
+                o = converse(&state, mapped, &plugin_tools, deadline, &id, live) => o,
                 () = tx.closed() => return,
             };
             match outcome {
                 Ok(o) => {
-                    if !o.content.is_empty() {
+                    if !o.streamed && !o.content.is_empty() {
                         let _ = tx.send(chunk(json!({"content": o.content}), None)).await;
                     }
                     for call in openai::tool_calls_json(&o.calls, &id.replace("chatcmpl", "call")) {
@@ -568,7 +580,7 @@ async fn chat(
             .body(BodyExt::boxed(ChannelBody(rx)))
             .expect("valid response"));
     }
-    let o = converse(state, mapped, &plugin_tools, deadline, &id).await?;
+    let o = converse(state, mapped, &plugin_tools, deadline, &id, None).await?;
     let mut message = json!({"role": "assistant", "content": o.content});
     if !o.calls.is_empty() {
         message["tool_calls"] = Value::Array(openai::tool_calls_json(
@@ -599,6 +611,24 @@ struct Outcome {
     calls: Vec<crate::engine::ToolCall>,
     finish: &'static str,
     usage: crate::engine::Usage,
+    /// The content already went to the client as it was generated.
+    streamed: bool,
+}
+
+/// Where a streamed request's text goes while it is generated.
+struct Live<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<Bytes>,
+    chunk: &'a (dyn Fn(Value, Option<&str>) -> Bytes + Send + Sync),
+    started: Instant,
+}
+
+/// Whether text could still turn out to be a tool call in one of the
+/// formats [`crate::engine::parse_tool_calls`] reads: those start the answer.
+fn may_be_call(text: &str) -> bool {
+    let t = text.trim_start();
+    ["<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "{"]
+        .iter()
+        .any(|m| t.starts_with(m) || m.starts_with(t))
 }
 
 /// Generates until the model answers: calls to plugin tools are run in the
@@ -610,6 +640,7 @@ async fn converse(
     plugin_tools: &[crate::engine::ToolSpec],
     deadline: Instant,
     request_id: &str,
+    live: Option<Live<'_>>,
 ) -> Result<Outcome, ApiError> {
     let openai::Mapped {
         mut messages,
@@ -662,15 +693,62 @@ async fn converse(
             state
                 .scheduler
                 .submit(generate, Priority::Interactive, Some(deadline))?;
+        // Text goes out as it comes unless it may be a call, which is held
+        // until the generation ends (forced calls are always held).
+        let mut held = String::new();
+        let mut streaming = false;
         let done = loop {
             match generation.next().await {
-                Some(Ok(Event::Text(_))) => {}
+                Some(Ok(Event::Text(piece))) => {
+                    let Some(live) = &live else { continue };
+                    if forced_call {
+                        continue;
+                    }
+                    if !streaming {
+                        held.push_str(&piece);
+                        if may_be_call(&held) {
+                            continue;
+                        }
+                        streaming = true;
+                        state
+                            .metrics
+                            .time_to_first_token(live.started.elapsed().as_secs_f64());
+                        let first = std::mem::take(&mut held);
+                        if live
+                            .tx
+                            .send((live.chunk)(json!({"content": first}), None))
+                            .await
+                            .is_err()
+                        {
+                            return Err(EngineError::Stopped.into());
+                        }
+                    } else if live
+                        .tx
+                        .send((live.chunk)(json!({"content": piece}), None))
+                        .await
+                        .is_err()
+                    {
+                        return Err(EngineError::Stopped.into());
+                    }
+                }
                 Some(Ok(Event::Done(done))) => break done,
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(EngineError::Stopped.into()),
             }
         };
         record_speed(state, &done);
+        if streaming {
+            // Plain text went out already: that was the answer.
+            total.prompt_tokens += done.usage.prompt_tokens;
+            total.completion_tokens += done.usage.completion_tokens;
+            return Ok(Outcome {
+                content: done.text,
+                calls: Vec::new(),
+                finish: finish_reason(done.finish_reason, false),
+                usage: total,
+                streamed: true,
+            });
+        }
         total.prompt_tokens += done.usage.prompt_tokens;
         total.completion_tokens += done.usage.completion_tokens;
         let (content, calls) = openai::answer(&done.text, !tools.is_empty(), forced_call);
@@ -689,6 +767,7 @@ async fn converse(
                 calls: client_calls,
                 finish,
                 usage: total,
+                streamed: false,
             };
             after_response(state, request_id, &mut outcome).await;
             return Ok(outcome);
