@@ -476,6 +476,9 @@ fn default_model() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn plugins_reach_the_model_through_the_scheduler_within_their_budget() {
+    // Loading a model grows this process by far more than the sandbox
+    // tests' memory bound: never while they measure.
+    let _serial = crate::MEMORY.lock().await;
     let engine =
         hearth::engine::Engine::load(&default_model(), &hearth::engine::EngineOptions::default())
             .unwrap();
@@ -533,6 +536,7 @@ async fn chat_over_http(addr: std::net::SocketAddr, content: &str) -> (u16, serd
 
 #[tokio::test]
 async fn before_prompt_hooks_can_refuse_a_chat_request() {
+    let _serial = crate::MEMORY.lock().await;
     let engine =
         hearth::engine::Engine::load(&default_model(), &hearth::engine::EngineOptions::default())
             .unwrap();
