@@ -88,6 +88,15 @@ pub enum Command {
             hide_env_values = true
         )]
         api_keys: Vec<String>,
+        /// Keys for the admin routes (enable, disable, remove plugins);
+        /// without one they are off.
+        #[arg(
+            long = "admin-key",
+            env = "HEARTH_ADMIN_KEYS",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        admin_keys: Vec<String>,
         /// Allow listening beyond loopback without an API key.
         #[arg(long)]
         insecure_no_auth: bool,
@@ -357,6 +366,7 @@ async fn serve(
     addr: std::net::SocketAddr,
     model: ModelArgs,
     api_keys: Vec<String>,
+    admin_keys: Vec<String>,
     insecure_no_auth: bool,
     queue: usize,
 ) -> anyhow::Result<i32> {
@@ -391,10 +401,16 @@ async fn serve(
     let model_id = crate::server::model_id(&path);
     let options = crate::server::ServerOptions {
         api_keys,
+        admin_keys: admin_keys
+            .into_iter()
+            .filter(|k| !k.trim().is_empty())
+            .collect(),
         ..Default::default()
     };
     let state = std::sync::Arc::new(
-        crate::server::AppState::new(scheduler, model_id.clone(), options).with_plugins(runtime),
+        crate::server::AppState::new(scheduler, model_id.clone(), options)
+            .with_plugins(runtime)
+            .with_home(home),
     );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -717,9 +733,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             addr,
             model,
             api_keys,
+            admin_keys,
             insecure_no_auth,
             queue,
-        } => serve(home, addr, model, api_keys, insecure_no_auth, queue).await,
+        } => {
+            serve(
+                home,
+                addr,
+                model,
+                api_keys,
+                admin_keys,
+                insecure_no_auth,
+                queue,
+            )
+            .await
+        }
         Command::Chat { model, sampling } => {
             tokio::task::spawn_blocking(move || generate::chat(&home, &model, &sampling)).await?
         }

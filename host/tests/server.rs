@@ -33,12 +33,12 @@ fn start(queue: usize, options: ServerOptions) -> Server {
 fn start_with(
     queue: usize,
     options: ServerOptions,
-    plugins: Option<hearth::plugins::Runtime>,
+    plugins: Option<(hearth::plugins::Runtime, hearth::home::Home)>,
 ) -> Server {
     let scheduler = Scheduler::new(engine(), SchedulerOptions { capacity: queue });
     let mut state = AppState::new(scheduler.clone(), "smollm2".into(), options);
-    if let Some(runtime) = plugins {
-        state = state.with_plugins(runtime);
+    if let Some((runtime, home)) = plugins {
+        state = state.with_plugins(runtime).with_home(home);
     }
     let state = Arc::new(state);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -391,7 +391,11 @@ fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
             );
             runtime
         });
-    let s = start_with(8, options(), Some(runtime));
+    let admin = ServerOptions {
+        admin_keys: vec!["admin-key".into()],
+        ..options()
+    };
+    let s = start_with(8, admin, Some((runtime, home.clone())));
     let (status, _, body) = post(
         s.addr,
         "/v1/chat/completions",
@@ -417,4 +421,88 @@ fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
         u["prompt_tokens"].as_u64().unwrap() > 100,
         "both prompts are counted: {u}"
     );
+}
+
+fn admin_request(addr: SocketAddr, method: &str, path: &str, key: &str) -> (u16, String, String) {
+    raw(
+        addr,
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn admin_routes_change_the_plugin_set_with_an_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = hearth::home::Home {
+        root: dir.path().to_path_buf(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let discovery = hearth::manager::discover_installed(&home).unwrap();
+            let runtime =
+                hearth::plugins::Runtime::new(hearth::plugins::RuntimeOptions::in_dir(&home.root))
+                    .unwrap();
+            hearth::manager::load_and_activate(&runtime, &home, discovery).await;
+            runtime
+        });
+    let s = start_with(
+        8,
+        ServerOptions {
+            admin_keys: vec!["admin-key".into()],
+            ..options()
+        },
+        Some((runtime, home)),
+    );
+    let namespaces = || {
+        let (_, _, body) = get(s.addr, "/v1/plugins", Some(KEY));
+        json_of(&body)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["namespace"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(namespaces().contains(&"notes".to_string()));
+    // The API key is not an admin key.
+    let (status, _, body) = admin_request(s.addr, "POST", "/v1/admin/plugins/notes/disable", KEY);
+    error_of(status, &body, 401);
+    let (status, _, body) = admin_request(
+        s.addr,
+        "POST",
+        "/v1/admin/plugins/notes/disable",
+        "admin-key",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !json_of(&body)["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "notes"),
+        "{body}"
+    );
+    assert!(!namespaces().contains(&"notes".to_string()));
+    let (status, _, body) = admin_request(
+        s.addr,
+        "POST",
+        "/v1/admin/plugins/notes/enable",
+        "admin-key",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(namespaces().contains(&"notes".to_string()));
+    let (status, _, body) = admin_request(
+        s.addr,
+        "POST",
+        "/v1/admin/plugins/notes/explode",
+        "admin-key",
+    );
+    error_of(status, &body, 404);
+    // Without admin keys the admin API is off.
+    let plain = start(8, options());
+    let (status, _, body) =
+        admin_request(plain.addr, "POST", "/v1/admin/plugins/notes/disable", KEY);
+    assert_eq!(error_of(status, &body, 403)["code"], "admin_disabled");
 }

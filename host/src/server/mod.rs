@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct ServerOptions {
     /// Accepted API keys (`Authorization: Bearer …`); none means no auth.
     pub api_keys: Vec<String>,
+    /// Keys for the admin routes (`/v1/admin/…`); none disables them.
+    pub admin_keys: Vec<String>,
     /// Largest request body.
     pub max_body: usize,
     /// Time allowed to send the request headers.
@@ -40,6 +42,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             api_keys: Vec::new(),
+            admin_keys: Vec::new(),
             max_body: 1 << 20,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -56,6 +59,9 @@ pub struct AppState {
     model_id: String,
     created: u64,
     key_digests: Vec<[u8; 32]>,
+    admin_digests: Vec<[u8; 32]>,
+    /// The data directory whose installed set the admin routes change.
+    home: Option<crate::home::Home>,
     options: ServerOptions,
 }
 
@@ -72,6 +78,12 @@ impl AppState {
     /// to them in the sandbox.
     pub fn with_plugins(mut self, runtime: crate::plugins::Runtime) -> AppState {
         self.plugins = Some(runtime);
+        self
+    }
+
+    /// Lets the admin routes change the plugin set installed in `home`.
+    pub fn with_home(mut self, home: crate::home::Home) -> AppState {
+        self.home = Some(home);
         self
     }
 
@@ -97,11 +109,13 @@ impl AppState {
 
     /// The state for a scheduler serving model `model_id`.
     pub fn new(scheduler: Scheduler, model_id: String, options: ServerOptions) -> AppState {
-        let key_digests = options
-            .api_keys
-            .iter()
-            .map(|k| Sha256::digest(k.as_bytes()).into())
-            .collect();
+        let digests = |keys: &[String]| {
+            keys.iter()
+                .map(|k| Sha256::digest(k.as_bytes()).into())
+                .collect()
+        };
+        let key_digests = digests(&options.api_keys);
+        let admin_digests = digests(&options.admin_keys);
         AppState {
             scheduler,
             metrics: metrics::Metrics::default(),
@@ -109,6 +123,8 @@ impl AppState {
             model_id,
             created: unix_now(),
             key_digests,
+            admin_digests,
+            home: None,
             options,
         }
     }
@@ -280,6 +296,7 @@ async fn route(
         "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/plugins" => &[Method::GET],
         "/v1/chat/completions" => &[Method::POST],
         p if p.starts_with("/v1/plugins/") && p.matches('/').count() == 4 => &[Method::POST],
+        p if p.starts_with("/v1/admin/plugins/") => &[Method::POST, Method::DELETE],
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -320,6 +337,9 @@ async fn route(
         }
         _ => {}
     }
+    if path.starts_with("/v1/admin/") {
+        return admin(state, req).await;
+    }
     authorize(state, &req)?;
     match path {
         "/v1/models" => Ok(json_response(
@@ -350,6 +370,75 @@ fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> 
     if state.key_digests.is_empty() {
         return Ok(());
     }
+    check_key(&state.key_digests, req)
+}
+
+/// `POST /v1/admin/plugins/{namespace}/enable|disable`,
+/// `DELETE /v1/admin/plugins/{namespace}`: changes the installed set with
+/// the plugin manager, then reloads the active set. Needs an admin key.
+async fn admin(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body_>, ApiError> {
+    if state.admin_digests.is_empty() {
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "the admin API is off: start hearth serve with --admin-key",
+        );
+        e.code = Some("admin_disabled");
+        return Err(e);
+    }
+    check_key(&state.admin_digests, &req)?;
+    let (Some(home), Some(runtime)) = (state.home.clone(), state.plugins.clone()) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "this server has no plugin set to manage",
+        ));
+    };
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/v1/admin/plugins/")
+        .to_string();
+    let parts: Vec<&str> = path.split('/').collect();
+    let change = match (req.method(), parts.as_slice()) {
+        (&Method::POST, [ns, "enable"]) => {
+            crate::manager::install::set_enabled(&home, ns, true).map(|()| Vec::new())
+        }
+        (&Method::POST, [ns, "disable"]) => {
+            crate::manager::install::set_enabled(&home, ns, false).map(|()| Vec::new())
+        }
+        (&Method::DELETE, [ns]) => crate::manager::install::remove(&home, ns, false),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "admin routes: POST /v1/admin/plugins/{namespace}/enable|disable, DELETE /v1/admin/plugins/{namespace}",
+            ));
+        }
+    };
+    let disabled = change.map_err(|e| {
+        let mut a = ApiError::new(StatusCode::CONFLICT, "invalid_request_error", e);
+        a.code = Some("plugin_change_refused");
+        a
+    })?;
+    let set = crate::manager::reload(&runtime, &home).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("reloading the plugin set: {e}"),
+        )
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "active": set.resolution.order,
+            "also_disabled": disabled,
+            "problems": set.resolution.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
+fn check_key(digests: &[[u8; 32]], req: &Request<Incoming>) -> Result<(), ApiError> {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -367,7 +456,7 @@ fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> 
     // length; folding every byte makes it independent of where they differ.
     let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     let mut ok = 0u8;
-    for key in &state.key_digests {
+    for key in digests {
         let diff = key
             .iter()
             .zip(&digest)
