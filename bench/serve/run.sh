@@ -11,7 +11,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-model="/tmp/hh/models/SmolLM2-135M-Instruct.Q8_0.gguf"
+# The default model as `hearth model pull` stores it.
+model="${HEARTH_HOME:-$HOME/.local/share/hearth}/models/SmolLM2-135M-Instruct.Q8_0.gguf"
 if [[ $# -gt 0 && "$1" != "--" ]]; then
   model="$1"
   shift
