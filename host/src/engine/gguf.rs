@@ -235,16 +235,21 @@ impl ModelFile {
 
     /// Bytes of f32 KV cache for `context` tokens.
     pub fn kv_bytes(&self, context: usize) -> u64 {
-        let info = self.info();
-        if info.heads == 0 {
+        // Read from the metadata directly: `info` walks every tensor.
+        let get = |k: &str| self.arch_int(k).unwrap_or(0) as usize;
+        let heads = get("attention.head_count");
+        if heads == 0 {
             return 0;
         }
+        let kv_heads = self
+            .arch_int("attention.head_count_kv")
+            .map_or(heads, |v| v as usize);
         let head_dim = self
             .arch_int("attention.key_length")
-            .map_or(info.embedding / info.heads, |v| v as usize);
+            .map_or(get("embedding_length") / heads, |v| v as usize);
         // K and V, f32, per layer; candle grows the cache by concatenation,
         // so budget one extra copy for the step that grows it.
-        (2 * info.layers * context * info.kv_heads * head_dim * 4) as u64 * 3 / 2
+        (2 * get("block_count") * context * kv_heads * head_dim * 4) as u64 * 3 / 2
     }
 
     /// Refuses to load when the weights plus the KV cache for `context`

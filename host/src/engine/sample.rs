@@ -70,10 +70,8 @@ impl SamplingParams {
         if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return bad("top_p", format!("{} is outside (0, 1]", self.top_p));
         }
-        if !self.repeat_penalty.is_finite()
-            || !(0.0..=10.0).contains(&self.repeat_penalty)
-            || self.repeat_penalty == 0.0
-        {
+        // The negated range also catches NaN.
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= 10.0) {
             return bad(
                 "repeat_penalty",
                 format!("{} is outside (0, 10]", self.repeat_penalty),

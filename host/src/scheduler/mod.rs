@@ -59,7 +59,8 @@ pub enum SchedulerError {
 pub struct Stats {
     /// Waiting requests per class (interactive, plugin, background).
     pub queued: [usize; CLASSES],
-    /// Requests generating now (0 or 1: one model, one generation).
+    /// Requests generating now (0 or 1: one model, one generation);
+    /// filled in by [`Scheduler::stats`] from the running request.
     pub in_flight: usize,
     /// Requests that ran to an end.
     pub completed: u64,
@@ -189,12 +190,11 @@ impl Scheduler {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.inner
-            .state
-            .lock()
-            .expect("scheduler state")
-            .stats
-            .clone()
+        let state = self.inner.state.lock().expect("scheduler state");
+        Stats {
+            in_flight: usize::from(state.running.is_some()),
+            ..state.stats.clone()
+        }
     }
 
     /// Refuses new work, answers every queued request with
@@ -255,7 +255,6 @@ fn dispatch(inner: &Inner) {
             if state.shutting_down {
                 cancel.cancel();
             }
-            state.stats.in_flight = 1;
             state.running = Some(cancel.clone());
         }
         let started = Instant::now();
@@ -265,7 +264,6 @@ fn dispatch(inner: &Inner) {
         let finish = |inner: &Inner| {
             let took = started.elapsed();
             let mut state = inner.state.lock().expect("scheduler state");
-            state.stats.in_flight = 0;
             state.running = None;
             state.stats.completed += 1;
             state.average_run = Some(match state.average_run {
