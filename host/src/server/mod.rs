@@ -223,10 +223,11 @@ impl From<SchedulerError> for ApiError {
         match e {
             SchedulerError::Invalid(e) => e.into(),
             SchedulerError::QueueFull { retry_after, .. } => {
+                // The scheduler's own message says how full and how long.
                 let mut a = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_error",
-                    e_text(&retry_after),
+                    e.to_string(),
                 );
                 a.code = Some("queue_full");
                 a.retry_after = Some(retry_after.as_secs().max(1));
@@ -235,13 +236,6 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::ShuttingDown => EngineError::ShuttingDown.into(),
         }
     }
-}
-
-fn e_text(retry: &Duration) -> String {
-    format!(
-        "the server is busy: the queue is full; retry after {} s",
-        retry.as_secs().max(1)
-    )
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body_> {
