@@ -72,38 +72,95 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Serve the OpenAI-compatible HTTP API.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: std::net::SocketAddr,
-        /// The model.
-        #[command(flatten)]
-        model: ModelArgs,
-        /// API keys accepted as `Authorization: Bearer <key>` (comma-separated
-        /// in the environment variable).
-        #[arg(
-            long = "api-key",
-            env = "HEARTH_API_KEYS",
-            value_delimiter = ',',
-            hide_env_values = true
-        )]
-        api_keys: Vec<String>,
-        /// Keys for the admin routes (enable, disable, remove plugins);
-        /// without one they are off.
-        #[arg(
-            long = "admin-key",
-            env = "HEARTH_ADMIN_KEYS",
-            value_delimiter = ',',
-            hide_env_values = true
-        )]
-        admin_keys: Vec<String>,
-        /// Allow listening beyond loopback without an API key.
-        #[arg(long)]
-        insecure_no_auth: bool,
-        /// Most requests waiting for the model before new ones get 503.
-        #[arg(long, default_value_t = 64)]
-        queue: usize,
-    },
+    Serve(ServeArgs),
+}
+
+/// `hearth serve` settings. Each may also come from `--config`; a flag
+/// given on the command line wins over the file.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    addr: Option<std::net::SocketAddr>,
+    /// The model.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// API keys accepted as `Authorization: Bearer <key>` (comma-separated
+    /// in the environment variable).
+    #[arg(
+        long = "api-key",
+        env = "HEARTH_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// Keys for the admin routes (install, enable, disable, remove
+    /// plugins); without one they are off.
+    #[arg(
+        long = "admin-key",
+        env = "HEARTH_ADMIN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_keys: Vec<String>,
+    /// Allow listening beyond loopback without an API key.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Most requests waiting for the model before new ones get 503
+    /// [default: 64].
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Conversations generated at once, batched in one pass over the
+    /// weights [default: 8].
+    #[arg(long)]
+    parallel: Option<usize>,
+    /// A TOML file with any of: addr, model, context, api-keys, admin-keys,
+    /// insecure-no-auth, queue, parallel.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The `--config` file of `hearth serve`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServeConfig {
+    addr: Option<std::net::SocketAddr>,
+    model: Option<PathBuf>,
+    context: Option<usize>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    #[serde(default)]
+    admin_keys: Vec<String>,
+    #[serde(default)]
+    insecure_no_auth: bool,
+    queue: Option<usize>,
+    parallel: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Fills what the command line left open from the `--config` file.
+    fn merged(mut self) -> anyhow::Result<ServeArgs> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let file: ServeConfig = toml::from_str(&text)
+            .with_context(|| format!("in the config file {}", path.display()))?;
+        self.addr = self.addr.or(file.addr);
+        self.model.model = self.model.model.or(file.model);
+        self.model.context = self.model.context.or(file.context);
+        if self.api_keys.is_empty() {
+            self.api_keys = file.api_keys;
+        }
+        if self.admin_keys.is_empty() {
+            self.admin_keys = file.admin_keys;
+        }
+        self.insecure_no_auth |= file.insecure_no_auth;
+        self.queue = self.queue.or(file.queue);
+        self.parallel = self.parallel.or(file.parallel);
+        Ok(self)
+    }
 }
 
 /// `hearth bench …`
@@ -361,15 +418,18 @@ async fn active_set(
     Ok((runtime, set))
 }
 
-async fn serve(
-    home: Home,
-    addr: std::net::SocketAddr,
-    model: ModelArgs,
-    api_keys: Vec<String>,
-    admin_keys: Vec<String>,
-    insecure_no_auth: bool,
-    queue: usize,
-) -> anyhow::Result<i32> {
+async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
+    let ServeArgs {
+        addr,
+        model,
+        api_keys,
+        admin_keys,
+        insecure_no_auth,
+        queue,
+        parallel,
+        config: _,
+    } = args.merged()?;
+    let addr = addr.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
     let api_keys: Vec<String> = api_keys
         .into_iter()
         .filter(|k| !k.trim().is_empty())
@@ -379,16 +439,27 @@ async fn serve(
             "refusing to listen on {addr} without an API key: anyone who can reach it could use the model; pass --api-key (or HEARTH_API_KEYS), or --insecure-no-auth"
         );
     }
+    let parallel = parallel.unwrap_or(8);
+    if parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
     let model_home = home.clone();
     let (path, engine) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let path = generate::resolve_model(&model_home, &model)?;
-        let engine = crate::engine::Engine::load(&path, &model.options())?;
+        let options = crate::engine::EngineOptions {
+            parallel: Some(parallel),
+            ..model.options()
+        };
+        let engine = crate::engine::Engine::load(&path, &options)?;
         Ok((path, engine))
     })
     .await??;
     let scheduler = crate::scheduler::Scheduler::new(
         engine,
-        crate::scheduler::SchedulerOptions { capacity: queue },
+        crate::scheduler::SchedulerOptions {
+            capacity: queue.unwrap_or(64),
+            parallel: None,
+        },
     );
     let (runtime, set) = serving_plugins(&home, std::sync::Arc::new(scheduler.clone())).await?;
     for problem in &set.resolution.problems {
@@ -729,25 +800,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await?
         }
-        Command::Serve {
-            addr,
-            model,
-            api_keys,
-            admin_keys,
-            insecure_no_auth,
-            queue,
-        } => {
-            serve(
-                home,
-                addr,
-                model,
-                api_keys,
-                admin_keys,
-                insecure_no_auth,
-                queue,
-            )
-            .await
-        }
+        Command::Serve(args) => serve(home, args).await,
         Command::Chat { model, sampling } => {
             tokio::task::spawn_blocking(move || generate::chat(&home, &model, &sampling)).await?
         }

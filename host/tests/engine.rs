@@ -161,6 +161,51 @@ fn a_reused_prompt_prefix_gives_the_same_answer_as_a_fresh_start() {
 }
 
 #[test]
+fn conversations_generated_together_match_each_one_alone() {
+    let questions = [
+        "What is the capital of France?",
+        "Name a river in Africa.",
+        "Write a haiku about the sea.",
+        "What is two plus two?",
+        "Name a mountain in Asia.",
+    ];
+    let request = |q: &str| {
+        let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, q)]);
+        req.params = SamplingParams::greedy(24);
+        req
+    };
+    let batched = Engine::load(
+        &model_path(),
+        &EngineOptions {
+            parallel: Some(4),
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(batched.parallel(), 4);
+    // Five at once on four sequences: four run together, the fifth takes
+    // the first free one (and reuses its cached chat-template prefix).
+    let generations: Vec<_> = questions
+        .iter()
+        .map(|q| batched.generate(request(q)).unwrap())
+        .collect();
+    let together: Vec<String> = generations
+        .into_iter()
+        .map(|g| g.wait(&mut |_| {}).unwrap().text)
+        .collect();
+    for (q, text) in questions.iter().zip(&together) {
+        let alone = engine()
+            .generate(request(q))
+            .unwrap()
+            .wait(&mut |_| {})
+            .unwrap()
+            .text;
+        assert_eq!(text, &alone, "{q}");
+    }
+    assert!(together[0].contains("Paris"), "{}", together[0]);
+}
+
+#[test]
 fn stop_sequences_end_the_answer_before_them() {
     let full = ask(
         "Count from 1 to 10, separated by commas.",

@@ -12,7 +12,13 @@ use std::time::{Duration, Instant};
 
 fn scheduler(capacity: usize) -> Scheduler {
     let engine = Engine::load(&common::default_model(), &EngineOptions::default()).unwrap();
-    Scheduler::new(engine, SchedulerOptions { capacity })
+    Scheduler::new(
+        engine,
+        SchedulerOptions {
+            capacity,
+            ..Default::default()
+        },
+    )
 }
 
 fn request(text: &str, tokens: usize) -> GenerateRequest {
@@ -169,4 +175,40 @@ fn abandoned_requests_never_run_and_shutdown_answers_the_rest() {
     let stats = s.stats();
     assert_eq!(stats.in_flight, 0);
     assert_eq!(stats.queued, [0, 0, 0]);
+}
+
+#[test]
+fn up_to_the_engines_parallel_sequences_run_at_once_the_rest_wait() {
+    let engine = Engine::load(
+        &common::default_model(),
+        &EngineOptions {
+            parallel: Some(2),
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    let s = Scheduler::new(engine, SchedulerOptions::default());
+    assert_eq!(s.parallel(), 2);
+    let mut a = occupy(&s);
+    let mut b = occupy(&s);
+    let waiting = s
+        .submit(request("Say yes.", 2), Priority::Interactive, None)
+        .unwrap();
+    let stats = s.stats();
+    assert_eq!(stats.in_flight, 2);
+    assert_eq!(stats.queued, [1, 0, 0]);
+    // Both keep streaming side by side.
+    for g in [&mut a, &mut b] {
+        assert!(matches!(g.blocking_next(), Some(Ok(Event::Text(_)))));
+    }
+    drop(a); // a free sequence: the waiting request runs
+    let done = waiting.wait(&mut |_| {}).unwrap();
+    assert_eq!(done.finish_reason, FinishReason::Length);
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.stats().in_flight > 0 {
+        assert!(Instant::now() < deadline, "{:?}", s.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(s.stats().completed, 3);
 }

@@ -35,7 +35,13 @@ fn start_with(
     options: ServerOptions,
     plugins: Option<(hearth::plugins::Runtime, hearth::home::Home)>,
 ) -> Server {
-    let scheduler = Scheduler::new(engine(), SchedulerOptions { capacity: queue });
+    let scheduler = Scheduler::new(
+        engine(),
+        SchedulerOptions {
+            capacity: queue,
+            ..Default::default()
+        },
+    );
     let mut state = AppState::new(scheduler.clone(), "smollm2".into(), options);
     if let Some((runtime, home)) = plugins {
         state = state.with_plugins(runtime).with_home(home);

@@ -1,8 +1,9 @@
 //! The llama architecture (Llama, SmolLM, Mistral-style dense models) on
-//! these kernels: fused projections, an f32 KV cache, no allocation per
-//! token once the buffers have grown.
+//! these kernels: fused projections, one f32 KV cache per sequence, and
+//! batches of sequences evaluated together (continuous batching).
 
 use crate::{Activations, Q8Matrix, dot_f32, matmul};
+use std::mem::size_of;
 
 /// One transformer block's weights.
 pub struct Layer {
@@ -18,10 +19,6 @@ pub struct Layer {
     pub gate_up: Q8Matrix,
     /// Down projection.
     pub down: Q8Matrix,
-    /// Cached keys, position-major.
-    pub keys: Vec<f32>,
-    /// Cached values, position-major.
-    pub values: Vec<f32>,
 }
 
 /// Shapes and constants from the file's metadata.
@@ -69,8 +66,9 @@ struct Scratch {
     proj: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
-    scores: Vec<f32>,
     logits: Vec<f32>,
+    /// (sequence, position) of each row of the batch.
+    rows: Vec<(usize, usize)>,
     a: Activations,
 }
 
@@ -108,68 +106,71 @@ impl Llama {
         })
     }
 
-    /// Keeps the first `tokens` positions of the KV cache (a shared prompt
-    /// prefix) and forgets the rest.
-    pub fn truncate(&mut self, tokens: usize) {
-        let kv_dim = self.cfg.kv_heads * self.cfg.head_dim;
-        for l in &mut self.layers {
-            l.keys.truncate(tokens * kv_dim);
-            l.values.truncate(tokens * kv_dim);
-        }
+    /// The vocabulary size (length of one row of logits).
+    pub fn vocab(&self) -> usize {
+        self.output.as_ref().unwrap_or(&self.embedding).rows()
     }
 
-    /// Forgets the KV cache.
-    pub fn clear(&mut self) {
-        for l in &mut self.layers {
-            l.keys.clear();
-            l.values.clear();
-        }
+    /// Bytes one cached position takes in a [`KvCache`].
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.layers.len() * self.cfg.kv_heads * self.cfg.head_dim * size_of::<f32>()
     }
 
-    /// Feeds `tokens` at positions `pos..`; returns the next token's logits.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<&[f32], String> {
+    /// Evaluates several sequences in one pass: each [`Step`] feeds its
+    /// tokens at the positions following its cache (a whole prompt, a
+    /// chunk of one, or the one token sampled last). Every weight matrix
+    /// is read once for all of them, which is what makes serving several
+    /// conversations at once cheaper than serving them in turn. Returns
+    /// one row of logits per step (the token after its last one).
+    ///
+    /// The kernels sum in the same order whatever the batch holds, so a
+    /// sequence gets the same bits alone or beside others.
+    pub fn forward_batch(&mut self, steps: &mut [Step<'_>]) -> Result<&[f32], String> {
+        if steps.is_empty() || steps.iter().any(|s| s.tokens.is_empty()) {
+            return Err("every sequence in a batch needs at least one token".into());
+        }
         // Run the whole pass on a pool thread, so this thread takes part in
         // every product instead of sleeping and being woken 100+ times per
         // token.
         match self.pool.take() {
             Some(pool) => {
-                let result = pool.install(|| self.forward_on(tokens, pos, Some(&pool)));
+                let result = pool.install(|| self.forward_on(steps, Some(&pool)));
                 self.pool = Some(pool);
                 result?;
             }
-            None => self.forward_on(tokens, pos, None)?,
+            None => self.forward_on(steps, None)?,
         }
         Ok(&self.scratch.logits)
     }
 
     fn forward_on(
         &mut self,
-        tokens: &[u32],
-        pos: usize,
+        steps: &mut [Step<'_>],
         pool: Option<&rayon::ThreadPool>,
     ) -> Result<(), String> {
         let c = self.cfg;
-        let n = tokens.len();
         let kv_dim = c.kv_heads * c.head_dim;
         let qkv_dim = c.dim + 2 * kv_dim;
         let vocab = self.embedding.rows();
+        let layers = self.layers.len();
         let s = &mut self.scratch;
-        if self
-            .layers
-            .first()
-            .is_some_and(|l| l.keys.len() != pos * kv_dim)
-        {
-            return Err(format!("position {pos} does not follow the cache"));
+        // Which sequence and position each row of the batch is.
+        s.rows.clear();
+        for (i, step) in steps.iter_mut().enumerate() {
+            step.cache.ensure_layers(layers);
+            let pos = step.cache.len;
+            s.rows.extend((0..step.tokens.len()).map(|t| (i, pos + t)));
         }
+        let n = s.rows.len();
         s.x.resize(n * c.dim, 0.0);
-        for (t, &id) in tokens.iter().enumerate() {
+        let ids = steps.iter().flat_map(|s| s.tokens.iter());
+        for (x, &id) in s.x.chunks_exact_mut(c.dim).zip(ids) {
             if id as usize >= vocab {
                 return Err(format!(
                     "token id {id} is outside the vocabulary of {vocab}"
                 ));
             }
-            self.embedding
-                .row(id as usize, &mut s.x[t * c.dim..(t + 1) * c.dim]);
+            self.embedding.row(id as usize, x);
         }
         s.h.resize(n * c.dim, 0.0);
         s.qkv.resize(n * qkv_dim, 0.0);
@@ -177,15 +178,11 @@ impl Llama {
         s.proj.resize(n * c.dim, 0.0);
         s.gate_up.resize(n * 2 * c.ffn, 0.0);
         s.act.resize(n * c.ffn, 0.0);
-        let group = c.heads / c.kv_heads;
-        let scale = 1.0 / (c.head_dim as f32).sqrt();
-        for layer in &mut self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&s.x, &layer.attn_norm, c.eps, &mut s.h);
             s.a.quantize(&s.h, c.dim);
             matmul(&layer.qkv, &s.a, &mut s.qkv, pool);
-            for t in 0..n {
-                let p = pos + t;
-                let row = &mut s.qkv[t * qkv_dim..(t + 1) * qkv_dim];
+            for (row, &(seq, p)) in s.qkv.chunks_exact_mut(qkv_dim).zip(&s.rows) {
                 let (q, kv) = row.split_at_mut(c.dim);
                 let (k, v) = kv.split_at_mut(kv_dim);
                 for head in q.chunks_exact_mut(c.head_dim) {
@@ -194,29 +191,33 @@ impl Llama {
                 for head in k.chunks_exact_mut(c.head_dim) {
                     rope(head, p, &self.inv_freq);
                 }
-                layer.keys.extend_from_slice(k);
-                layer.values.extend_from_slice(v);
+                // Rows of one sequence come in position order, so pushing
+                // keeps the cache position-major.
+                let cache = &mut steps[seq].cache;
+                cache.keys[l].extend_from_slice(k);
+                cache.values[l].extend_from_slice(v);
             }
-            for t in 0..n {
-                let len = pos + t + 1;
-                s.scores.resize(len, 0.0);
-                for h in 0..c.heads {
-                    let kvh = h / group;
-                    let q = &s.qkv[t * qkv_dim + h * c.head_dim..][..c.head_dim];
-                    for (j, sc) in s.scores.iter_mut().enumerate() {
-                        let k = &layer.keys[j * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                        *sc = dot_f32(q, k) * scale;
-                    }
-                    softmax(&mut s.scores);
-                    let out = &mut s.attn[t * c.dim + h * c.head_dim..][..c.head_dim];
-                    out.fill(0.0);
-                    for (j, p) in s.scores.iter().enumerate() {
-                        let v = &layer.values[j * kv_dim + kvh * c.head_dim..][..c.head_dim];
-                        for (o, v) in out.iter_mut().zip(v) {
-                            *o += p * v;
-                        }
-                    }
-                }
+            let attend = |(t, out): (usize, &mut [f32])| {
+                let (seq, p) = s.rows[t];
+                let cache = &steps[seq].cache;
+                attention(
+                    &c,
+                    &s.qkv[t * qkv_dim..t * qkv_dim + c.dim],
+                    &cache.keys[l][..(p + 1) * kv_dim],
+                    &cache.values[l][..(p + 1) * kv_dim],
+                    out,
+                );
+            };
+            // Rows are independent: spread them over the pool when there
+            // are several (a prompt, or a batch of decoding sequences).
+            if pool.is_some() && n > 1 {
+                use rayon::prelude::*;
+                s.attn
+                    .par_chunks_exact_mut(c.dim)
+                    .enumerate()
+                    .for_each(attend);
+            } else {
+                s.attn.chunks_exact_mut(c.dim).enumerate().for_each(attend);
             }
             s.a.quantize(&s.attn, c.dim);
             matmul(&layer.wo, &s.a, &mut s.proj, pool);
@@ -224,10 +225,13 @@ impl Llama {
             rms_norm(&s.x, &layer.ffn_norm, c.eps, &mut s.h);
             s.a.quantize(&s.h, c.dim);
             matmul(&layer.gate_up, &s.a, &mut s.gate_up, pool);
-            for t in 0..n {
-                let gu = &s.gate_up[t * 2 * c.ffn..(t + 1) * 2 * c.ffn];
+            for (gu, a) in s
+                .gate_up
+                .chunks_exact(2 * c.ffn)
+                .zip(s.act.chunks_exact_mut(c.ffn))
+            {
                 let (g, u) = gu.split_at(c.ffn);
-                for ((a, g), u) in s.act[t * c.ffn..(t + 1) * c.ffn].iter_mut().zip(g).zip(u) {
+                for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
@@ -235,15 +239,121 @@ impl Llama {
             matmul(&layer.down, &s.a, &mut s.proj, pool);
             add(&mut s.x, &s.proj);
         }
-        // Only the last position's logits are needed.
-        let last = &s.x[(n - 1) * c.dim..];
-        s.h.resize(c.dim, 0.0);
-        rms_norm(last, &self.out_norm, c.eps, &mut s.h);
+        for step in steps.iter_mut() {
+            step.cache.len += step.tokens.len();
+        }
+        // Only each sequence's last position needs logits.
+        let seqs = steps.len();
+        s.h.resize(seqs * c.dim, 0.0);
+        let mut last = 0;
+        for (i, step) in steps.iter().enumerate() {
+            last += step.tokens.len();
+            let x = &s.x[(last - 1) * c.dim..last * c.dim];
+            rms_norm(
+                x,
+                &self.out_norm,
+                c.eps,
+                &mut s.h[i * c.dim..(i + 1) * c.dim],
+            );
+        }
         s.a.quantize(&s.h, c.dim);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        s.logits.resize(output.rows(), 0.0);
+        s.logits.resize(seqs * output.rows(), 0.0);
         matmul(output, &s.a, &mut s.logits, pool);
         Ok(())
+    }
+}
+
+/// One sequence's part of a [`Llama::forward_batch`] call.
+pub struct Step<'a> {
+    /// The sequence's keys and values so far; the tokens go after them.
+    pub cache: &'a mut KvCache,
+    /// Tokens to evaluate (at least one).
+    pub tokens: &'a [u32],
+}
+
+/// The keys and values of one sequence, per layer, position-major. Grows
+/// as the sequence does; nothing is reserved for the whole context.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps the first `tokens` positions (a shared prompt prefix).
+    pub fn truncate(&mut self, tokens: usize) {
+        if tokens >= self.len {
+            return;
+        }
+        let per = self.keys.first().map_or(0, |k| k.len() / self.len.max(1));
+        for (k, v) in self.keys.iter_mut().zip(&mut self.values) {
+            k.truncate(tokens * per);
+            v.truncate(tokens * per);
+        }
+        self.len = tokens;
+    }
+
+    /// Becomes a copy of the first `tokens` positions of `other` (another
+    /// sequence that starts with the same prompt).
+    pub fn copy_prefix(&mut self, other: &KvCache, tokens: usize) {
+        let tokens = tokens.min(other.len);
+        let per = other.keys.first().map_or(0, |k| k.len() / other.len.max(1));
+        self.ensure_layers(other.keys.len());
+        for (dst, src) in self.keys.iter_mut().zip(&other.keys) {
+            dst.clear();
+            dst.extend_from_slice(&src[..tokens * per]);
+        }
+        for (dst, src) in self.values.iter_mut().zip(&other.values) {
+            dst.clear();
+            dst.extend_from_slice(&src[..tokens * per]);
+        }
+        self.len = tokens;
+    }
+
+    fn ensure_layers(&mut self, layers: usize) {
+        if self.keys.len() != layers {
+            self.keys = vec![Vec::new(); layers];
+            self.values = vec![Vec::new(); layers];
+            self.len = 0;
+        }
+    }
+}
+
+/// Causal attention of one query row (all heads) over a sequence's cache.
+fn attention(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
+    let kv_dim = c.kv_heads * c.head_dim;
+    let len = keys.len() / kv_dim;
+    let group = c.heads / c.kv_heads;
+    let scale = 1.0 / (c.head_dim as f32).sqrt();
+    let mut scores = vec![0f32; len];
+    for h in 0..c.heads {
+        let kvh = h / group;
+        let q = &q[h * c.head_dim..][..c.head_dim];
+        for (j, sc) in scores.iter_mut().enumerate() {
+            let k = &keys[j * kv_dim + kvh * c.head_dim..][..c.head_dim];
+            *sc = dot_f32(q, k) * scale;
+        }
+        softmax(&mut scores);
+        let out = &mut out[h * c.head_dim..][..c.head_dim];
+        out.fill(0.0);
+        for (j, p) in scores.iter().enumerate() {
+            let v = &values[j * kv_dim + kvh * c.head_dim..][..c.head_dim];
+            for (o, v) in out.iter_mut().zip(v) {
+                *o += p * v;
+            }
+        }
     }
 }
 
@@ -283,5 +393,132 @@ fn softmax(x: &mut [f32]) {
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small model with deterministic pseudo-random weights.
+    fn tiny(threads: usize) -> Llama {
+        let cfg = Config {
+            dim: 64,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            ffn: 96,
+            eps: 1e-5,
+            rope_base: 10_000.0,
+            rope_dim: 16,
+        };
+        let mut seed = 0x2545_f491_u32;
+        let mut matrix = |rows: usize, cols: usize| {
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    (seed as f32 / u32::MAX as f32 - 0.5) * 0.4
+                })
+                .collect();
+            Q8Matrix::from_f32(&data, rows, cols)
+        };
+        let kv = cfg.kv_heads * cfg.head_dim;
+        let layers = (0..2)
+            .map(|_| Layer {
+                attn_norm: vec![1.0; cfg.dim],
+                qkv: matrix(cfg.dim + 2 * kv, cfg.dim),
+                wo: matrix(cfg.dim, cfg.dim),
+                ffn_norm: vec![1.0; cfg.dim],
+                gate_up: matrix(2 * cfg.ffn, cfg.dim),
+                down: matrix(cfg.dim, cfg.ffn),
+            })
+            .collect();
+        let embedding = matrix(50, cfg.dim);
+        Llama::new(cfg, embedding, None, vec![1.0; cfg.dim], layers, threads).unwrap()
+    }
+
+    /// Greedy continuation of `prompt`, one sequence alone.
+    fn alone(model: &mut Llama, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+        let mut cache = KvCache::default();
+        let mut out = Vec::new();
+        let mut feed = prompt.to_vec();
+        for _ in 0..steps {
+            let logits = model
+                .forward_batch(&mut [Step {
+                    cache: &mut cache,
+                    tokens: &feed,
+                }])
+                .unwrap()
+                .to_vec();
+            feed = vec![argmax(&logits)];
+            out.push(logits);
+        }
+        out
+    }
+
+    fn argmax(x: &[f32]) -> u32 {
+        (0..x.len()).max_by(|&a, &b| x[a].total_cmp(&x[b])).unwrap() as u32
+    }
+
+    #[test]
+    fn sequences_get_the_same_bits_batched_as_alone() {
+        for threads in [1, 2] {
+            let mut model = tiny(threads);
+            let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[7], &[9, 8, 7, 6, 5, 4, 3, 2, 1]];
+            let expected: Vec<_> = prompts.iter().map(|p| alone(&mut model, p, 6)).collect();
+            let vocab = model.vocab();
+            let mut caches = vec![KvCache::default(); 3];
+            let mut feeds: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+            for (step, _) in expected[0].iter().enumerate() {
+                let mut steps: Vec<Step<'_>> = caches
+                    .iter_mut()
+                    .zip(&feeds)
+                    .map(|(cache, tokens)| Step { cache, tokens })
+                    .collect();
+                let logits = model.forward_batch(&mut steps).unwrap().to_vec();
+                for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                    assert_eq!(
+                        row, expected[i][step],
+                        "threads {threads} seq {i} step {step}"
+                    );
+                    feeds[i] = vec![argmax(row)];
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_copied_prefix_continues_like_the_original() {
+        let mut model = tiny(1);
+        let mut first = KvCache::default();
+        model
+            .forward_batch(&mut [Step {
+                cache: &mut first,
+                tokens: &[3, 1, 4, 1, 5, 9],
+            }])
+            .unwrap();
+        let mut copy = KvCache::default();
+        copy.copy_prefix(&first, 4);
+        assert_eq!(copy.len(), 4);
+        let from_copy = model
+            .forward_batch(&mut [Step {
+                cache: &mut copy,
+                tokens: &[2, 6],
+            }])
+            .unwrap()
+            .to_vec();
+        first.truncate(4);
+        let from_truncated = model
+            .forward_batch(&mut [Step {
+                cache: &mut first,
+                tokens: &[2, 6],
+            }])
+            .unwrap()
+            .to_vec();
+        let fresh = alone(&mut model, &[3, 1, 4, 1, 2, 6], 1);
+        assert_eq!(from_copy, fresh[0]);
+        assert_eq!(from_truncated, fresh[0]);
     }
 }

@@ -36,6 +36,7 @@ impl ModelArgs {
         EngineOptions {
             context: self.context,
             backend: self.backend,
+            parallel: None,
         }
     }
 }

@@ -282,6 +282,19 @@ impl ModelFile {
     }
 }
 
+impl ModelFile {
+    /// How many sequences (at most `wanted`, at least 1) can each fill the
+    /// whole `context` beside the weights in the memory available now.
+    pub fn sequences_that_fit(&self, context: usize, wanted: usize) -> usize {
+        let Some(available) = available_memory() else {
+            return wanted.max(1);
+        };
+        let spare = available.saturating_sub(self.weights_bytes() + (64 << 20));
+        let per = self.kv_bytes(context).max(1);
+        (spare / per).clamp(1, wanted.max(1) as u64) as usize
+    }
+}
+
 /// `MemAvailable` from /proc/meminfo (None where there is no such file);
 /// `HEARTH_MEMORY_LIMIT` (bytes) lowers it, for containers whose limits
 /// /proc does not show.

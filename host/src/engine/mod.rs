@@ -32,7 +32,7 @@ pub use template::{ChatMessage, Role, ToolSpec};
 pub use tools::{ToolCall, parse_tool_calls};
 
 use constrain::{Constraint, TokenVocab};
-use model::Network;
+use model::{BatchItem, KvCache, Network};
 use sample::Sampler;
 use serde::Serialize;
 use std::path::Path;
@@ -41,9 +41,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokenizer::{StreamDecoder, Tokenizer};
 
-/// Tokens buffered between the engine thread and a slow reader before the
-/// engine waits for it.
-const EVENT_BUFFER: usize = 64;
+/// Sending end of a generation's events. Unbounded so that one slow
+/// reader never stalls the other sequences of a batch; what it can hold is
+/// bounded by the request's own token limit.
+pub(crate) type EventSender = tokio::sync::mpsc::UnboundedSender<Result<Event, EngineError>>;
+type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Result<Event, EngineError>>;
+
+/// Prompt tokens evaluated per step across the batch, beside one token for
+/// each decoding sequence: a long prompt is taken in chunks so that the
+/// conversations already answering keep streaming.
+const PREFILL_BUDGET: usize = model::PREFILL_CHUNK;
 
 /// Sets the number of CPU threads the model uses. Must run before anything
 /// else starts threads (first thing in `main`), because candle reads it
@@ -74,6 +81,9 @@ pub struct EngineOptions {
     pub context: Option<usize>,
     /// Which implementation runs the model.
     pub backend: Backend,
+    /// Sequences generated together (continuous batching; default 1).
+    /// Lowered to what fits in memory, and to 1 on candle.
+    pub parallel: Option<usize>,
 }
 
 /// What to generate from.
@@ -183,7 +193,7 @@ pub enum Event {
 /// The receiving end of a generation. Dropping it cancels the job.
 #[derive(Debug)]
 pub struct Generation {
-    events: tokio::sync::mpsc::Receiver<Result<Event, EngineError>>,
+    events: EventReceiver,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
 }
@@ -191,10 +201,7 @@ pub struct Generation {
 impl Generation {
     /// A generation whose events arrive on `events` (for queues in front
     /// of the engine).
-    pub fn from_channel(
-        events: tokio::sync::mpsc::Receiver<Result<Event, EngineError>>,
-        prompt_tokens: usize,
-    ) -> Generation {
+    pub(crate) fn from_channel(events: EventReceiver, prompt_tokens: usize) -> Generation {
         Generation {
             events,
             prompt_tokens,
@@ -265,7 +272,36 @@ struct Job {
     deadline: Option<Instant>,
     /// Benchmarks generate a fixed number of tokens whatever the model says.
     ignore_eos: bool,
-    events: tokio::sync::mpsc::Sender<Result<Event, EngineError>>,
+    events: EventSender,
+    on_end: EndHook,
+}
+
+/// Runs once when a job ends, before its last event is sent (or when the
+/// job is dropped unrun), so whoever reads that event sees its place
+/// already free.
+pub(crate) struct EndHook(Option<Box<dyn FnOnce() + Send>>);
+
+impl EndHook {
+    /// A hook running `f`.
+    pub(crate) fn new(f: impl FnOnce() + Send + 'static) -> EndHook {
+        EndHook(Some(Box::new(f)))
+    }
+
+    fn none() -> EndHook {
+        EndHook(None)
+    }
+
+    fn fire(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for EndHook {
+    fn drop(&mut self) {
+        self.fire();
+    }
 }
 
 /// A loaded model, generating on its own thread. Cheap to clone; the
@@ -289,6 +325,7 @@ struct Shared {
     tokenizer: Arc<Tokenizer>,
     template: template::ChatTemplate,
     context: usize,
+    slots: usize,
     vocab: OnceLock<Result<TokenVocab, String>>,
 }
 
@@ -312,6 +349,16 @@ impl Engine {
             });
         }
         file.check_memory(context)?;
+        let wanted = options.parallel.unwrap_or(1).max(1);
+        let slots = file.sequences_that_fit(context, wanted);
+        if slots < wanted {
+            tracing::warn!(
+                wanted,
+                slots,
+                context,
+                "memory holds the KV cache of fewer sequences than asked for"
+            );
+        }
         let tokenizer = Arc::new(Tokenizer::from_gguf(&file)?);
         let token_text = |key: &str| {
             file.int(key)
@@ -327,6 +374,7 @@ impl Engine {
         let backend = options.backend;
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
+        let (slots_tx, slots_rx) = std::sync::mpsc::channel();
         let thread_tokenizer = tokenizer.clone();
         std::thread::Builder::new()
             .name("hearth-engine".into())
@@ -341,19 +389,21 @@ impl Engine {
                         return;
                     }
                 };
+                let slots = if network.batches() { slots } else { 1 };
+                let _ = slots_tx.send(slots);
                 let mut worker = Worker {
                     network,
                     device,
                     tokenizer: thread_tokenizer,
                     context,
-                    cached: Vec::new(),
+                    slots: (0..slots).map(|_| Slot::default()).collect(),
+                    clock: 0,
                 };
-                while let Ok(job) = jobs_rx.recv() {
-                    worker.run(job);
-                }
+                worker.serve(&jobs_rx);
             })
             .map_err(|e| EngineError::Model(format!("starting the engine thread: {e}")))?;
         loaded_rx.recv().map_err(|_| EngineError::Stopped)??;
+        let slots = slots_rx.recv().map_err(|_| EngineError::Stopped)?;
         Ok(Engine {
             jobs: jobs_tx,
             shared: Arc::new(Shared {
@@ -361,6 +411,7 @@ impl Engine {
                 tokenizer,
                 template,
                 context,
+                slots,
                 vocab: OnceLock::new(),
             }),
         })
@@ -374,6 +425,11 @@ impl Engine {
     /// The context window in tokens.
     pub fn context(&self) -> usize {
         self.shared.context
+    }
+
+    /// How many sequences generate together.
+    pub fn parallel(&self) -> usize {
+        self.shared.slots
     }
 
     /// The tokenizer.
@@ -439,10 +495,26 @@ impl Engine {
         })
     }
 
-    /// Hands a prepared request to the engine thread.
+    /// Hands a prepared request to the engine thread. It runs as soon as
+    /// a sequence slot is free, beside the others.
     pub fn start(&self, prepared: Prepared) -> Result<Generation, EngineError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let prompt_tokens = prepared.tokens.len();
+        self.start_into(prepared, tx, EndHook::none())?;
+        Ok(Generation {
+            events: rx,
+            prompt_tokens,
+        })
+    }
+
+    /// Like [`start`](Self::start), with the events going to `events` and
+    /// `on_end` run when the job ends (for the scheduler).
+    pub(crate) fn start_into(
+        &self,
+        prepared: Prepared,
+        events: EventSender,
+        on_end: EndHook,
+    ) -> Result<(), EngineError> {
         self.jobs
             .send(Job {
                 tokens: prepared.tokens,
@@ -451,13 +523,10 @@ impl Engine {
                 cancel: prepared.cancel,
                 deadline: prepared.deadline,
                 ignore_eos: false,
-                events: tx,
+                events,
+                on_end,
             })
-            .map_err(|_| EngineError::Stopped)?;
-        Ok(Generation {
-            events: rx,
-            prompt_tokens,
-        })
+            .map_err(|_| EngineError::Stopped)
     }
 
     fn vocab(&self) -> Result<&TokenVocab, EngineError> {
@@ -482,7 +551,7 @@ impl Engine {
         let tokens: Vec<u32> = (0..prompt as u32)
             .map(|i| 1000 + (i * 7919) % (vocab - 1000))
             .collect();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let params = SamplingParams::greedy(generate.max(1));
         self.jobs
             .send(Job {
@@ -493,6 +562,7 @@ impl Engine {
                 deadline: None,
                 ignore_eos: true,
                 events: tx,
+                on_end: EndHook::none(),
             })
             .map_err(|_| EngineError::Stopped)?;
         while let Some(event) = rx.blocking_recv() {
@@ -510,117 +580,331 @@ impl Engine {
     }
 }
 
-/// The engine thread's state.
+/// The engine thread's state: the network and its sequence slots.
 struct Worker {
     network: Network,
     device: candle_core::Device,
     tokenizer: Arc<Tokenizer>,
     context: usize,
-    /// The tokens whose keys and values are in the cache, in order: a new
-    /// prompt that starts the same way (the system prompt, the tools, the
-    /// conversation so far) only evaluates what is new.
-    cached: Vec<u32>,
+    slots: Vec<Slot>,
+    /// Counts admissions, for first-come order and least-recent reuse.
+    clock: u64,
+}
+
+/// One sequence's place: its KV cache, the tokens in it, and the
+/// generation using it, if any. A free slot keeps its cache: a new prompt
+/// that starts the same way (the system prompt, the tools, the
+/// conversation so far) only evaluates what is new.
+#[derive(Default)]
+struct Slot {
+    cache: KvCache,
+    /// The tokens whose keys and values are in the cache, in order.
+    tokens: Vec<u32>,
+    seq: Option<Box<Sequence>>,
+    last_used: u64,
+}
+
+/// A generation in progress.
+struct Sequence {
+    job: Job,
+    admitted: u64,
+    /// Tokens to evaluate next: the rest of the prompt, then the token
+    /// sampled last.
+    feed: Vec<u32>,
+    prompt_done: bool,
+    started: Instant,
+    prompt_time: Duration,
+    decode_start: Instant,
+    sampler: Sampler,
+    history: Vec<u32>,
+    stops: StopMatcher,
+    decoder: StreamDecoder,
+    generated: usize,
 }
 
 impl Worker {
-    fn run(&mut self, mut job: Job) {
-        let result = self.generate(&mut job);
-        if result.is_err() {
-            // The cache may be half-written: start the next job afresh.
-            self.network.clear();
-            self.cached.clear();
+    /// Admits jobs while slots are free and advances every sequence one
+    /// step at a time, until the engine is dropped and the work is done.
+    fn serve(&mut self, jobs: &std::sync::mpsc::Receiver<Job>) {
+        loop {
+            if self.slots.iter().all(|s| s.seq.is_none()) {
+                match jobs.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            while self.slots.iter().any(|s| s.seq.is_none()) {
+                match jobs.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => break,
+                }
+            }
+            self.step();
         }
-        let event = match result {
-            Ok(completion) => Ok(Event::Done(completion)),
-            Err(e) => Err(e),
-        };
-        let _ = job.events.blocking_send(event);
     }
 
-    /// The one generation loop: prompt, then token by token until an end.
-    fn generate(&mut self, job: &mut Job) -> Result<Completion, EngineError> {
-        let started = Instant::now();
-        let shared = if job.ignore_eos {
-            // Benchmarks measure the whole prompt every time.
-            0
-        } else {
-            self.cached
+    /// Puts a job in the free slot that already holds most of its prompt,
+    /// copying a longer shared prefix from another slot when one has it.
+    fn admit(&mut self, job: Job) {
+        let common = |slot: &Slot| {
+            if job.ignore_eos {
+                // Benchmarks measure the whole prompt every time.
+                return 0;
+            }
+            slot.tokens
                 .iter()
                 .zip(&job.tokens)
                 .take_while(|(a, b)| a == b)
                 .count()
                 .min(job.tokens.len() - 1)
         };
-        let kept = self.network.keep_prefix(shared);
-        self.cached.truncate(kept);
-        let mut logits = self
-            .network
-            .forward(&job.tokens[kept..], kept, &self.device)?;
-        self.cached.extend_from_slice(&job.tokens[kept..]);
-        let prompt_time = started.elapsed();
-        let decode_start = Instant::now();
-        let mut sampler = Sampler::new(&job.params);
-        let mut history = job.tokens.clone();
-        let mut stops = StopMatcher::new(&job.params.stop);
-        let mut decoder = StreamDecoder::default();
-        let mut generated = 0usize;
-        let finish = loop {
-            if job.cancel.is_cancelled()
-                || job.events.is_closed()
-                || job.deadline.is_some_and(|d| Instant::now() >= d)
-            {
-                break FinishReason::Cancelled;
-            }
-            if let Some(c) = job.constraint.as_mut() {
-                c.mask_logits(&mut logits)
-                    .map_err(|e| EngineError::Constraint(e.to_string()))?;
-            }
-            let token = sampler.sample(&mut logits, &history);
-            if self.tokenizer.is_eos(token) && !job.ignore_eos {
-                break FinishReason::Stop;
-            }
-            if let Some(c) = job.constraint.as_mut() {
-                c.commit(token)
-                    .map_err(|e| EngineError::Constraint(e.to_string()))?;
-            }
-            generated += 1;
-            history.push(token);
-            if !self.tokenizer.is_special(token) {
-                let text = decoder.push(self.tokenizer.token_bytes(token));
-                if let Some(ready) = stops.push(&text)
-                    && !ready.is_empty()
-                    && job.events.blocking_send(Ok(Event::Text(ready))).is_err()
-                {
-                    break FinishReason::Cancelled;
-                }
-                if stops.matched {
-                    break FinishReason::Stop;
-                }
-            }
-            if generated >= job.params.max_new_tokens || history.len() >= self.context {
-                break FinishReason::Length;
-            }
-            logits = self
-                .network
-                .forward(&[token], history.len() - 1, &self.device)?;
+        let Some(target) = (0..self.slots.len())
+            .filter(|&i| self.slots[i].seq.is_none())
+            .max_by_key(|&i| {
+                (
+                    common(&self.slots[i]),
+                    std::cmp::Reverse(self.slots[i].last_used),
+                )
+            })
+        else {
+            unreachable!("admit is called only with a free slot");
         };
-        if !stops.matched {
-            let tail = decoder.finish();
-            let rest = stops.finish(&tail);
-            if !rest.is_empty() {
-                let _ = job.events.blocking_send(Ok(Event::Text(rest)));
+        let own = common(&self.slots[target]);
+        let best = (0..self.slots.len())
+            .max_by_key(|&i| common(&self.slots[i]))
+            .filter(|&i| common(&self.slots[i]) > own && self.network.batches());
+        let kept = match best {
+            Some(source) => {
+                let shared = common(&self.slots[source]);
+                let (dst, src) = two(&mut self.slots, target, source);
+                dst.cache.copy_prefix(&src.cache, shared);
+                dst.tokens.clear();
+                dst.tokens.extend_from_slice(&job.tokens[..shared]);
+                shared
+            }
+            None => {
+                let slot = &mut self.slots[target];
+                let kept = self.network.keep_prefix(own);
+                slot.cache.truncate(kept);
+                slot.tokens.truncate(kept);
+                kept
+            }
+        };
+        self.clock += 1;
+        let slot = &mut self.slots[target];
+        slot.last_used = self.clock;
+        let now = Instant::now();
+        slot.seq = Some(Box::new(Sequence {
+            feed: job.tokens[kept..].to_vec(),
+            admitted: self.clock,
+            prompt_done: false,
+            started: now,
+            prompt_time: Duration::ZERO,
+            decode_start: now,
+            sampler: Sampler::new(&job.params),
+            history: job.tokens.clone(),
+            stops: StopMatcher::new(&job.params.stop),
+            decoder: StreamDecoder::default(),
+            generated: 0,
+            job,
+        }));
+    }
+
+    /// One forward pass over every active sequence: a token for each one
+    /// decoding, and prompt chunks within [`PREFILL_BUDGET`] in the order
+    /// they came.
+    fn step(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            if let Some(seq) = &slot.seq {
+                let job = &seq.job;
+                if job.cancel.is_cancelled()
+                    || job.events.is_closed()
+                    || job.deadline.is_some_and(|d| now >= d)
+                {
+                    finish(slot, Ok(FinishReason::Cancelled));
+                }
             }
         }
-        Ok(Completion {
-            text: stops.text,
-            finish_reason: finish,
+        // (slot, tokens to feed) in batch order.
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        let mut budget = PREFILL_BUDGET;
+        let mut prefilling: Vec<(u64, usize)> = Vec::new();
+        for (i, slot) in self.slots.iter().enumerate() {
+            match &slot.seq {
+                Some(seq) if seq.prompt_done => plan.push((i, 1)),
+                Some(seq) => prefilling.push((seq.admitted, i)),
+                None => {}
+            }
+        }
+        prefilling.sort_unstable();
+        for (_, i) in prefilling {
+            let want = self.slots[i].seq.as_ref().map_or(0, |s| s.feed.len());
+            // The first prompt always advances, even past the budget, when
+            // nothing else does.
+            let take = if plan.is_empty() {
+                want.min(budget.max(1))
+            } else {
+                want.min(budget)
+            };
+            if take == 0 {
+                continue;
+            }
+            budget = budget.saturating_sub(take);
+            plan.push((i, take));
+        }
+        if plan.is_empty() {
+            return;
+        }
+        // Batch rows follow slot order.
+        plan.sort_unstable();
+        let result = {
+            let mut batch: Vec<BatchItem<'_>> = Vec::with_capacity(plan.len());
+            let mut planned = plan.iter().peekable();
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                let Some(&&(_, take)) = planned.peek().filter(|(p, _)| *p == i) else {
+                    continue;
+                };
+                planned.next();
+                let Slot {
+                    cache, tokens, seq, ..
+                } = slot;
+                let seq = seq.as_ref().expect("planned slots are active");
+                batch.push(BatchItem {
+                    cache,
+                    tokens: &seq.feed[..take],
+                    pos: tokens.len(),
+                });
+            }
+            self.network.forward_batch(&mut batch, &self.device)
+        };
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(e) => {
+                // The caches may be half-written: fail the batch and start
+                // those slots afresh.
+                self.network.clear();
+                let reason = e.to_string();
+                for &(i, _) in &plan {
+                    let slot = &mut self.slots[i];
+                    slot.cache.truncate(0);
+                    slot.tokens.clear();
+                    finish(slot, Err(EngineError::Model(reason.clone())));
+                }
+                return;
+            }
+        };
+        let vocab = logits.len() / plan.len();
+        for (&(i, take), row) in plan.iter().zip(logits.chunks_exact(vocab)) {
+            let slot = &mut self.slots[i];
+            let seq = slot.seq.as_mut().expect("planned slots are active");
+            slot.tokens.extend(seq.feed.drain(..take));
+            if !seq.feed.is_empty() {
+                continue; // more of the prompt to go
+            }
+            if !seq.prompt_done {
+                seq.prompt_done = true;
+                seq.prompt_time = seq.started.elapsed();
+                seq.decode_start = Instant::now();
+            }
+            let mut row = row.to_vec();
+            match seq.advance(&mut row, &self.tokenizer, self.context) {
+                Ok(None) => {}
+                Ok(Some(reason)) => finish(slot, Ok(reason)),
+                Err(e) => finish(slot, Err(e)),
+            }
+        }
+    }
+}
+
+/// `slots[a]` mutably and `slots[b]` shared (`a != b`).
+fn two(slots: &mut [Slot], a: usize, b: usize) -> (&mut Slot, &Slot) {
+    if a < b {
+        let (x, y) = slots.split_at_mut(b);
+        (&mut x[a], &y[0])
+    } else {
+        let (x, y) = slots.split_at_mut(a);
+        (&mut y[0], &x[b])
+    }
+}
+
+/// Ends the slot's generation: the rest of its text, then `Done` (or the
+/// error), after its end hook has run.
+fn finish(slot: &mut Slot, outcome: Result<FinishReason, EngineError>) {
+    let Some(mut seq) = slot.seq.take() else {
+        return;
+    };
+    let event = outcome.map(|reason| Event::Done(seq.completion(reason)));
+    seq.job.on_end.fire();
+    let _ = seq.job.events.send(event);
+}
+
+impl Sequence {
+    /// Samples the next token from `logits` and hands out its text;
+    /// returns why generation ends, if it does.
+    fn advance(
+        &mut self,
+        logits: &mut [f32],
+        tokenizer: &Tokenizer,
+        context: usize,
+    ) -> Result<Option<FinishReason>, EngineError> {
+        let job = &mut self.job;
+        if let Some(c) = job.constraint.as_mut() {
+            c.mask_logits(logits)
+                .map_err(|e| EngineError::Constraint(e.to_string()))?;
+        }
+        let token = self.sampler.sample(logits, &self.history);
+        if tokenizer.is_eos(token) && !job.ignore_eos {
+            return Ok(Some(FinishReason::Stop));
+        }
+        if let Some(c) = job.constraint.as_mut() {
+            c.commit(token)
+                .map_err(|e| EngineError::Constraint(e.to_string()))?;
+        }
+        self.generated += 1;
+        self.history.push(token);
+        if !tokenizer.is_special(token) {
+            let text = self.decoder.push(tokenizer.token_bytes(token));
+            if let Some(ready) = self.stops.push(&text)
+                && !ready.is_empty()
+                && job.events.send(Ok(Event::Text(ready))).is_err()
+            {
+                return Ok(Some(FinishReason::Cancelled));
+            }
+            if self.stops.matched {
+                return Ok(Some(FinishReason::Stop));
+            }
+        }
+        if self.generated >= job.params.max_new_tokens || self.history.len() >= context {
+            return Ok(Some(FinishReason::Length));
+        }
+        self.feed.push(token);
+        Ok(None)
+    }
+
+    /// The summary, after handing out any text still held back.
+    fn completion(&mut self, reason: FinishReason) -> Completion {
+        if !self.stops.matched {
+            let tail = self.decoder.finish();
+            let rest = self.stops.finish(&tail);
+            if !rest.is_empty() {
+                let _ = self.job.events.send(Ok(Event::Text(rest)));
+            }
+        }
+        Completion {
+            text: std::mem::take(&mut self.stops.text),
+            finish_reason: reason,
             usage: Usage {
-                prompt_tokens: job.tokens.len(),
-                completion_tokens: generated,
+                prompt_tokens: self.job.tokens.len(),
+                completion_tokens: self.generated,
             },
-            prompt_time,
-            decode_time: decode_start.elapsed(),
-        })
+            prompt_time: self.prompt_time,
+            decode_time: if self.prompt_done {
+                self.decode_start.elapsed()
+            } else {
+                Duration::ZERO
+            },
+        }
     }
 }
 

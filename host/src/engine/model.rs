@@ -6,12 +6,14 @@ use super::gguf::ModelFile;
 use super::native::NativeLlama;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+pub use hearth_kernels::llama::KvCache;
+use hearth_kernels::llama::Step;
 use std::fs::File;
 use std::io::BufReader;
 
 /// Prompt tokens evaluated per forward pass: bounds the attention
 /// scratch memory for long prompts without slowing short ones.
-const PREFILL_CHUNK: usize = 512;
+pub const PREFILL_CHUNK: usize = 512;
 
 /// Where the model runs.
 pub fn device() -> Result<Device, EngineError> {
@@ -123,14 +125,19 @@ impl Network {
         })
     }
 
-    /// Keeps the first `tokens` positions of the KV cache where the
-    /// implementation can (hearth's kernels); returns how many were kept.
+    /// Whether several sequences can be evaluated in one pass (hearth's
+    /// kernels, with a cache per sequence); candle's models hold a single
+    /// KV cache, so they serve one sequence at a time.
+    pub fn batches(&self) -> bool {
+        matches!(self, Network::Native(_))
+    }
+
+    /// Keeps the first `tokens` positions of the cache the network holds
+    /// itself, where it can; returns how many were kept. hearth's kernels
+    /// keep no cache of their own (each sequence brings its [`KvCache`]).
     pub fn keep_prefix(&mut self, tokens: usize) -> usize {
         match self {
-            Network::Native(m) => {
-                m.truncate(tokens);
-                tokens
-            }
+            Network::Native(_) => tokens,
             _ => {
                 self.clear();
                 0
@@ -138,10 +145,10 @@ impl Network {
         }
     }
 
-    /// Forgets the KV cache (a new conversation).
+    /// Forgets the cache the network holds itself (candle's models).
     pub fn clear(&mut self) {
         match self {
-            Network::Native(m) => m.clear(),
+            Network::Native(_) => {}
             Network::Llama(m) => m.clear_kv_cache(),
             Network::Qwen2(m) => m.clear_kv_cache(),
             Network::Qwen3(m) => m.clear_kv_cache(),
@@ -154,13 +161,12 @@ impl Network {
         pos: usize,
         device: &Device,
     ) -> Result<Vec<f32>, EngineError> {
-        let input =
-            || -> Result<Tensor, EngineError> { Ok(Tensor::new(tokens, device)?.unsqueeze(0)?) };
+        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
-            Network::Native(m) => return m.forward(tokens, pos),
-            Network::Llama(m) => m.forward(&input()?, pos)?,
-            Network::Qwen2(m) => m.forward(&input()?, pos)?,
-            Network::Qwen3(m) => m.forward(&input()?, pos)?,
+            Network::Native(_) => unreachable!("hearth's kernels evaluate batches"),
+            Network::Llama(m) => m.forward(&input, pos)?,
+            Network::Qwen2(m) => m.forward(&input, pos)?,
+            Network::Qwen3(m) => m.forward(&input, pos)?,
         };
         Ok(logits
             .flatten_all()?
@@ -168,17 +174,32 @@ impl Network {
             .to_vec1::<f32>()?)
     }
 
-    /// Feeds `tokens` at positions `pos..` and returns the logits for the
-    /// token after the last one.
-    pub fn forward(
+    /// Feeds each item's tokens after what its sequence holds and returns
+    /// the logits for the token after each item's last one, one row per
+    /// item, concatenated.
+    pub fn forward_batch(
         &mut self,
-        tokens: &[u32],
-        pos: usize,
+        batch: &mut [BatchItem<'_>],
         device: &Device,
     ) -> Result<Vec<f32>, EngineError> {
+        if let Network::Native(m) = self {
+            let mut steps: Vec<Step<'_>> = batch
+                .iter_mut()
+                .map(|b| Step {
+                    cache: &mut *b.cache,
+                    tokens: b.tokens,
+                })
+                .collect();
+            return m.forward_batch(&mut steps);
+        }
+        let [item] = batch else {
+            return Err(EngineError::Model(
+                "candle's models evaluate one sequence at a time".into(),
+            ));
+        };
         let mut logits = Vec::new();
-        let mut at = pos;
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
+        let mut at = item.pos;
+        for chunk in item.tokens.chunks(PREFILL_CHUNK) {
             logits = self.forward_chunk(chunk, at, device)?;
             at += chunk.len();
         }
@@ -187,4 +208,15 @@ impl Network {
         }
         Ok(logits)
     }
+}
+
+/// One sequence's part of [`Network::forward_batch`].
+pub struct BatchItem<'a> {
+    /// Its keys and values (used by hearth's kernels; candle's models keep
+    /// their own).
+    pub cache: &'a mut KvCache,
+    /// Tokens to evaluate, at least one.
+    pub tokens: &'a [u32],
+    /// Position of the first of them.
+    pub pos: usize,
 }

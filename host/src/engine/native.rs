@@ -11,7 +11,7 @@ use super::gguf::ModelFile;
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor};
 use hearth_kernels::Q8Matrix;
-use hearth_kernels::llama::{Config, Layer, Llama};
+use hearth_kernels::llama::{Config, Layer, Llama, Step};
 use std::fs::File;
 use std::io::BufReader;
 
@@ -106,8 +106,6 @@ impl NativeLlama {
                 ffn_norm: Vec::new(),
                 gate_up,
                 down: matrix(&p("ffn_down"))?,
-                keys: Vec::new(),
-                values: Vec::new(),
             });
         }
         let mut vector = |name: &str| -> Result<Vec<f32>, EngineError> {
@@ -130,20 +128,11 @@ impl NativeLlama {
         Ok(NativeLlama { model })
     }
 
-    /// Forgets the KV cache.
-    pub fn clear(&mut self) {
-        self.model.clear();
-    }
-
-    /// Keeps the first `tokens` positions of the KV cache.
-    pub fn truncate(&mut self, tokens: usize) {
-        self.model.truncate(tokens);
-    }
-
-    /// Feeds `tokens` at positions `pos..`; returns the next token's logits.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
+    /// Evaluates a batch of sequences (see [`Llama::forward_batch`]);
+    /// returns one row of logits per step, concatenated.
+    pub fn forward_batch(&mut self, steps: &mut [Step<'_>]) -> Result<Vec<f32>, EngineError> {
         self.model
-            .forward(tokens, pos)
+            .forward_batch(steps)
             .map(<[f32]>::to_vec)
             .map_err(EngineError::Model)
     }

@@ -14,7 +14,8 @@
 //!   more plain thread. Nothing here blocks an async executor.
 
 use crate::engine::{
-    CancelToken, Engine, EngineError, Event, GenerateRequest, Generation, Prepared,
+    CancelToken, EndHook, Engine, EngineError, Event, EventSender, GenerateRequest, Generation,
+    Prepared,
 };
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -59,8 +60,8 @@ pub enum SchedulerError {
 pub struct Stats {
     /// Waiting requests per class (interactive, plugin, background).
     pub queued: [usize; CLASSES],
-    /// Requests generating now (0 or 1: one model, one generation);
-    /// filled in by [`Scheduler::stats`] from the running request.
+    /// Requests generating now (at most the engine's parallel sequences);
+    /// filled in by [`Scheduler::stats`] from the running requests.
     pub in_flight: usize,
     /// Requests that ran to an end.
     pub completed: u64,
@@ -75,13 +76,19 @@ pub struct Stats {
 /// Limits of the queue.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
-    /// Most requests waiting (not counting the one generating).
+    /// Most requests waiting (not counting those generating).
     pub capacity: usize,
+    /// Most requests generating at once (default and upper bound: the
+    /// engine's parallel sequences).
+    pub parallel: Option<usize>,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        SchedulerOptions { capacity: 64 }
+        SchedulerOptions {
+            capacity: 64,
+            parallel: None,
+        }
     }
 }
 
@@ -89,7 +96,7 @@ struct Queued {
     prepared: Prepared,
     deadline: Option<Instant>,
     enqueued: Instant,
-    events: tokio::sync::mpsc::Sender<Result<Event, EngineError>>,
+    events: EventSender,
 }
 
 #[derive(Default)]
@@ -97,8 +104,9 @@ struct State {
     queues: [VecDeque<Queued>; CLASSES],
     stats: Stats,
     shutting_down: bool,
-    /// The running request's token, for shutdown.
-    running: Option<CancelToken>,
+    /// The running requests' tokens by id, for shutdown.
+    running: Vec<(u64, CancelToken)>,
+    next_id: u64,
     /// Exponential average of how long one generation takes.
     average_run: Option<Duration>,
 }
@@ -106,6 +114,7 @@ struct State {
 struct Inner {
     engine: Engine,
     capacity: usize,
+    parallel: usize,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -127,9 +136,14 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// Starts the dispatcher in front of `engine`.
     pub fn new(engine: Engine, options: SchedulerOptions) -> Scheduler {
+        let parallel = options
+            .parallel
+            .unwrap_or(usize::MAX)
+            .clamp(1, engine.parallel());
         let inner = Arc::new(Inner {
             engine,
             capacity: options.capacity.max(1),
+            parallel,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
         });
@@ -159,7 +173,7 @@ impl Scheduler {
         let mut prepared = self.inner.engine.prepare(request)?;
         prepared.set_deadline(deadline);
         let prompt_tokens = prepared.prompt_tokens();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut state = self.inner.state.lock().expect("scheduler state");
         if state.shutting_down {
             return Err(SchedulerError::ShuttingDown);
@@ -167,7 +181,8 @@ impl Scheduler {
         let waiting: usize = state.queues.iter().map(VecDeque::len).sum();
         if waiting >= self.inner.capacity {
             state.stats.rejected_full += 1;
-            let per_job = state.average_run.unwrap_or(Duration::from_secs(1));
+            let per_job =
+                state.average_run.unwrap_or(Duration::from_secs(1)) / self.inner.parallel as u32;
             // Time for the queue to drain by a quarter, at least a second.
             let retry_after = (per_job * (waiting as u32 / 4 + 1))
                 .clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -192,7 +207,7 @@ impl Scheduler {
     pub fn stats(&self) -> Stats {
         let state = self.inner.state.lock().expect("scheduler state");
         Stats {
-            in_flight: usize::from(state.running.is_some()),
+            in_flight: state.running.len(),
             ..state.stats.clone()
         }
     }
@@ -204,12 +219,12 @@ impl Scheduler {
         state.shutting_down = true;
         for queue in state.queues.iter_mut() {
             for job in queue.drain(..) {
-                let _ = job.events.try_send(Err(EngineError::ShuttingDown));
+                let _ = job.events.send(Err(EngineError::ShuttingDown));
                 job.prepared.cancel_token().cancel();
             }
         }
         state.stats.queued = [0; CLASSES];
-        if let Some(running) = &state.running {
+        for (_, running) in &state.running {
             running.cancel();
         }
         drop(state);
@@ -217,14 +232,24 @@ impl Scheduler {
     }
 }
 
-/// Takes the next request in priority order; `None` once shut down.
+impl Scheduler {
+    /// Most requests generating at once.
+    pub fn parallel(&self) -> usize {
+        self.inner.parallel
+    }
+}
+
+/// Takes the next request in priority order once a sequence is free;
+/// `None` once shut down.
 fn next(inner: &Inner) -> Option<Queued> {
     let mut state = inner.state.lock().expect("scheduler state");
     loop {
-        for class in 0..CLASSES {
-            if let Some(job) = state.queues[class].pop_front() {
-                state.stats.queued[class] -= 1;
-                return Some(job);
+        if state.running.len() < inner.parallel {
+            for class in 0..CLASSES {
+                if let Some(job) = state.queues[class].pop_front() {
+                    state.stats.queued[class] -= 1;
+                    return Some(job);
+                }
             }
         }
         if state.shutting_down {
@@ -234,7 +259,7 @@ fn next(inner: &Inner) -> Option<Queued> {
     }
 }
 
-fn dispatch(inner: &Inner) {
+fn dispatch(inner: &Arc<Inner>) {
     while let Some(job) = next(inner) {
         let now = Instant::now();
         if job.events.is_closed() || job.prepared.cancel_token().is_cancelled() {
@@ -246,53 +271,39 @@ fn dispatch(inner: &Inner) {
             let waited_ms = now.duration_since(job.enqueued).as_millis() as u64;
             let _ = job
                 .events
-                .blocking_send(Err(EngineError::QueueDeadline { waited_ms }));
+                .send(Err(EngineError::QueueDeadline { waited_ms }));
             continue;
         }
         let cancel = job.prepared.cancel_token().clone();
-        {
+        let id = {
             let mut state = inner.state.lock().expect("scheduler state");
             if state.shutting_down {
                 cancel.cancel();
             }
-            state.running = Some(cancel.clone());
-        }
+            state.next_id += 1;
+            let id = state.next_id;
+            state.running.push((id, cancel));
+            id
+        };
         let started = Instant::now();
-        let mut finished = false;
-        // Counted before the last event goes out, so whoever receives it
-        // sees the scheduler already free.
-        let finish = |inner: &Inner| {
+        // Runs in the engine before the request's last event goes out, so
+        // whoever receives it sees the scheduler already free.
+        let owner = inner.clone();
+        let on_end = EndHook::new(move || {
             let took = started.elapsed();
-            let mut state = inner.state.lock().expect("scheduler state");
-            state.running = None;
+            let mut state = owner.state.lock().expect("scheduler state");
+            state.running.retain(|(r, _)| *r != id);
             state.stats.completed += 1;
             state.average_run = Some(match state.average_run {
                 None => took,
                 Some(avg) => (avg * 7 + took) / 8,
             });
-        };
-        match inner.engine.start(job.prepared) {
-            Ok(mut generation) => {
-                while let Some(event) = generation.blocking_next() {
-                    if matches!(event, Ok(Event::Done(_)) | Err(_)) {
-                        finish(inner);
-                        finished = true;
-                    }
-                    if job.events.blocking_send(event).is_err() {
-                        // The client went away: stop generating, then drain
-                        // so the engine is free before the next request.
-                        cancel.cancel();
-                    }
-                }
-            }
-            Err(e) => {
-                finish(inner);
-                finished = true;
-                let _ = job.events.blocking_send(Err(e));
-            }
-        }
-        if !finished {
-            finish(inner);
+            drop(state);
+            owner.wake.notify_all();
+        });
+        let events = job.events.clone();
+        if let Err(e) = inner.engine.start_into(job.prepared, job.events, on_end) {
+            let _ = events.send(Err(e));
         }
     }
 }
