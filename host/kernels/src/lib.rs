@@ -13,6 +13,8 @@
 
 #![deny(missing_docs)]
 
+pub mod sampling;
+
 /// Values per quantisation block.
 pub const BLOCK: usize = 32;
 
@@ -118,7 +120,7 @@ impl Q8Matrix {
 
 /// Dot product of two f32 slices. Eight independent partial sums let the
 /// compiler vectorise what a single running sum would serialise.
-#[inline]
+#[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -273,8 +275,9 @@ fn dot_scalar(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, acc: &
     }
 }
 
+/// Whether this CPU has AVX2 and FMA (checked once).
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(crate) fn avx2() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))

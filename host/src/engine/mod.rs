@@ -738,7 +738,11 @@ impl Worker {
             }
         }
         prefilling.sort_unstable();
+        let waiting = self.share_prefixes(&prefilling);
         for (_, i) in prefilling {
+            if waiting.contains(&i) {
+                continue;
+            }
             let want = self.slots[i].seq.as_ref().map_or(0, |s| s.feed.len());
             // The first prompt always advances, even past the budget, when
             // nothing else does.
@@ -776,7 +780,15 @@ impl Worker {
                     pos: tokens.len(),
                 });
             }
-            self.network.forward_batch(&mut batch, &self.device)
+            let started = Instant::now();
+            let result = self.network.forward_batch(&mut batch, &self.device);
+            tracing::trace!(
+                sequences = batch.len(),
+                rows = batch.iter().map(|b| b.tokens.len()).sum::<usize>(),
+                micros = started.elapsed().as_micros() as u64,
+                "engine step"
+            );
+            result
         };
         let logits = match result {
             Ok(logits) => logits,
@@ -814,6 +826,63 @@ impl Worker {
                 Err(e) => finish(slot, Err(e)),
             }
         }
+    }
+}
+
+impl Worker {
+    /// Prompts that start like one already being evaluated (requests that
+    /// arrive together with the same system prompt and tools) take its
+    /// keys and values once it has them instead of computing them again;
+    /// until then they wait. Returns the slots that wait this step.
+    /// `prefilling` is in admission order, so the first never waits and
+    /// every wait ends.
+    fn share_prefixes(&mut self, prefilling: &[(u64, usize)]) -> Vec<usize> {
+        /// Shorter shared prefixes are cheaper to compute than to wait for.
+        const WORTH_WAITING: usize = 16;
+        let mut waiting = Vec::new();
+        if !self.network.batches() {
+            return waiting;
+        }
+        for (n, &(_, b)) in prefilling.iter().enumerate() {
+            let Some(seq) = self.slots[b].seq.as_ref() else {
+                continue;
+            };
+            let have = self.slots[b].tokens.len();
+            let prompt = &seq.job.tokens;
+            let best = prefilling[..n]
+                .iter()
+                .filter_map(|&(_, a)| {
+                    let other = self.slots[a].seq.as_ref()?;
+                    let shared = other
+                        .job
+                        .tokens
+                        .iter()
+                        .zip(prompt)
+                        .take_while(|(x, y)| x == y)
+                        .count()
+                        .min(prompt.len() - 1);
+                    Some((shared, a))
+                })
+                .max();
+            let Some((shared, a)) = best else { continue };
+            if shared < have + WORTH_WAITING {
+                continue;
+            }
+            if self.slots[a].tokens.len() < shared {
+                waiting.push(b);
+                continue;
+            }
+            let (dst, src) = two(&mut self.slots, b, a);
+            let Slot {
+                cache, tokens, seq, ..
+            } = dst;
+            let Some(seq) = seq.as_mut() else { continue };
+            cache.copy_prefix(&src.cache, shared);
+            tokens.clear();
+            tokens.extend_from_slice(&seq.job.tokens[..shared]);
+            seq.feed = seq.job.tokens[shared..].to_vec();
+        }
+        waiting
     }
 }
 

@@ -1,6 +1,7 @@
 //! Sampling: the parameters users set and the choice of the next token.
 
 use super::error::EngineError;
+use hearth_kernels::sampling::{argmax, nucleus};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -141,42 +142,12 @@ impl Sampler {
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        let inv_t = 1.0 / p.temperature;
-        self.scratch.clear();
-        self.scratch.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.is_finite())
-                .map(|(i, l)| (i as u32, l * inv_t)),
-        );
-        if self.scratch.is_empty() {
+        let c = &mut self.scratch;
+        nucleus(logits, 1.0 / p.temperature, p.top_k, p.top_p, c);
+        if c.is_empty() {
             return argmax(logits);
         }
-        let c = &mut self.scratch;
-        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if p.top_k > 0 && c.len() > p.top_k {
-            c.truncate(p.top_k);
-        }
-        let max = c[0].1;
-        let mut total = 0.0f32;
-        for e in c.iter_mut() {
-            e.1 = (e.1 - max).exp();
-            total += e.1;
-        }
-        if p.top_p < 1.0 {
-            let mut cum = 0.0;
-            let mut keep = c.len();
-            for (i, e) in c.iter().enumerate() {
-                cum += e.1 / total;
-                if cum >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            c.truncate(keep);
-            total = c.iter().map(|e| e.1).sum();
-        }
+        let total: f32 = c.iter().map(|e| e.1).sum();
         let mut r = self.rng.random::<f32>() * total;
         for e in c.iter() {
             if r < e.1 {
@@ -186,16 +157,6 @@ impl Sampler {
         }
         c.last().map_or(0, |e| e.0)
     }
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, l) in logits.iter().enumerate() {
-        if *l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]
