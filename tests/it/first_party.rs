@@ -27,9 +27,20 @@ async fn calc_evaluates_exactly() {
         matches!(&err, InvokeError::Tool(ToolError::Failed(m)) if m.contains("division by zero")),
         "{err}"
     );
+    // Arguments that break the tool's schema are refused by the host
+    // before the plugin runs, naming each problem.
     let err = s.call("calc.eval", json!({"expr": "1"})).await.unwrap_err();
     assert!(
-        matches!(&err, InvokeError::Tool(ToolError::InvalidArguments(m)) if m.contains("expression")),
+        matches!(&err, InvokeError::BadArguments(m)
+            if m.contains("\"expression\" is a required property") && m.contains("'expr' was unexpected")),
+        "{err}"
+    );
+    let err = s
+        .call("calc.eval", json!({"expression": 12}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, InvokeError::BadArguments(m) if m.contains("at /expression")),
         "{err}"
     );
     let err = s.call("calc.nope", json!({})).await.unwrap_err();

@@ -129,7 +129,7 @@ pub enum RuntimeError {
 }
 
 /// A tool as a plugin described it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ToolInfo {
     /// Unqualified name.
     pub name: String,
@@ -137,6 +137,50 @@ pub struct ToolInfo {
     pub description: String,
     /// JSON Schema of the arguments.
     pub schema: serde_json::Value,
+    /// `schema`, compiled once at load; every call's arguments are checked
+    /// against it before the plugin runs.
+    validator: Arc<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for ToolInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolInfo")
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolInfo {
+    /// Checks arguments against the tool's schema; the error names every
+    /// problem with where it is (at most a few).
+    pub fn check_arguments(&self, arguments: &str) -> Result<(), String> {
+        let value: serde_json::Value = serde_json::from_str(arguments)
+            .map_err(|e| format!("arguments of `{}` are not JSON: {e}", self.name))?;
+        let problems: Vec<String> = self
+            .validator
+            .iter_errors(&value)
+            .take(5)
+            .map(|e| {
+                let at = e.instance_path.to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("at {at}: {e}")
+                }
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "arguments of `{}` do not match its schema: {}",
+                self.name,
+                problems.join("; ")
+            ))
+        }
+    }
 }
 
 /// Whether loading used the compiled cache.
@@ -742,10 +786,15 @@ fn validate_tools(
         if !schema.is_object() {
             return Err(bad("parameters schema must be a JSON object".into()));
         }
+        // No resolver for remote or file references is built in: a schema
+        // that points outside itself fails here instead of fetching.
+        let validator = jsonschema::validator_for(&schema)
+            .map_err(|e| bad(format!("parameters schema is not a valid JSON Schema: {e}")))?;
         out.push(ToolInfo {
             name: tool.name,
             description: tool.description,
             schema,
+            validator: Arc::new(validator),
         });
     }
     Ok(out)
@@ -1035,12 +1084,12 @@ impl Inner {
         scope: CallScope,
     ) -> Pin<Box<dyn Future<Output = Result<String, InvokeError>> + Send + 'a>> {
         Box::pin(async move {
-            if !plugin.has_tool(tool) {
+            let Some(info) = plugin.tools.iter().find(|t| t.name == tool) else {
                 return Err(InvokeError::NoSuchTool {
                     plugin: plugin.manifest.namespace.to_string(),
                     tool: tool.to_string(),
                 });
-            }
+            };
             if arguments.len() > self.options.max_input_bytes {
                 return Err(InvokeError::BadArguments(format!(
                     "arguments are {} bytes; the limit is {}",
@@ -1048,6 +1097,8 @@ impl Inner {
                     self.options.max_input_bytes
                 )));
             }
+            info.check_arguments(arguments)
+                .map_err(InvokeError::BadArguments)?;
             let ctx = wit_context(&scope);
             let OpResult::Invoked(result) = self
                 .run(
