@@ -11,7 +11,14 @@ fn main() {
     if let Some(threads) = cli.threads {
         hearth::engine::configure_threads(threads);
     }
-    let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // A server logs each request (and its plugin calls' failures) by
+    // default; the one-shot commands only warnings.
+    let default = if matches!(cli.command, hearth::cli::Command::Serve(_)) {
+        "warn,hearth=info"
+    } else {
+        "warn"
+    };
+    let filter = EnvFilter::try_from_env("HEARTH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

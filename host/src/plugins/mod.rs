@@ -45,6 +45,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
@@ -1083,39 +1084,60 @@ impl Inner {
         arguments: &'a str,
         scope: CallScope,
     ) -> Pin<Box<dyn Future<Output = Result<String, InvokeError>> + Send + 'a>> {
-        Box::pin(async move {
-            let Some(info) = plugin.tools.iter().find(|t| t.name == tool) else {
-                return Err(InvokeError::NoSuchTool {
-                    plugin: plugin.manifest.namespace.to_string(),
-                    tool: tool.to_string(),
-                });
-            };
-            if arguments.len() > self.options.max_input_bytes {
-                return Err(InvokeError::BadArguments(format!(
-                    "arguments are {} bytes; the limit is {}",
-                    arguments.len(),
-                    self.options.max_input_bytes
-                )));
+        let span = tracing::info_span!("plugin", namespace = %plugin.manifest.namespace, tool);
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let result = self.invoke_checked(plugin, tool, arguments, scope).await;
+                let micros = started.elapsed().as_micros() as u64;
+                match &result {
+                    Ok(out) => tracing::debug!(micros, bytes = out.len(), "plugin call"),
+                    Err(e) => tracing::warn!(micros, error = %e, "plugin call failed"),
+                }
+                result
             }
-            info.check_arguments(arguments)
-                .map_err(InvokeError::BadArguments)?;
-            let ctx = wit_context(&scope);
-            let OpResult::Invoked(result) = self
-                .run(
-                    plugin,
-                    scope,
-                    Op::Invoke {
-                        tool,
-                        arguments,
-                        ctx,
-                    },
-                )
-                .await?
-            else {
-                unreachable!("invoke returns an invoke result")
-            };
-            let out = result.map_err(InvokeError::Tool)?;
-            self.check_output(plugin, out)
-        })
+            .instrument(span),
+        )
+    }
+
+    async fn invoke_checked(
+        self: &Arc<Self>,
+        plugin: &Arc<LoadedPlugin>,
+        tool: &str,
+        arguments: &str,
+        scope: CallScope,
+    ) -> Result<String, InvokeError> {
+        let Some(info) = plugin.tools.iter().find(|t| t.name == tool) else {
+            return Err(InvokeError::NoSuchTool {
+                plugin: plugin.manifest.namespace.to_string(),
+                tool: tool.to_string(),
+            });
+        };
+        if arguments.len() > self.options.max_input_bytes {
+            return Err(InvokeError::BadArguments(format!(
+                "arguments are {} bytes; the limit is {}",
+                arguments.len(),
+                self.options.max_input_bytes
+            )));
+        }
+        info.check_arguments(arguments)
+            .map_err(InvokeError::BadArguments)?;
+        let ctx = wit_context(&scope);
+        let OpResult::Invoked(result) = self
+            .run(
+                plugin,
+                scope,
+                Op::Invoke {
+                    tool,
+                    arguments,
+                    ctx,
+                },
+            )
+            .await?
+        else {
+            unreachable!("invoke returns an invoke result")
+        };
+        let out = result.map_err(InvokeError::Tool)?;
+        self.check_output(plugin, out)
     }
 }

@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 /// How the service runs.
 #[derive(Debug, Clone)]
@@ -260,10 +261,17 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match route(&state, req, started).await {
+    let request_id = request_id(&req);
+    // Everything done for this request (queueing, generation, plugin
+    // calls, hooks), streaming tasks included, logs inside this span.
+    let span = tracing::info_span!("request", id = %request_id, %method, path);
+    let mut response = match route(&state, req, started).instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => e.response(),
     };
+    if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
     // Known routes only, so stray paths cannot grow the label set.
     let label = match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/chat/completions" => {
@@ -276,8 +284,38 @@ pub async fn handle(
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
-    tracing::info!(%method, path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        )
+    });
     Ok(response)
+}
+
+/// Spawns work that belongs to the current request (a streamed answer),
+/// keeping its log span.
+fn spawn_in_span(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(work.instrument(tracing::Span::current()));
+}
+
+/// The caller's `X-Request-Id` when it is a plain token (a load balancer's
+/// or client's id, so logs can be joined), otherwise a new one.
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map_or_else(
+            || format!("req-{:016x}", rand::random::<u64>()),
+            str::to_string,
+        )
 }
 
 async fn route(
@@ -610,7 +648,7 @@ async fn chat(
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
         let state = state.clone();
         let model = state.model_id.clone();
-        tokio::spawn(async move {
+        spawn_in_span(async move {
             let sse = |v: Value| Bytes::from(format!("data: {v}\n\n"));
             let chunk = |delta: Value, finish: Option<&str>| {
                 sse(
@@ -1043,7 +1081,7 @@ fn stream_response(
 ) -> Response<Body_> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
     let model = state.model_id.clone();
-    tokio::spawn(async move {
+    spawn_in_span(async move {
         let mut first = true;
         let chunk = |delta: Value, finish: Option<&str>| {
             let v = json!({
