@@ -483,6 +483,7 @@ async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
             .with_plugins(runtime)
             .with_home(home),
     );
+    crate::server::watch_installed(state.clone(), std::time::Duration::from_secs(2));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;

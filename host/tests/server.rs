@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const KEY: &str = "test-key-123";
 
@@ -55,6 +55,8 @@ fn start_with(
             .build()
             .unwrap();
         rt.block_on(async move {
+            // Another process changing the installed set shows up quickly.
+            hearth::server::watch_installed(state.clone(), Duration::from_millis(100));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             hearth::server::serve(
@@ -506,4 +508,125 @@ fn admin_routes_change_the_plugin_set_with_an_admin_key() {
     let (status, _, body) =
         admin_request(plain.addr, "POST", "/v1/admin/plugins/notes/disable", KEY);
     assert_eq!(error_of(status, &body, 403)["code"], "admin_disabled");
+}
+
+fn admin_post(addr: SocketAddr, path: &str, key: &str, body: &Value) -> (u16, String, String) {
+    let body = body.to_string();
+    raw(
+        addr,
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+    )
+}
+
+#[test]
+fn admins_install_from_the_registry_after_granting_the_permissions_shown() {
+    let (_dir, home, runtime) = bundled_plugins();
+    let s = start_with(
+        8,
+        ServerOptions {
+            admin_keys: vec!["admin-key".into()],
+            ..options()
+        },
+        Some((runtime, home.clone())),
+    );
+    let install = |body: Value| admin_post(s.addr, "/v1/admin/plugins", "admin-key", &body);
+    // Not an admin: refused before anything is looked at.
+    let (status, _, body) = admin_post(
+        s.addr,
+        "/v1/admin/plugins",
+        KEY,
+        &json!({"plugin": "weather"}),
+    );
+    error_of(status, &body, 401);
+    // Bad requests name the problem.
+    let (status, _, body) = install(json!({"plugin": "weather", "yes": true}));
+    assert!(
+        error_of(status, &body, 400)["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `yes`")
+    );
+    let (status, _, body) = install(json!({"plugin": "weather@not-a-version"}));
+    assert_eq!(error_of(status, &body, 400)["param"], "plugin");
+    let (status, _, body) = install(json!({"plugin": "nonexistent"}));
+    let e = error_of(status, &body, 409);
+    assert_eq!(e["code"], "install_failed");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no plugin `nonexistent`"),
+        "{e}"
+    );
+    // First ask: the permissions to grant, nothing installed.
+    let (status, _, body) = install(json!({"plugin": "weather"}));
+    assert_eq!(error_of(status, &body, 409)["code"], "permissions_required");
+    let permissions = json_of(&body)["permissions"].as_str().unwrap().to_string();
+    assert!(permissions.contains("http to"), "{permissions}");
+    let lock = home.root.join("installed.toml");
+    assert!(
+        !std::fs::read_to_string(&lock)
+            .unwrap_or_default()
+            .contains("weather")
+    );
+    // Granting something else is no grant.
+    let (status, _, body) = install(json!({"plugin": "weather", "grant": "everything"}));
+    assert_eq!(error_of(status, &body, 409)["code"], "permissions_required");
+    // Granting what was shown installs it and reloads the set.
+    let (status, _, body) = install(json!({"plugin": "weather", "grant": permissions}));
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert!(
+        v["installed"][0].as_str().unwrap().starts_with("weather@"),
+        "{v}"
+    );
+    assert!(
+        v["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "weather"),
+        "{v}"
+    );
+    assert!(std::fs::read_to_string(&lock).unwrap().contains("weather"));
+    let (status, _, body) = install(json!({"plugin": "weather", "grant": permissions}));
+    assert_eq!(status, 200, "{body}");
+    assert!(json_of(&body)["already_installed"].is_string(), "{body}");
+    // Removing the installed copy leaves the bundled one.
+    let (status, _, body) =
+        admin_request(s.addr, "DELETE", "/v1/admin/plugins/weather", "admin-key");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains("component"),
+        "nothing installed"
+    );
+}
+
+#[test]
+fn a_change_to_the_installed_set_on_disk_reloads_the_server() {
+    let (_dir, home, runtime) = bundled_plugins();
+    let s = start_with(8, options(), Some((runtime, home.clone())));
+    let active = || {
+        let (_, _, body) = get(s.addr, "/v1/plugins", Some(KEY));
+        json_of(&body)["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["namespace"] == "notes")
+    };
+    let wait_for = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while active() != want {
+            assert!(Instant::now() < deadline, "notes active should be {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(active());
+    // What `hearth plugin disable notes` does from another process.
+    hearth::manager::install::set_enabled(&home, "notes", false).unwrap();
+    wait_for(false);
+    hearth::manager::install::set_enabled(&home, "notes", true).unwrap();
+    wait_for(true);
 }

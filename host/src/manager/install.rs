@@ -166,7 +166,7 @@ pub async fn install(
     name: &str,
     requirement: &VersionReq,
     options: &Options,
-    confirm: &mut dyn FnMut(&str) -> bool,
+    confirm: &mut (dyn FnMut(&str) -> bool + Send),
 ) -> Result<Report, InstallError> {
     let store = Store::new(home);
     let fail = |plugin: &str, step: Step, message: String| InstallError {

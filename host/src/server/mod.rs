@@ -142,6 +142,8 @@ pub struct ApiError {
     param: Option<String>,
     code: Option<&'static str>,
     retry_after: Option<u64>,
+    /// A field beside `error` with details for the caller to act on.
+    extra: Option<(&'static str, Value)>,
 }
 
 impl ApiError {
@@ -153,6 +155,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            extra: None,
         }
     }
 
@@ -164,12 +167,15 @@ impl ApiError {
     }
 
     fn response(&self) -> Response<Body_> {
-        let body = json!({"error": {
+        let mut body = json!({"error": {
             "message": self.message,
             "type": self.kind,
             "param": self.param,
             "code": self.code,
         }});
+        if let Some((key, value)) = &self.extra {
+            body[*key] = value.clone();
+        }
         let mut r = json_response(self.status, &body);
         if let Some(s) = self.retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, s.into());
@@ -328,6 +334,7 @@ async fn route(
         "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/plugins" => &[Method::GET],
         "/v1/chat/completions" => &[Method::POST],
         p if p.starts_with("/v1/plugins/") && p.matches('/').count() == 4 => &[Method::POST],
+        "/v1/admin/plugins" => &[Method::POST],
         p if p.starts_with("/v1/admin/plugins/") => &[Method::POST, Method::DELETE],
         _ => {
             return Err(ApiError::new(
@@ -405,9 +412,10 @@ fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> 
     check_key(&state.key_digests, req)
 }
 
-/// `POST /v1/admin/plugins/{namespace}/enable|disable`,
-/// `DELETE /v1/admin/plugins/{namespace}`: changes the installed set with
-/// the plugin manager, then reloads the active set. Needs an admin key.
+/// `POST /v1/admin/plugins` (install), `POST
+/// /v1/admin/plugins/{namespace}/enable|disable`, `DELETE
+/// /v1/admin/plugins/{namespace}`: changes the installed set with the
+/// plugin manager, then reloads the active set. Needs an admin key.
 async fn admin(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body_>, ApiError> {
     if state.admin_digests.is_empty() {
         let mut e = ApiError::new(
@@ -426,6 +434,10 @@ async fn admin(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
             "this server has no plugin set to manage",
         ));
     };
+    if req.uri().path() == "/v1/admin/plugins" {
+        let body = json_body(state, req).await?;
+        return install(&home, &runtime, body).await;
+    }
     let path = req
         .uri()
         .path()
@@ -453,21 +465,125 @@ async fn admin(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response
         a.code = Some("plugin_change_refused");
         a
     })?;
-    let set = crate::manager::reload(&runtime, &home).await.map_err(|e| {
+    let mut answer = reload_set(&runtime, &home).await?;
+    answer["also_disabled"] = json!(disabled);
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// Reloads the active set after a change; the new set as JSON.
+async fn reload_set(
+    runtime: &crate::plugins::Runtime,
+    home: &crate::home::Home,
+) -> Result<Value, ApiError> {
+    let set = crate::manager::reload(runtime, home).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             format!("reloading the plugin set: {e}"),
         )
     })?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "active": set.resolution.order,
-            "also_disabled": disabled,
-            "problems": set.resolution.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        }),
-    ))
+    Ok(json!({
+        "active": set.resolution.order,
+        "problems": set.resolution.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+    }))
+}
+
+/// The body of `POST /v1/admin/plugins`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallRequest {
+    /// `name` or `name@<semver requirement>`.
+    plugin: String,
+    /// Registry index (path or http(s) URL); the built-in one by default.
+    #[serde(default)]
+    registry: Option<String>,
+    /// The permission summary of an earlier answer, sent back to grant
+    /// exactly those permissions.
+    #[serde(default)]
+    grant: Option<String>,
+    #[serde(default)]
+    allow_unsigned: bool,
+    #[serde(default)]
+    allow_downgrade: bool,
+}
+
+/// Installs from a registry with the plugin manager. Permissions are
+/// granted in two requests, as at a terminal: the first answers 409
+/// `permissions_required` with the summary; sending that summary back as
+/// `grant` installs, provided the plugin still asks for exactly that.
+async fn install(
+    home: &crate::home::Home,
+    runtime: &crate::plugins::Runtime,
+    body: Value,
+) -> Result<Response<Body_>, ApiError> {
+    use crate::manager::install::{self, Step};
+    use crate::manager::registry::Index;
+    let request: InstallRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(format!("install request: {e}"), None))?;
+    let (name, requirement) = match request.plugin.split_once('@') {
+        Some((name, req)) => (
+            name,
+            semver::VersionReq::parse(req).map_err(|e| {
+                ApiError::invalid(
+                    format!("`{req}` is not a semver requirement: {e}"),
+                    Some("plugin"),
+                )
+            })?,
+        ),
+        None => (request.plugin.as_str(), semver::VersionReq::STAR),
+    };
+    let builtin = Index::builtin();
+    let index = match request.registry.as_deref() {
+        None => builtin,
+        Some(l) if l == builtin.location => builtin,
+        Some(l) => Index::load(l)
+            .await
+            .map_err(|e| ApiError::invalid(e.to_string(), Some("registry")))?,
+    };
+    let options = install::Options {
+        allow_unsigned: request.allow_unsigned,
+        allow_downgrade: request.allow_downgrade,
+    };
+    let mut asked = String::new();
+    let result = install::install(
+        home,
+        runtime,
+        &index,
+        name,
+        &requirement,
+        &options,
+        &mut |summary| {
+            asked = summary.to_string();
+            request.grant.as_deref() == Some(summary)
+        },
+    )
+    .await;
+    let report = match result {
+        Ok(report) => report,
+        Err(e) if e.step == Step::Permissions => {
+            let mut a = ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                format!(
+                    "{} asks for permissions; to grant them, send this request again with `grant` set to the `permissions` text of this answer",
+                    e.plugin
+                ),
+            );
+            a.param = Some("grant".into());
+            a.code = Some("permissions_required");
+            a.extra = Some(("permissions", json!(asked)));
+            return Err(a);
+        }
+        Err(e) => {
+            let mut a = ApiError::new(StatusCode::CONFLICT, "invalid_request_error", e.to_string());
+            a.code = Some("install_failed");
+            return Err(a);
+        }
+    };
+    let mut answer = reload_set(runtime, home).await?;
+    answer["installed"] = json!(report.installed);
+    answer["already_installed"] = json!(report.already);
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 fn check_key(digests: &[[u8; 32]], req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -1163,6 +1279,48 @@ fn stream_response(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(BodyExt::boxed(ChannelBody(rx)))
         .expect("valid response")
+}
+
+/// Reloads the active plugin set whenever the installed set changes on
+/// disk (`hearth plugin install|remove|enable|disable` run beside the
+/// server), checking every `every`. Calls in flight finish on the old set.
+/// Does nothing for a server without a plugin set.
+pub fn watch_installed(state: Arc<AppState>, every: Duration) {
+    let (Some(home), Some(runtime)) = (state.home.clone(), state.plugins.clone()) else {
+        return;
+    };
+    let lock = crate::manager::store::Store::new(&home).lock_path();
+    // Written by replacing the file, so a change shows in any of these.
+    let stamp = move || {
+        std::fs::metadata(&lock).ok().map(|m| {
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&m);
+            #[cfg(not(unix))]
+            let inode = 0u64;
+            (m.modified().ok(), m.len(), inode)
+        })
+    };
+    tokio::spawn(async move {
+        let mut seen = stamp();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = stamp();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match crate::manager::reload(&runtime, &home).await {
+                Ok(set) => tracing::info!(
+                    active = ?set.resolution.order,
+                    problems = set.resolution.problems.len(),
+                    "installed plugins changed; reloaded"
+                ),
+                Err(e) => tracing::warn!("installed plugins changed; reloading failed: {e}"),
+            }
+        }
+    });
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting,
