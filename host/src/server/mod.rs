@@ -143,7 +143,7 @@ pub struct ApiError {
     code: Option<&'static str>,
     retry_after: Option<u64>,
     /// A field beside `error` with details for the caller to act on.
-    extra: Option<(&'static str, Value)>,
+    extra: Option<Box<(&'static str, Value)>>,
 }
 
 impl ApiError {
@@ -173,7 +173,8 @@ impl ApiError {
             "param": self.param,
             "code": self.code,
         }});
-        if let Some((key, value)) = &self.extra {
+        if let Some(extra) = &self.extra {
+            let (key, value) = &**extra;
             body[*key] = value.clone();
         }
         let mut r = json_response(self.status, &body);
@@ -571,7 +572,7 @@ async fn install(
             );
             a.param = Some("grant".into());
             a.code = Some("permissions_required");
-            a.extra = Some(("permissions", json!(asked)));
+            a.extra = Some(Box::new(("permissions", json!(asked))));
             return Err(a);
         }
         Err(e) => {
