@@ -630,3 +630,89 @@ fn a_change_to_the_installed_set_on_disk_reloads_the_server() {
     hearth::manager::install::set_enabled(&home, "notes", true).unwrap();
     wait_for(true);
 }
+
+/// Reads until the server closes the connection or `limit` passes;
+/// returns what arrived and how long it took.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("still open after {:?}: {e}", started.elapsed()),
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
+    let s = start(
+        8,
+        ServerOptions {
+            header_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    );
+    // Slowloris: headers trickling in, one byte at a time, never finished.
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        std::thread::sleep(Duration::from_millis(100));
+        if slow.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        let (_, _) = read_until_closed(&mut slow, Duration::from_secs(5));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "trickled headers held the connection for {:?}",
+        started.elapsed()
+    );
+    // A connection that never says anything is closed too.
+    let mut idle = TcpStream::connect(s.addr).unwrap();
+    let (_, took) = read_until_closed(&mut idle, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Slow body: headers complete, body stalls after a few bytes.
+    let mut body = TcpStream::connect(s.addr).unwrap();
+    body.write_all(
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"mess").as_bytes(),
+    )
+    .unwrap();
+    let (answer, took) = read_until_closed(&mut body, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The server is still fine for everyone else.
+    let (status, _, _) = get(s.addr, "/healthz", None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn ambiguous_framing_is_refused() {
+    let s = start(8, options());
+    // Content-Length and Transfer-Encoding together (request smuggling):
+    // refused with 400 or the connection closed, never both read.
+    let (status, _, body) = raw(
+        s.addr,
+        format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    );
+    assert!(status == 400 || status == 0, "{status} {body}");
+    assert!(
+        !body.contains("\"object\":\"list\""),
+        "the smuggled request ran: {body}"
+    );
+}
