@@ -19,7 +19,16 @@ pub const PREFILL_CHUNK: usize = 512;
 pub fn device() -> Result<Device, EngineError> {
     #[cfg(feature = "cuda")]
     {
-        Ok(Device::cuda_if_available(0)?)
+        // `cuda_if_available` does not fall back when built with CUDA: it
+        // always opens the GPU, so a machine without a usable one would
+        // fail every model load, even on the CPU-only native backend.
+        match Device::new_cuda(0) {
+            Ok(device) => Ok(device),
+            Err(e) => {
+                tracing::warn!(error = %e, "no usable CUDA device; running the model on the CPU");
+                Ok(Device::Cpu)
+            }
+        }
     }
     #[cfg(not(feature = "cuda"))]
     {
