@@ -73,10 +73,21 @@ done
 [[ -n "$ready" ]] || { echo "run.sh: not ready after 120 s" >&2; cat "$work/server.log" >&2; exit 1; }
 grep -h '^hearth:' "$work/server.log" >&2 || true
 
+# The plugin phase runs on the Rust load generator when it is built
+# (cargo build --release --manifest-path bench/serve/plugin-load/Cargo.toml):
+# Python's asyncio client tops out near the server's own rate.
+loadgen="$here/plugin-load/target/release/plugin-load"
+python_plugin_conns="${PLUGIN_CONNS:-64}"
+[[ -x "$loadgen" ]] && python_plugin_conns=0
 "$PYTHON" "$here/load.py" --url "$url" --key "$key" \
   --chats "${CHATS:-8}" --chat-rounds "${ROUNDS:-3}" \
-  --plugin-conns "${PLUGIN_CONNS:-64}" --plugin-requests "${PLUGIN_REQUESTS:-20}" \
+  --plugin-conns "$python_plugin_conns" --plugin-requests "${PLUGIN_REQUESTS:-20}" \
   --max-tokens "${MAX_TOKENS:-32}" "${extra[@]}"
+if [[ -x "$loadgen" ]]; then
+  "$loadgen" "127.0.0.1:$port" "$key" 64 20 >/dev/null # warm-up
+  "$loadgen" "127.0.0.1:$port" "$key" "${PLUGIN_CONNS:-64}" "${PLUGIN_REQUESTS:-200}"
+  "$loadgen" "127.0.0.1:$port" "$key" 1 "${PLUGIN_REQUESTS:-200}"
+fi
 
 kill -TERM "$server_pid"
 status=0
