@@ -350,12 +350,7 @@ pub enum PluginCommand {
 }
 
 async fn load_index(location: Option<&str>) -> anyhow::Result<registry::Index> {
-    let builtin = registry::Index::builtin();
-    Ok(match location {
-        None => builtin,
-        Some(l) if l == builtin.location => builtin,
-        Some(l) => registry::Index::load(l).await?,
-    })
+    Ok(registry::Index::open(location).await?)
 }
 
 /// Shows the permission summary; grants when `yes`, or when a person at a
@@ -631,14 +626,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             allow_downgrade,
             yes,
         }) => {
-            let (name, requirement) = match spec.split_once('@') {
-                Some((n, r)) => (
-                    n,
-                    semver::VersionReq::parse(r)
-                        .with_context(|| format!("`{r}` is not a semver requirement"))?,
-                ),
-                None => (spec.as_str(), semver::VersionReq::STAR),
-            };
+            let (name, requirement) = install::parse_spec(&spec).map_err(anyhow::Error::msg)?;
             let index = load_index(registry.as_deref()).await?;
             let options = install::Options {
                 allow_unsigned,

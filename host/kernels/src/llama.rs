@@ -3,7 +3,6 @@
 //! batches of sequences evaluated together (continuous batching).
 
 use crate::{Activations, Q8Matrix, dot_f32, matmul};
-use std::mem::size_of;
 
 /// One transformer block's weights.
 pub struct Layer {
@@ -109,11 +108,6 @@ impl Llama {
     /// The vocabulary size (length of one row of logits).
     pub fn vocab(&self) -> usize {
         self.output.as_ref().unwrap_or(&self.embedding).rows()
-    }
-
-    /// Bytes one cached position takes in a [`KvCache`].
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.layers.len() * self.cfg.kv_heads * self.cfg.head_dim * size_of::<f32>()
     }
 
     /// Evaluates several sequences in one pass: each [`Step`] feeds its

@@ -77,6 +77,16 @@ pub struct InstallError {
     pub message: String,
 }
 
+/// Splits `name` or `name@<semver requirement>` (any version without one).
+pub fn parse_spec(spec: &str) -> Result<(&str, VersionReq), String> {
+    match spec.split_once('@') {
+        Some((name, req)) => VersionReq::parse(req)
+            .map(|r| (name, r))
+            .map_err(|e| format!("`{req}` is not a semver requirement: {e}")),
+        None => Ok((spec, VersionReq::STAR)),
+    }
+}
+
 /// Install switches.
 #[derive(Debug, Clone, Default)]
 pub struct Options {

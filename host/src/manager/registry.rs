@@ -184,6 +184,17 @@ impl Index {
             .expect("the built-in registry.toml is valid (checked by the test suite)")
     }
 
+    /// The index at `location` (a path or an `http(s)://` URL), or the
+    /// built-in one for `None` or the built-in index's own name.
+    pub async fn open(location: Option<&str>) -> Result<Index, IndexError> {
+        let builtin = Index::builtin();
+        match location {
+            None => Ok(builtin),
+            Some(l) if l == builtin.location => Ok(builtin),
+            Some(l) => Index::load(l).await,
+        }
+    }
+
     /// Loads an index from a path or an `http(s)://` URL.
     pub async fn load(location: &str) -> Result<Index, IndexError> {
         let err = |message: String| IndexError {

@@ -521,26 +521,11 @@ async fn install(
     use crate::manager::registry::Index;
     let request: InstallRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid(format!("install request: {e}"), None))?;
-    let (name, requirement) = match request.plugin.split_once('@') {
-        Some((name, req)) => (
-            name,
-            semver::VersionReq::parse(req).map_err(|e| {
-                ApiError::invalid(
-                    format!("`{req}` is not a semver requirement: {e}"),
-                    Some("plugin"),
-                )
-            })?,
-        ),
-        None => (request.plugin.as_str(), semver::VersionReq::STAR),
-    };
-    let builtin = Index::builtin();
-    let index = match request.registry.as_deref() {
-        None => builtin,
-        Some(l) if l == builtin.location => builtin,
-        Some(l) => Index::load(l)
-            .await
-            .map_err(|e| ApiError::invalid(e.to_string(), Some("registry")))?,
-    };
+    let (name, requirement) =
+        install::parse_spec(&request.plugin).map_err(|e| ApiError::invalid(e, Some("plugin")))?;
+    let index = Index::open(request.registry.as_deref())
+        .await
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("registry")))?;
     let options = install::Options {
         allow_unsigned: request.allow_unsigned,
         allow_downgrade: request.allow_downgrade,
