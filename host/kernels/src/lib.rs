@@ -226,36 +226,61 @@ unsafe impl Sync for SharedOut {}
 /// `out` points to a `x.tokens × w.rows` buffer; no other thread writes
 /// the columns `rows` of it.
 unsafe fn rows_times(w: &Q8Matrix, x: &Activations, rows: std::ops::Range<usize>, out: &SharedOut) {
-    let nb = w.cols / BLOCK;
-    for r in rows {
-        let wq = &w.quants[r * w.cols..(r + 1) * w.cols];
-        let ws = &w.scales[r * nb..(r + 1) * nb];
+    // Two weight rows times four tokens at a time: each activation block
+    // loaded serves two rows, each widened weight block four tokens.
+    let mut scratch: ScaleProducts = [[[0.0; SCALE_CHUNK]; 4]; 2];
+    let mut r = rows.start;
+    while r < rows.end {
+        let rr = (rows.end - r).min(2);
         let mut t = 0;
         while t < x.tokens {
             let k = (x.tokens - t).min(4);
-            let mut acc = [0f32; 4];
-            dot(wq, ws, x, t, k, &mut acc);
-            for (i, v) in acc[..k].iter().enumerate() {
-                // SAFETY: in bounds by the shape check; this row's column
-                // belongs to this task alone.
-                unsafe { *out.0.add((t + i) * w.rows + r) = *v };
+            let mut acc = [[0f32; 4]; 2];
+            dot(w, r, rr, x, t, k, &mut acc, &mut scratch);
+            for (j, acc) in acc[..rr].iter().enumerate() {
+                for (i, v) in acc[..k].iter().enumerate() {
+                    // SAFETY: in bounds by the shape check; this row's
+                    // column belongs to this task alone.
+                    unsafe { *out.0.add((t + i) * w.rows + r + j) = *v };
+                }
             }
             t += k;
         }
+        r += rr;
     }
 }
 
-/// Dot products of one weight row with tokens `t..t + k` (k ≤ 4).
-fn dot(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, acc: &mut [f32; 4]) {
+/// Dot products of weight rows `r..r + rr` (rr ≤ 2) with tokens
+/// `t..t + k` (k ≤ 4): `acc[row][token]`.
+fn dot(
+    w: &Q8Matrix,
+    r: usize,
+    rr: usize,
+    x: &Activations,
+    t: usize,
+    k: usize,
+    acc: &mut [[f32; 4]; 2],
+    scratch: &mut ScaleProducts,
+) {
+    let nb = w.cols / BLOCK;
+    let row = |j: usize| {
+        (
+            &w.quants[(r + j) * w.cols..(r + j + 1) * w.cols],
+            &w.scales[(r + j) * nb..(r + j + 1) * nb],
+        )
+    };
     #[cfg(target_arch = "x86_64")]
     {
         if avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            unsafe { dot_avx2(wq, ws, x, t, k, acc) };
+            unsafe { dot_avx2(w, r, rr, x, t, k, acc, scratch) };
             return;
         }
     }
-    dot_scalar(wq, ws, x, t, k, acc);
+    for (j, acc) in acc.iter_mut().enumerate().take(rr) {
+        let (wq, ws) = row(j);
+        dot_scalar(wq, ws, x, t, k, acc);
+    }
 }
 
 fn dot_scalar(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, acc: &mut [f32; 4]) {
@@ -285,24 +310,63 @@ pub(crate) fn avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, acc: &mut [f32; 4]) {
-    let nb = ws.len();
-    let row = |i: usize| {
+unsafe fn dot_avx2(
+    w: &Q8Matrix,
+    r: usize,
+    rr: usize,
+    x: &Activations,
+    t: usize,
+    k: usize,
+    acc: &mut [[f32; 4]; 2],
+    scratch: &mut ScaleProducts,
+) {
+    let nb = w.cols / BLOCK;
+    let wrow = |j: usize| {
+        (
+            &w.quants[(r + j) * w.cols..(r + j + 1) * w.cols],
+            &w.scales[(r + j) * nb..(r + j + 1) * nb],
+        )
+    };
+    let xrow = |i: usize| {
         let at = (t + i) * x.cols;
         (
             &x.quants[at..at + x.cols],
             &x.scales[(t + i) * nb..(t + i + 1) * nb],
         )
     };
-    if k == 4 {
-        // SAFETY: AVX2/FMA present (caller); slices sized by construction.
-        let r = unsafe { dot4_avx2(wq, ws, [row(0), row(1), row(2), row(3)]) };
-        acc.copy_from_slice(&r);
-    } else {
-        for (i, a) in acc.iter_mut().enumerate().take(k) {
-            let (xq, xs) = row(i);
-            // SAFETY: as above.
-            *a = unsafe { dot1_avx2(wq, ws, xq, xs) };
+    // SAFETY (all calls): AVX2/FMA present (caller); slices sized by
+    // construction.
+    match (rr, k) {
+        (2, 4) => {
+            let (w0, w1) = (wrow(0), wrow(1));
+            *acc = unsafe {
+                dot_rows4::<2>(
+                    [w0.0, w1.0],
+                    [w0.1, w1.1],
+                    [xrow(0), xrow(1), xrow(2), xrow(3)],
+                    scratch,
+                )
+            };
+        }
+        (1, 4) => {
+            let w0 = wrow(0);
+            acc[0] = unsafe {
+                dot_rows4::<1>(
+                    [w0.0],
+                    [w0.1],
+                    [xrow(0), xrow(1), xrow(2), xrow(3)],
+                    scratch,
+                )
+            }[0];
+        }
+        _ => {
+            for (j, acc) in acc.iter_mut().enumerate().take(rr) {
+                let (wq, ws) = wrow(j);
+                for (i, a) in acc.iter_mut().enumerate().take(k) {
+                    let (xq, xs) = xrow(i);
+                    *a = unsafe { dot1_avx2(wq, ws, xq, xs) };
+                }
+            }
         }
     }
 }
@@ -377,34 +441,78 @@ unsafe fn dot1_avx2(wq: &[i8], ws: &[f32], xq: &[i16], xs: &[f32]) -> f32 {
     }
 }
 
-/// One row times four tokens: each weight block is widened once and used
-/// four times (the prompt path).
+/// Blocks whose scale products [`dot_rows4`] computes ahead, together.
+const SCALE_CHUNK: usize = 64;
+
+/// `R` rows times four tokens: each weight block is widened once and used
+/// four times, each activation block loaded once for all `R` rows (the
+/// prompt path). The products of block scales are computed ahead, a
+/// vector at a time, and broadcast straight from memory in the loop;
+/// they are the same products [`dot1_avx2`] computes one by one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_avx2(wq: &[i8], ws: &[f32], x: [(&[i16], &[f32]); 4]) -> [f32; 4] {
+unsafe fn dot_rows4<const R: usize>(
+    wq: [&[i8]; R],
+    ws: [&[f32]; R],
+    x: [(&[i16], &[f32]); 4],
+    d: &mut ScaleProducts,
+) -> [[f32; 4]; R] {
     use std::arch::x86_64::*;
-    let nb = ws.len();
+    let nb = ws[0].len();
     debug_assert!(
-        x.iter()
+        wq.iter()
+            .zip(&ws)
             .all(|(q, s)| q.len() == nb * BLOCK && s.len() == nb)
+            && x.iter()
+                .all(|(q, s)| q.len() == nb * BLOCK && s.len() == nb)
     );
-    let mut acc = [_mm256_setzero_ps(); 4];
-    // SAFETY: b < nb, so every block read is in bounds.
+    let mut acc = [[_mm256_setzero_ps(); 4]; R];
+    let mut start = 0;
+    // SAFETY: every block index is below nb, so every read is in bounds.
     unsafe {
-        for (b, &w) in ws.iter().enumerate() {
-            let (lo, hi) = load_weights(wq.as_ptr().add(b * BLOCK));
-            let p0 = block_dot(lo, hi, x[0].0.as_ptr().add(b * BLOCK));
-            let p1 = block_dot(lo, hi, x[1].0.as_ptr().add(b * BLOCK));
-            let p2 = block_dot(lo, hi, x[2].0.as_ptr().add(b * BLOCK));
-            let p3 = block_dot(lo, hi, x[3].0.as_ptr().add(b * BLOCK));
-            acc[0] = _mm256_fmadd_ps(p0, _mm256_set1_ps(w * x[0].1[b]), acc[0]);
-            acc[1] = _mm256_fmadd_ps(p1, _mm256_set1_ps(w * x[1].1[b]), acc[1]);
-            acc[2] = _mm256_fmadd_ps(p2, _mm256_set1_ps(w * x[2].1[b]), acc[2]);
-            acc[3] = _mm256_fmadd_ps(p3, _mm256_set1_ps(w * x[3].1[b]), acc[3]);
+        while start < nb {
+            let m = (nb - start).min(SCALE_CHUNK);
+            for (d, ws) in d.iter_mut().zip(&ws).take(R) {
+                for (d, (_, xs)) in d.iter_mut().zip(&x) {
+                    for ((d, w), x) in d[..m].iter_mut().zip(&ws[start..]).zip(&xs[start..]) {
+                        *d = w * x;
+                    }
+                }
+            }
+            for b in 0..m {
+                let at = (start + b) * BLOCK;
+                // Loops rather than closures: a closure would not inherit
+                // this function's target features and would not inline.
+                let mut w = [(_mm256_setzero_si256(), _mm256_setzero_si256()); R];
+                for j in 0..R {
+                    w[j] = load_weights(wq[j].as_ptr().add(at));
+                }
+                for (i, (xq, _)) in x.iter().enumerate() {
+                    let x_lo = _mm256_loadu_si256(xq.as_ptr().add(at) as *const __m256i);
+                    let x_hi = _mm256_loadu_si256(xq.as_ptr().add(at + 16) as *const __m256i);
+                    for j in 0..R {
+                        let p = _mm256_cvtepi32_ps(_mm256_add_epi32(
+                            _mm256_madd_epi16(w[j].0, x_lo),
+                            _mm256_madd_epi16(w[j].1, x_hi),
+                        ));
+                        acc[j][i] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&d[j][i][b]), acc[j][i]);
+                    }
+                }
+            }
+            start += m;
         }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        let mut out = [[0f32; 4]; R];
+        for j in 0..R {
+            for i in 0..4 {
+                out[j][i] = hsum(acc[j][i]);
+            }
+        }
+        out
     }
 }
+
+/// Scratch for [`dot_rows4`]: block-scale products per row and token.
+type ScaleProducts = [[[f32; SCALE_CHUNK]; 4]; 2];
 
 #[cfg(test)]
 mod tests {
@@ -420,7 +528,7 @@ mod tests {
     #[test]
     fn quantised_product_matches_f32_and_scalar_matches_simd() {
         let mut seed = 1;
-        let (rows, cols) = (200, 96);
+        let (rows, cols) = (201, 96);
         let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let m = Q8Matrix::from_f32(&w, rows, cols);
         for tokens in [1, 3, 4, 7] {
@@ -473,7 +581,7 @@ mod tests {
     #[test]
     fn a_token_gets_the_same_bits_alone_or_in_a_batch() {
         let mut seed = 9;
-        let (rows, cols, tokens) = (40, 128, 7);
+        let (rows, cols, tokens) = (41, 128, 7);
         let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let m = Q8Matrix::from_f32(&w, rows, cols);
         let x: Vec<f32> = (0..tokens * cols).map(|_| lcg(&mut seed)).collect();

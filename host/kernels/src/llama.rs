@@ -68,6 +68,8 @@ struct Scratch {
     logits: Vec<f32>,
     /// (sequence, position) of each row of the batch.
     rows: Vec<(usize, usize)>,
+    /// Rotary (sin, cos) per row and frequency.
+    rot: Vec<(f32, f32)>,
     a: Activations,
 }
 
@@ -172,18 +174,31 @@ impl Llama {
         s.proj.resize(n * c.dim, 0.0);
         s.gate_up.resize(n * 2 * c.ffn, 0.0);
         s.act.resize(n * c.ffn, 0.0);
+        // Rotation angles depend on the position alone: computed once per
+        // row rather than once per head and layer.
+        let half = self.inv_freq.len();
+        s.rot.clear();
+        for &(_, p) in &s.rows {
+            s.rot
+                .extend(self.inv_freq.iter().map(|f| (p as f32 * f).sin_cos()));
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&s.x, &layer.attn_norm, c.eps, &mut s.h);
             s.a.quantize(&s.h, c.dim);
             matmul(&layer.qkv, &s.a, &mut s.qkv, pool);
-            for (row, &(seq, p)) in s.qkv.chunks_exact_mut(qkv_dim).zip(&s.rows) {
+            for ((row, &(seq, _)), rot) in s
+                .qkv
+                .chunks_exact_mut(qkv_dim)
+                .zip(&s.rows)
+                .zip(s.rot.chunks_exact(half))
+            {
                 let (q, kv) = row.split_at_mut(c.dim);
                 let (k, v) = kv.split_at_mut(kv_dim);
                 for head in q.chunks_exact_mut(c.head_dim) {
-                    rope(head, p, &self.inv_freq);
+                    rope(head, rot);
                 }
                 for head in k.chunks_exact_mut(c.head_dim) {
-                    rope(head, p, &self.inv_freq);
+                    rope(head, rot);
                 }
                 // Rows of one sequence come in position order, so pushing
                 // keeps the cache position-major.
@@ -219,16 +234,7 @@ impl Llama {
             rms_norm(&s.x, &layer.ffn_norm, c.eps, &mut s.h);
             s.a.quantize(&s.h, c.dim);
             matmul(&layer.gate_up, &s.a, &mut s.gate_up, pool);
-            for (gu, a) in s
-                .gate_up
-                .chunks_exact(2 * c.ffn)
-                .zip(s.act.chunks_exact_mut(c.ffn))
-            {
-                let (g, u) = gu.split_at(c.ffn);
-                for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
-            }
+            swiglu(&s.gate_up, c.ffn, &mut s.act);
             s.a.quantize(&s.act, c.ffn);
             matmul(&layer.down, &s.a, &mut s.proj, pool);
             add(&mut s.x, &s.proj);
@@ -336,8 +342,9 @@ fn attention(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32
     attention_any(c, q, keys, values, out);
 }
 
-/// The same code compiled for 8-lane vectors. Same operations in the same
-/// order as the portable build, so the results do not depend on which ran.
+/// The same code compiled for 8-lane vectors with fused multiply-adds.
+/// Same operations in the same order as the portable build (which uses
+/// `mul_add` too), so the results do not depend on which ran.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attention_avx2(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
@@ -346,7 +353,7 @@ unsafe fn attention_avx2(c: &Config, q: &[f32], keys: &[f32], values: &[f32], ou
 
 #[inline(always)]
 fn attention_any(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
-    // A head size known at compile time keeps a head's output in
+    // A head size known at compile time keeps a head's query and output in
     // registers while the positions stream past.
     match c.head_dim {
         64 => attention_heads::<64>(c, q, keys, values, out),
@@ -370,24 +377,61 @@ fn attention_heads<const HD: usize>(
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut scores = vec![0f32; len];
-    let mut acc = vec![0f32; hd];
     for h in 0..c.heads {
         let kv = (h / group) * hd;
         let qh = &q[h * hd..(h + 1) * hd];
-        for (j, sc) in scores.iter_mut().enumerate() {
-            *sc = dot_f32(qh, &keys[j * kv_dim + kv..][..hd]) * scale;
+        // Four positions at a time: four independent chains of fused
+        // multiply-adds keep the FMA units busy, and one reduction tree
+        // serves all four. A lone tail position goes through the same
+        // arithmetic (its lanes of the tree are simply unused).
+        let key = |j: usize| &keys[(j * kv_dim + kv).min(keys.len() - hd)..][..hd];
+        let mut j = 0;
+        while j < len {
+            let mut acc = [[0f32; 8]; 4];
+            for (i, acc) in acc.iter_mut().enumerate() {
+                lanes_dot::<HD>(qh, key(j + i), acc);
+            }
+            let sums = reduce4(&acc);
+            for (i, s) in sums.iter().enumerate().take(len - j) {
+                scores[j + i] = s * scale;
+            }
+            j += 4;
         }
         softmax(&mut scores);
         let o = &mut out[h * hd..(h + 1) * hd];
         if HD == 0 {
-            accumulate(&scores, values, kv_dim, kv, &mut acc);
+            accumulate(&scores, values, kv_dim, kv, o);
         } else {
             let mut a = [0f32; HD];
             accumulate(&scores, values, kv_dim, kv, &mut a);
-            acc.copy_from_slice(&a);
+            o.copy_from_slice(&a);
         }
-        o.copy_from_slice(&acc);
     }
+}
+
+/// Eight partial sums of `q · k`, each lane a chain of fused multiply-adds
+/// over every eighth element.
+#[inline(always)]
+fn lanes_dot<const HD: usize>(q: &[f32], k: &[f32], acc: &mut [f32; 8]) {
+    let hd = if HD == 0 { q.len() } else { HD };
+    let (q, k) = (&q[..hd], &k[..hd]);
+    let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
+    let (qr, kr) = (qc.remainder(), kc.remainder());
+    for (q, k) in qc.zip(kc) {
+        for l in 0..8 {
+            acc[l] = q[l].mul_add(k[l], acc[l]);
+        }
+    }
+    for (l, (q, k)) in qr.iter().zip(kr).enumerate() {
+        acc[l] = q.mul_add(*k, acc[l]);
+    }
+}
+
+/// The totals of four 8-lane partial sums, adding neighbours pairwise
+/// (the tree two rounds of `vhaddps` build).
+#[inline(always)]
+fn reduce4(acc: &[[f32; 8]; 4]) -> [f32; 4] {
+    acc.map(|a| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
 }
 
 /// `acc = Σ_j p_j · v_j` over the positions, in position order.
@@ -398,7 +442,59 @@ fn accumulate(p: &[f32], values: &[f32], kv_dim: usize, offset: usize, acc: &mut
     for (j, p) in p.iter().enumerate() {
         let v = &values[j * kv_dim + offset..][..hd];
         for (a, v) in acc.iter_mut().zip(v) {
-            *a += p * v;
+            *a = p.mul_add(*v, *a);
+        }
+    }
+}
+
+/// `e^x` to within a few units in the last place, as plain arithmetic that
+/// vectorises (the C library's `expf` is a call per element). Inputs are
+/// clamped to where the result is a normal float.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so `n · ln 2` is exact in the first part.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    // Cephes' minimax polynomial for e^r on |r| ≤ ln 2 / 2.
+    let mut p = 1.987_569_2e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let y = (p * r).mul_add(r, r) + 1.0;
+    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `g · σ(g) · u` for every element: SwiGLU's gate.
+fn swiglu(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        unsafe { swiglu_avx2(gate_up, ffn, out) };
+        return;
+    }
+    swiglu_any(gate_up, ffn, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
+    swiglu_any(gate_up, ffn, out);
+}
+
+#[inline(always)]
+fn swiglu_any(gate_up: &[f32], ffn: usize, out: &mut [f32]) {
+    for (gu, a) in gate_up.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
+        let (g, u) = gu.split_at(ffn);
+        for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
+            *a = g / (1.0 + exp(-g)) * u;
         }
     }
 }
@@ -414,23 +510,39 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Interleaved rotary embedding (GGUF llama: pairs 2i, 2i+1).
-fn rope(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    for (i, f) in inv_freq.iter().enumerate() {
-        let (sin, cos) = (pos as f32 * f).sin_cos();
+/// Interleaved rotary embedding (GGUF llama: pairs 2i, 2i+1); `rot` holds
+/// the (sin, cos) of each pair's angle at this position.
+fn rope(head: &mut [f32], rot: &[(f32, f32)]) {
+    for (i, &(sin, cos)) in rot.iter().enumerate() {
         let (a, b) = (head[2 * i], head[2 * i + 1]);
         head[2 * i] = a * cos - b * sin;
         head[2 * i + 1] = a * sin + b * cos;
     }
 }
 
+/// In place, with eight running maxima and sums (a single running sum is
+/// one long dependency chain).
+#[inline(always)]
 fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+    let mut m = [f32::NEG_INFINITY; 8];
+    for (i, v) in x.iter().enumerate() {
+        let l = i % 8;
+        m[l] = if *v > m[l] { *v } else { m[l] };
     }
+    let max = m.into_iter().fold(f32::NEG_INFINITY, f32::max);
+    let mut sums = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            c[l] = exp(c[l] - max);
+            sums[l] += c[l];
+        }
+    }
+    for (l, v) in chunks.into_remainder().iter_mut().enumerate() {
+        *v = exp(*v - max);
+        sums[l] += *v;
+    }
+    let sum = reduce4(&[sums, [0.0; 8], [0.0; 8], [0.0; 8]])[0];
     for v in x.iter_mut() {
         *v /= sum;
     }
