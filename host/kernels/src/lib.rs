@@ -236,7 +236,7 @@ unsafe fn rows_times(w: &Q8Matrix, x: &Activations, rows: std::ops::Range<usize>
         while t < x.tokens {
             let k = (x.tokens - t).min(4);
             let mut acc = [[0f32; 4]; 2];
-            dot(w, r, rr, x, t, k, &mut acc, &mut scratch);
+            dot(w, r..r + rr, x, t..t + k, &mut acc, &mut scratch);
             for (j, acc) in acc[..rr].iter().enumerate() {
                 for (i, v) in acc[..k].iter().enumerate() {
                     // SAFETY: in bounds by the shape check; this row's
@@ -250,18 +250,18 @@ unsafe fn rows_times(w: &Q8Matrix, x: &Activations, rows: std::ops::Range<usize>
     }
 }
 
-/// Dot products of weight rows `r..r + rr` (rr ≤ 2) with tokens
-/// `t..t + k` (k ≤ 4): `acc[row][token]`.
+/// Dot products of weight rows `rows` (at most 2) with tokens `tokens` (at
+/// most 4): `acc[row][token]`.
 fn dot(
     w: &Q8Matrix,
-    r: usize,
-    rr: usize,
+    rows: std::ops::Range<usize>,
     x: &Activations,
-    t: usize,
-    k: usize,
+    tokens: std::ops::Range<usize>,
     acc: &mut [[f32; 4]; 2],
     scratch: &mut ScaleProducts,
 ) {
+    let (r, rr) = (rows.start, rows.len());
+    let (t, k) = (tokens.start, tokens.len());
     let nb = w.cols / BLOCK;
     let row = |j: usize| {
         (
@@ -273,7 +273,7 @@ fn dot(
     {
         if avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            unsafe { dot_avx2(w, r, rr, x, t, k, acc, scratch) };
+            unsafe { dot_avx2(w, rows, x, tokens, acc, scratch) };
             return;
         }
     }
@@ -312,14 +312,14 @@ pub(crate) fn avx2() -> bool {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(
     w: &Q8Matrix,
-    r: usize,
-    rr: usize,
+    rows: std::ops::Range<usize>,
     x: &Activations,
-    t: usize,
-    k: usize,
+    tokens: std::ops::Range<usize>,
     acc: &mut [[f32; 4]; 2],
     scratch: &mut ScaleProducts,
 ) {
+    let (r, rr) = (rows.start, rows.len());
+    let (t, k) = (tokens.start, tokens.len());
     let nb = w.cols / BLOCK;
     let wrow = |j: usize| {
         (
@@ -451,6 +451,7 @@ const SCALE_CHUNK: usize = 64;
 /// they are the same products [`dot1_avx2`] computes one by one.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // one index addresses several arrays
 unsafe fn dot_rows4<const R: usize>(
     wq: [&[i8]; R],
     ws: [&[f32]; R],
