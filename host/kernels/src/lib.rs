@@ -152,6 +152,10 @@ pub fn max_abs(a: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, v| m.max(*v))
 }
 
+/// Adding and subtracting this rounds an f32 below 2²² in magnitude to the
+/// nearest integer (ties to even).
+const ROUND: f32 = 12_582_912.0;
+
 /// Activations of one or more tokens, quantised to 16 bits per 32 values.
 #[derive(Debug, Default, Clone)]
 pub struct Activations {
@@ -179,7 +183,10 @@ impl Activations {
             let scale = max_abs(block) / 32767.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             for (o, v) in q.iter_mut().zip(block) {
-                *o = (v * inv).round() as i16;
+                // Round to nearest even by adding and removing 1.5·2²³
+                // (|v · inv| ≤ 32767): plain SSE2 arithmetic that
+                // vectorises, where `round` is a C library call per value.
+                *o = ((v * inv + ROUND) - ROUND) as i16;
             }
             *s = scale;
         }

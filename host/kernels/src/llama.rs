@@ -2,6 +2,8 @@
 //! these kernels: fused projections, one f32 KV cache per sequence, and
 //! batches of sequences evaluated together (continuous batching).
 
+use std::sync::Arc;
+
 use crate::{Activations, Q8Matrix, dot_f32, matmul};
 
 /// One transformer block's weights.
@@ -153,7 +155,7 @@ impl Llama {
         // Which sequence and position each row of the batch is.
         s.rows.clear();
         for (i, step) in steps.iter_mut().enumerate() {
-            step.cache.ensure_layers(layers);
+            step.cache.ensure_layers(layers, kv_dim);
             let pos = step.cache.len;
             s.rows.extend((0..step.tokens.len()).map(|t| (i, pos + t)));
         }
@@ -203,17 +205,15 @@ impl Llama {
                 // Rows of one sequence come in position order, so pushing
                 // keeps the cache position-major.
                 let cache = &mut steps[seq].cache;
-                cache.keys[l].extend_from_slice(k);
-                cache.values[l].extend_from_slice(v);
+                cache.own.keys[l].extend_from_slice(k);
+                cache.own.values[l].extend_from_slice(v);
             }
             let attend = |(t, out): (usize, &mut [f32])| {
                 let (seq, p) = s.rows[t];
-                let cache = &steps[seq].cache;
                 attention(
                     &c,
                     &s.qkv[t * qkv_dim..t * qkv_dim + c.dim],
-                    &cache.keys[l][..(p + 1) * kv_dim],
-                    &cache.values[l][..(p + 1) * kv_dim],
+                    &steps[seq].cache.parts(l, p + 1),
                     out,
                 );
             };
@@ -274,11 +274,30 @@ pub struct Step<'a> {
 
 /// The keys and values of one sequence, per layer, position-major. Grows
 /// as the sequence does; nothing is reserved for the whole context.
+///
+/// A prompt prefix several sequences have in common (the system prompt and
+/// tool descriptions of every chat) is held once: [`share_prefix`]
+/// freezes the source's positions into a segment both then point to,
+/// instead of copying megabytes per conversation.
+///
+/// [`share_prefix`]: KvCache::share_prefix
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
+    /// Frozen leading segments and how many positions of each this
+    /// sequence uses, in position order.
+    shared: Vec<(Arc<Segment>, usize)>,
+    /// The positions after the shared ones.
+    own: Segment,
+    len: usize,
+    /// Floats per position and layer (key/value heads × head size).
+    per: usize,
+}
+
+/// Keys and values of consecutive positions, per layer, position-major.
+#[derive(Debug, Clone, Default)]
+struct Segment {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
-    len: usize,
 }
 
 impl KvCache {
@@ -292,54 +311,127 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Positions held in shared segments.
+    fn base(&self) -> usize {
+        self.shared.iter().map(|(_, used)| used).sum()
+    }
+
     /// Keeps the first `tokens` positions (a shared prompt prefix).
     pub fn truncate(&mut self, tokens: usize) {
         if tokens >= self.len {
             return;
         }
-        let per = self.keys.first().map_or(0, |k| k.len() / self.len.max(1));
-        for (k, v) in self.keys.iter_mut().zip(&mut self.values) {
-            k.truncate(tokens * per);
-            v.truncate(tokens * per);
+        let base = self.base();
+        if tokens >= base {
+            let keep = (tokens - base) * self.per;
+            for (k, v) in self.own.keys.iter_mut().zip(&mut self.own.values) {
+                k.truncate(keep);
+                v.truncate(keep);
+            }
+        } else {
+            for (k, v) in self.own.keys.iter_mut().zip(&mut self.own.values) {
+                k.clear();
+                v.clear();
+            }
+            let mut left = tokens;
+            self.shared.retain_mut(|(_, used)| {
+                let keep = left > 0;
+                *used = (*used).min(left);
+                left -= *used;
+                keep
+            });
         }
         self.len = tokens;
     }
 
-    /// Becomes a copy of the first `tokens` positions of `other` (another
-    /// sequence that starts with the same prompt).
-    pub fn copy_prefix(&mut self, other: &KvCache, tokens: usize) {
+    /// Makes this cache hold the first `tokens` positions of `other`
+    /// (another sequence that starts with the same prompt) without copying
+    /// them: `other`'s own positions are frozen into a shared segment
+    /// first when the prefix reaches into them.
+    pub fn share_prefix(&mut self, other: &mut KvCache, tokens: usize) {
         let tokens = tokens.min(other.len);
-        let per = other.keys.first().map_or(0, |k| k.len() / other.len.max(1));
-        self.ensure_layers(other.keys.len());
-        for (dst, src) in self.keys.iter_mut().zip(&other.keys) {
-            dst.clear();
-            dst.extend_from_slice(&src[..tokens * per]);
+        if tokens > other.base() {
+            other.freeze();
         }
-        for (dst, src) in self.values.iter_mut().zip(&other.values) {
-            dst.clear();
-            dst.extend_from_slice(&src[..tokens * per]);
+        self.ensure_layers(other.own.keys.len(), other.per);
+        for (k, v) in self.own.keys.iter_mut().zip(&mut self.own.values) {
+            k.clear();
+            v.clear();
+        }
+        self.shared.clear();
+        let mut left = tokens;
+        for (segment, used) in &other.shared {
+            if left == 0 {
+                break;
+            }
+            let take = (*used).min(left);
+            self.shared.push((Arc::clone(segment), take));
+            left -= take;
         }
         self.len = tokens;
     }
 
-    fn ensure_layers(&mut self, layers: usize) {
-        if self.keys.len() != layers {
-            self.keys = vec![Vec::new(); layers];
-            self.values = vec![Vec::new(); layers];
-            self.len = 0;
+    /// Moves the own positions into a new shared segment.
+    fn freeze(&mut self) {
+        let own = self.len - self.base();
+        if own == 0 {
+            return;
         }
+        let layers = self.own.keys.len();
+        let frozen = std::mem::replace(
+            &mut self.own,
+            Segment {
+                keys: vec![Vec::new(); layers],
+                values: vec![Vec::new(); layers],
+            },
+        );
+        self.shared.push((Arc::new(frozen), own));
+    }
+
+    fn ensure_layers(&mut self, layers: usize, per: usize) {
+        if self.own.keys.len() != layers || self.per != per {
+            self.own.keys = vec![Vec::new(); layers];
+            self.own.values = vec![Vec::new(); layers];
+            self.shared.clear();
+            self.len = 0;
+            self.per = per;
+        }
+    }
+
+    /// Layer `l`'s (keys, values) for the first `positions` positions, as
+    /// the consecutive parts they are stored in.
+    fn parts(&self, l: usize, positions: usize) -> Vec<(&[f32], &[f32])> {
+        let mut parts = Vec::with_capacity(self.shared.len() + 1);
+        let mut left = positions;
+        for (segment, used) in &self.shared {
+            let n = (*used).min(left);
+            if n > 0 {
+                let floats = n * self.per;
+                parts.push((&segment.keys[l][..floats], &segment.values[l][..floats]));
+            }
+            left -= n;
+        }
+        if left > 0 {
+            let take = left * self.per;
+            parts.push((&self.own.keys[l][..take], &self.own.values[l][..take]));
+        }
+        parts
     }
 }
 
-/// Causal attention of one query row (all heads) over a sequence's cache.
-fn attention(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
+/// (keys, values) of consecutive positions, each position-major.
+type Part<'a> = (&'a [f32], &'a [f32]);
+
+/// Causal attention of one query row (all heads) over a sequence's cache,
+/// given as the parts it is stored in (positions in order).
+fn attention(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
-        unsafe { attention_avx2(c, q, keys, values, out) };
+        unsafe { attention_avx2(c, q, parts, out) };
         return;
     }
-    attention_any(c, q, keys, values, out);
+    attention_any::<false>(c, q, parts, out);
 }
 
 /// The same code compiled for 8-lane vectors with fused multiply-adds.
@@ -347,65 +439,289 @@ fn attention(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32
 /// `mul_add` too), so the results do not depend on which ran.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attention_avx2(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
-    attention_any(c, q, keys, values, out);
+unsafe fn attention_avx2(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
+    attention_any::<true>(c, q, parts, out);
 }
 
 #[inline(always)]
-fn attention_any(c: &Config, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
+fn attention_any<const AVX: bool>(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
     // A head size known at compile time keeps a head's query and output in
     // registers while the positions stream past.
     match c.head_dim {
-        64 => attention_heads::<64>(c, q, keys, values, out),
-        128 => attention_heads::<128>(c, q, keys, values, out),
-        _ => attention_heads::<0>(c, q, keys, values, out),
+        64 => attention_heads::<64, AVX>(c, q, parts, out),
+        128 => attention_heads::<128, AVX>(c, q, parts, out),
+        _ => attention_heads::<0, AVX>(c, q, parts, out),
     }
 }
 
 /// `HD` is the head size, or 0 for "read it from `c`".
 #[inline(always)]
-fn attention_heads<const HD: usize>(
+fn attention_heads<const HD: usize, const AVX: bool>(
     c: &Config,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    parts: &[Part<'_>],
     out: &mut [f32],
 ) {
     let hd = if HD == 0 { c.head_dim } else { HD };
     let kv_dim = c.kv_heads * hd;
-    let len = keys.len() / kv_dim;
+    let len: usize = parts.iter().map(|(k, _)| k.len() / kv_dim).sum();
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut scores = vec![0f32; len];
-    for h in 0..c.heads {
+    #[cfg(target_arch = "x86_64")]
+    if AVX && HD == 64 && group.is_multiple_of(3) {
+        // Three query heads per pass over their key/value head: each
+        // cache row is read once for all three (reading the cache, not
+        // arithmetic, is what bounds attention at long contexts).
+        let mut scores = vec![0f32; 3 * len];
+        for (i, (q3, o3)) in q
+            .chunks_exact(3 * hd)
+            .zip(out.chunks_exact_mut(3 * hd))
+            .enumerate()
+        {
+            let kv = (3 * i / group) * hd;
+            // SAFETY: AVX2/FMA present (AVX is set only on that path).
+            unsafe { three_heads64_avx2(q3, parts, kv_dim, kv, scale, &mut scores, o3) };
+        }
+        return;
+    }
+    for (h, (qh, o)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
         let kv = (h / group) * hd;
-        let qh = &q[h * hd..(h + 1) * hd];
+        one_head::<HD, AVX>(qh, parts, kv_dim, kv, scale, &mut scores, o);
+    }
+}
+
+/// Attention of three 64-dimensional query heads (`q`, 3 × 64) that share
+/// the key/value head at offset `kv`, in AVX2. Per (head, position) the
+/// arithmetic is exactly [`one_head`]'s: the same chains of fused
+/// multiply-adds, the same reduction tree, values summed in position order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn three_heads64_avx2(
+    q: &[f32],
+    parts: &[Part<'_>],
+    kv_dim: usize,
+    kv: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let len = scores.len() / 3;
+    assert!(q.len() == 192 && out.len() == 192 && kv + 64 <= kv_dim);
+    assert!(
+        parts
+            .iter()
+            .all(|(k, v)| k.len() == v.len() && k.len() % kv_dim == 0)
+    );
+    // SAFETY: rows read are below each part's row count (the tail of four
+    // reuses the last row), offsets stay within a row (asserted), and
+    // score indices stay below `len` per head.
+    unsafe {
+        let sc = _mm_set1_ps(scale);
+        let qp = q.as_ptr();
+        let mut at = 0;
+        for (keys, _) in parts {
+            let n = keys.len() / kv_dim;
+            let row = |j: usize| keys.as_ptr().add(j.min(n - 1) * kv_dim + kv);
+            let mut j = 0;
+            while j < n {
+                let k = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+                let mut a = [[_mm256_setzero_ps(); 4]; 3];
+                for d in 0..8 {
+                    let kd = [
+                        _mm256_loadu_ps(k[0].add(8 * d)),
+                        _mm256_loadu_ps(k[1].add(8 * d)),
+                        _mm256_loadu_ps(k[2].add(8 * d)),
+                        _mm256_loadu_ps(k[3].add(8 * d)),
+                    ];
+                    for (h, a) in a.iter_mut().enumerate() {
+                        let qd = _mm256_loadu_ps(qp.add(64 * h + 8 * d));
+                        for (a, kd) in a.iter_mut().zip(&kd) {
+                            *a = _mm256_fmadd_ps(qd, *kd, *a);
+                        }
+                    }
+                }
+                for (h, a) in a.iter().enumerate() {
+                    let t = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                    let s = _mm_mul_ps(
+                        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t)),
+                        sc,
+                    );
+                    let mut four = [0f32; 4];
+                    _mm_storeu_ps(four.as_mut_ptr(), s);
+                    let m = (n - j).min(4);
+                    scores[h * len + at + j..][..m].copy_from_slice(&four[..m]);
+                }
+                j += 4;
+            }
+            at += n;
+        }
+        for h in 0..3 {
+            softmax::<true>(&mut scores[h * len..(h + 1) * len]);
+        }
+        // Values sixteen dimensions per pass: 3 heads × 2 vectors of
+        // accumulators stay in registers while the positions stream past.
+        for d0 in (0..64).step_by(16) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; 3];
+            let mut at = 0;
+            for (_, values) in parts {
+                let n = values.len() / kv_dim;
+                for j in 0..n {
+                    let v = values.as_ptr().add(j * kv_dim + kv + d0);
+                    let (v0, v1) = (_mm256_loadu_ps(v), _mm256_loadu_ps(v.add(8)));
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let p = _mm256_set1_ps(*scores.get_unchecked(h * len + at + j));
+                        acc[0] = _mm256_fmadd_ps(p, v0, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(p, v1, acc[1]);
+                    }
+                }
+                at += n;
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(64 * h + d0), acc[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(64 * h + d0 + 8), acc[1]);
+            }
+        }
+    }
+}
+
+/// `q · k / √d` for every position of one key/value head.
+#[inline(always)]
+fn head_scores<const HD: usize, const AVX: bool>(
+    qh: &[f32],
+    parts: &[Part<'_>],
+    kv_dim: usize,
+    kv: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let hd = qh.len();
+    #[cfg(target_arch = "x86_64")]
+    if AVX && HD == 64 {
+        let mut at = 0;
+        for (keys, _) in parts {
+            let n = keys.len() / kv_dim;
+            // SAFETY: AVX2/FMA present (AVX is set only on that path);
+            // the slice sizes are checked inside.
+            unsafe { scores64_avx2(qh, keys, kv_dim, kv, scale, &mut scores[at..at + n]) };
+            at += n;
+        }
+        return;
+    }
+    let mut at = 0;
+    for (keys, _) in parts {
+        let n = keys.len() / kv_dim;
         // Four positions at a time: four independent chains of fused
-        // multiply-adds keep the FMA units busy, and one reduction tree
-        // serves all four. A lone tail position goes through the same
-        // arithmetic (its lanes of the tree are simply unused).
+        // multiply-adds keep the FMA units busy. Each position's
+        // arithmetic is the same whichever group of four it falls in (a
+        // lone tail position just leaves lanes unused).
         let key = |j: usize| &keys[(j * kv_dim + kv).min(keys.len() - hd)..][..hd];
         let mut j = 0;
-        while j < len {
+        while j < n {
             let mut acc = [[0f32; 8]; 4];
             for (i, acc) in acc.iter_mut().enumerate() {
                 lanes_dot::<HD>(qh, key(j + i), acc);
             }
-            let sums = reduce4(&acc);
-            for (i, s) in sums.iter().enumerate().take(len - j) {
-                scores[j + i] = s * scale;
+            for (i, acc) in acc.iter().enumerate().take(n - j) {
+                scores[at + j + i] = reduce8(acc) * scale;
             }
             j += 4;
         }
-        softmax(&mut scores);
-        let o = &mut out[h * hd..(h + 1) * hd];
-        if HD == 0 {
-            accumulate(&scores, values, kv_dim, kv, o);
-        } else {
-            let mut a = [0f32; HD];
-            accumulate(&scores, values, kv_dim, kv, &mut a);
-            o.copy_from_slice(&a);
+        at += n;
+    }
+}
+
+/// [`head_scores`] for 64-dimensional heads in AVX2, four positions per
+/// round: the query stays in eight registers, four chains of fused
+/// multiply-adds run side by side, and three `vhaddps` rounds reduce all
+/// four with the same tree as [`reduce8`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn scores64_avx2(
+    qh: &[f32],
+    keys: &[f32],
+    kv_dim: usize,
+    kv: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let n = scores.len();
+    assert!(qh.len() == 64 && kv + 64 <= kv_dim && keys.len() >= n * kv_dim);
+    if n == 0 {
+        return;
+    }
+    // SAFETY: every row read is below n (the tail reuses the last row),
+    // and n rows of kv_dim floats are in `keys` (asserted).
+    unsafe {
+        let q = qh.as_ptr();
+        let mut qv = [_mm256_setzero_ps(); 8];
+        for (d, v) in qv.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(q.add(8 * d));
         }
+        let row = |j: usize| keys.as_ptr().add(j.min(n - 1) * kv_dim + kv);
+        let sc = _mm_set1_ps(scale);
+        let mut j = 0;
+        while j < n {
+            let (k0, k1, k2, k3) = (row(j), row(j + 1), row(j + 2), row(j + 3));
+            let mut a = [_mm256_setzero_ps(); 4];
+            for (d, qd) in qv.iter().enumerate() {
+                a[0] = _mm256_fmadd_ps(*qd, _mm256_loadu_ps(k0.add(8 * d)), a[0]);
+                a[1] = _mm256_fmadd_ps(*qd, _mm256_loadu_ps(k1.add(8 * d)), a[1]);
+                a[2] = _mm256_fmadd_ps(*qd, _mm256_loadu_ps(k2.add(8 * d)), a[2]);
+                a[3] = _mm256_fmadd_ps(*qd, _mm256_loadu_ps(k3.add(8 * d)), a[3]);
+            }
+            let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            let s = _mm_mul_ps(
+                _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h)),
+                sc,
+            );
+            if j + 4 <= n {
+                _mm_storeu_ps(scores.as_mut_ptr().add(j), s);
+            } else {
+                let mut tail = [0f32; 4];
+                _mm_storeu_ps(tail.as_mut_ptr(), s);
+                scores[j..].copy_from_slice(&tail[..n - j]);
+            }
+            j += 4;
+        }
+    }
+}
+
+/// Attention of one query head over one key/value head.
+#[inline(always)]
+fn one_head<const HD: usize, const AVX: bool>(
+    qh: &[f32],
+    parts: &[Part<'_>],
+    kv_dim: usize,
+    kv: usize,
+    scale: f32,
+    scores: &mut [f32],
+    o: &mut [f32],
+) {
+    head_scores::<HD, AVX>(qh, parts, kv_dim, kv, scale, scores);
+    softmax::<AVX>(scores);
+    if HD == 0 {
+        o.fill(0.0);
+        accumulate_parts(scores, parts, kv_dim, kv, o);
+    } else {
+        let mut a = [0f32; HD];
+        accumulate_parts(scores, parts, kv_dim, kv, &mut a);
+        o.copy_from_slice(&a);
+    }
+}
+
+/// `acc += Σ_j p_j · v_j` over all parts' positions, in position order.
+#[inline(always)]
+fn accumulate_parts(p: &[f32], parts: &[Part<'_>], kv_dim: usize, offset: usize, acc: &mut [f32]) {
+    let mut at = 0;
+    for (_, values) in parts {
+        let n = values.len() / kv_dim;
+        accumulate(&p[at..at + n], values, kv_dim, offset, acc);
+        at += n;
     }
 }
 
@@ -427,17 +743,16 @@ fn lanes_dot<const HD: usize>(q: &[f32], k: &[f32], acc: &mut [f32; 8]) {
     }
 }
 
-/// The totals of four 8-lane partial sums, adding neighbours pairwise
-/// (the tree two rounds of `vhaddps` build).
+/// The total of eight partial sums, adding neighbours pairwise (the tree
+/// two rounds of `vhaddps` build).
 #[inline(always)]
-fn reduce4(acc: &[[f32; 8]; 4]) -> [f32; 4] {
-    acc.map(|a| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
+fn reduce8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 }
 
-/// `acc = Σ_j p_j · v_j` over the positions, in position order.
+/// `acc += Σ_j p_j · v_j` over the positions, in position order.
 #[inline(always)]
 fn accumulate(p: &[f32], values: &[f32], kv_dim: usize, offset: usize, acc: &mut [f32]) {
-    acc.fill(0.0);
     let hd = acc.len();
     for (j, p) in p.iter().enumerate() {
         let v = &values[j * kv_dim + offset..][..hd];
@@ -456,8 +771,13 @@ fn exp(x: f32) -> f32 {
     // ln 2 split in two so `n · ln 2` is exact in the first part.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer n held in the low mantissa bits,
+    // which become 2^n's exponent below: no float-to-int conversion,
+    // whose saturating semantics would keep the loop from vectorising.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E).round_ties_even();
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = n.mul_add(-LN2_HI, x);
     let r = n.mul_add(-LN2_LO, r);
     // Cephes' minimax polynomial for e^r on |r| ≤ ln 2 / 2.
@@ -469,7 +789,56 @@ fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 0.5);
     let y = (p * r).mul_add(r, r) + 1.0;
     // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    y * f32::from_bits(biased << 23)
+}
+
+/// [`exp`] of `c - max` in place for each chunk of eight, summed per lane
+/// into `sums`: the same operations as the portable loop, eight at once
+/// (the compiler leaves that loop scalar).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp_sum8_avx2<'a>(
+    chunks: impl Iterator<Item = &'a mut [f32]>,
+    max: f32,
+    sums: &mut [f32; 8],
+) {
+    use std::arch::x86_64::*;
+    const ROUND: f32 = 12_582_912.0;
+    // SAFETY: each chunk holds eight floats (chunks_exact_mut(8)).
+    unsafe {
+        let mut acc = _mm256_loadu_ps(sums.as_ptr());
+        let m = _mm256_set1_ps(max);
+        let round = _mm256_set1_ps(ROUND);
+        let c = |v: f32| _mm256_set1_ps(v);
+        for chunk in chunks {
+            let x = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), m);
+            let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.0)), c(88.0));
+            let t = _mm256_add_ps(_mm256_mul_ps(x, c(std::f32::consts::LOG2_E)), round);
+            let n = _mm256_sub_ps(t, round);
+            let r = _mm256_fmadd_ps(n, c(-0.693_359_4), x);
+            let r = _mm256_fmadd_ps(n, c(2.121_944_4e-4), r);
+            let mut p = c(1.987_569_2e-4);
+            p = _mm256_fmadd_ps(p, r, c(1.398_199_9e-3));
+            p = _mm256_fmadd_ps(p, r, c(8.333_452e-3));
+            p = _mm256_fmadd_ps(p, r, c(4.166_579_6e-2));
+            p = _mm256_fmadd_ps(p, r, c(1.666_666_5e-1));
+            p = _mm256_fmadd_ps(p, r, c(0.5));
+            let y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), c(1.0));
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_sub_epi32(
+                    _mm256_castps_si256(t),
+                    _mm256_set1_epi32(ROUND.to_bits() as i32),
+                ),
+                _mm256_set1_epi32(127),
+            ));
+            let e = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+            _mm256_storeu_ps(chunk.as_mut_ptr(), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        _mm256_storeu_ps(sums.as_mut_ptr(), acc);
+    }
 }
 
 /// `g · σ(g) · u` for every element: SwiGLU's gate.
@@ -523,15 +892,25 @@ fn rope(head: &mut [f32], rot: &[(f32, f32)]) {
 /// In place, with eight running maxima and sums (a single running sum is
 /// one long dependency chain).
 #[inline(always)]
-fn softmax(x: &mut [f32]) {
+fn softmax<const AVX: bool>(x: &mut [f32]) {
     let mut m = [f32::NEG_INFINITY; 8];
-    for (i, v) in x.iter().enumerate() {
-        let l = i % 8;
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    for (l, v) in chunks.remainder().iter().enumerate() {
         m[l] = if *v > m[l] { *v } else { m[l] };
     }
     let max = m.into_iter().fold(f32::NEG_INFINITY, f32::max);
     let mut sums = [0f32; 8];
     let mut chunks = x.chunks_exact_mut(8);
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX2/FMA present (AVX is set only on that path).
+        unsafe { exp_sum8_avx2(chunks.by_ref(), max, &mut sums) };
+    }
     for c in &mut chunks {
         for l in 0..8 {
             c[l] = exp(c[l] - max);
@@ -542,7 +921,7 @@ fn softmax(x: &mut [f32]) {
         *v = exp(*v - max);
         sums[l] += *v;
     }
-    let sum = reduce4(&[sums, [0.0; 8], [0.0; 8], [0.0; 8]])[0];
+    let sum = reduce8(&sums);
     for v in x.iter_mut() {
         *v /= sum;
     }
@@ -661,13 +1040,67 @@ mod tests {
         // garbage from the exponent bits.
         assert!((0.0..1e-37).contains(&exp(-1e4)));
         let mut p = [1.0, 2.0, 3.0, -1e30, 0.5, 0.5, 7.0, 1.0, 2.0, 9.0];
-        softmax(&mut p);
+        softmax::<false>(&mut p);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(p[9] > p[6] && p[6] > p[2] && p[3] < 1e-30);
     }
 
+    /// The AVX2 kernels (three heads per pass, vector exp) give the
+    /// portable code's bits, however the cache is split into parts.
     #[test]
-    fn a_copied_prefix_continues_like_the_original() {
+    fn attention_gets_the_same_bits_on_every_path() {
+        let c = Config {
+            dim: 576,
+            heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+            ffn: 1536,
+            eps: 1e-5,
+            rope_base: 1e4,
+            rope_dim: 64,
+        };
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        let len = 37;
+        let keys: Vec<f32> = (0..len * 192).map(|_| next() * 4.0).collect();
+        let values: Vec<f32> = (0..len * 192).map(|_| next()).collect();
+        let q: Vec<f32> = (0..576).map(|_| next() * 4.0).collect();
+        let mut portable = vec![0f32; 576];
+        attention_any::<false>(&c, &q, &[(&keys, &values)], &mut portable);
+        let split = 20 * 192;
+        for parts in [
+            vec![(&keys[..], &values[..])],
+            vec![
+                (&keys[..split], &values[..split]),
+                (&keys[split..], &values[split..]),
+            ],
+        ] {
+            let mut out = vec![0f32; 576];
+            attention(&c, &q, &parts, &mut out);
+            assert_eq!(out, portable, "{} parts", parts.len());
+        }
+        let mut a: Vec<f32> = (0..37).map(|_| next() * 30.0).collect();
+        let mut b = a.clone();
+        softmax::<false>(&mut a);
+        #[cfg(target_arch = "x86_64")]
+        if crate::avx2() {
+            // SAFETY: AVX2/FMA present (checked).
+            unsafe { softmax_avx2(&mut b) };
+            assert_eq!(a, b);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn softmax_avx2(x: &mut [f32]) {
+        softmax::<true>(x);
+    }
+
+    #[test]
+    fn a_shared_prefix_continues_like_the_original() {
         let mut model = tiny(1);
         let mut first = KvCache::default();
         model
@@ -677,7 +1110,7 @@ mod tests {
             }])
             .unwrap();
         let mut copy = KvCache::default();
-        copy.copy_prefix(&first, 4);
+        copy.share_prefix(&mut first, 4);
         assert_eq!(copy.len(), 4);
         let from_copy = model
             .forward_batch(&mut [Step {
@@ -697,5 +1130,27 @@ mod tests {
         let fresh = alone(&mut model, &[3, 1, 4, 1, 2, 6], 1);
         assert_eq!(from_copy, fresh[0]);
         assert_eq!(from_truncated, fresh[0]);
+
+        // `first` now holds a shared segment (4 positions) and 2 of its
+        // own; a prefix of 5 spans both, freezing the second part.
+        let mut third = KvCache::default();
+        third.share_prefix(&mut first, 5);
+        let expected = alone(&mut model, &[3, 1, 4, 1, 2, 7], 1);
+        let mut step = |cache: &mut KvCache, tokens: &[u32]| {
+            model
+                .forward_batch(&mut [Step { cache, tokens }])
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(step(&mut third, &[7]), expected[0]);
+        // Cutting back into the shared part and going on from there.
+        third.truncate(2);
+        assert_eq!(third.len(), 2);
+        assert_eq!(step(&mut third, &[4, 1, 2, 7]), expected[0]);
+        // The source is unchanged by all of this.
+        assert_eq!(
+            step(&mut first, &[9]),
+            alone(&mut model, &[3, 1, 4, 1, 2, 6, 9], 1)[0]
+        );
     }
 }

@@ -52,6 +52,12 @@ type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<Result<Event, EngineEr
 /// conversations already answering keep streaming.
 const PREFILL_BUDGET: usize = model::PREFILL_CHUNK;
 
+/// Longest pause between the requests of one burst (see `Worker::gather`).
+const GATHER_GAP: Duration = Duration::from_millis(3);
+
+/// Longest an idle engine waits for a burst to finish arriving.
+const GATHER_MAX: Duration = Duration::from_millis(25);
+
 /// Sets the number of CPU threads the model uses. Must run before anything
 /// else starts threads (first thing in `main`), because candle reads it
 /// from the environment once.
@@ -632,6 +638,7 @@ impl Worker {
                     Ok(job) => self.admit(job),
                     Err(_) => return,
                 }
+                self.gather(jobs);
             }
             while self.slots.iter().any(|s| s.seq.is_none()) {
                 match jobs.try_recv() {
@@ -643,8 +650,25 @@ impl Worker {
         }
     }
 
+    /// Coming out of idle, takes the rest of a burst before the first pass:
+    /// requests that arrive a few milliseconds apart (chats opened at the
+    /// same moment) then share one prompt pass instead of the first one
+    /// running alone while the others wait for it. Each arrival extends the
+    /// wait by [`GATHER_GAP`], up to [`GATHER_MAX`] in all; a lone request
+    /// waits one gap.
+    fn gather(&mut self, jobs: &std::sync::mpsc::Receiver<Job>) {
+        let until = Instant::now() + GATHER_MAX;
+        while self.slots.iter().any(|s| s.seq.is_none()) {
+            let wait = GATHER_GAP.min(until.saturating_duration_since(Instant::now()));
+            match jobs.recv_timeout(wait) {
+                Ok(job) => self.admit(job),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Puts a job in the free slot that already holds most of its prompt,
-    /// copying a longer shared prefix from another slot when one has it.
+    /// sharing a longer prefix held by another slot when one has it.
     fn admit(&mut self, job: Job) {
         let common = |slot: &Slot| {
             if job.ignore_eos {
@@ -677,7 +701,8 @@ impl Worker {
             Some(source) => {
                 let shared = common(&self.slots[source]);
                 let (dst, src) = two(&mut self.slots, target, source);
-                dst.cache.copy_prefix(&src.cache, shared);
+                dst.cache.share_prefix(&mut src.cache, shared);
+                tracing::trace!(tokens = shared, "shares a prompt prefix");
                 dst.tokens.clear();
                 dst.tokens.extend_from_slice(&job.tokens[..shared]);
                 shared
@@ -877,7 +902,7 @@ impl Worker {
                 cache, tokens, seq, ..
             } = dst;
             let Some(seq) = seq.as_mut() else { continue };
-            cache.copy_prefix(&src.cache, shared);
+            cache.share_prefix(&mut src.cache, shared);
             tokens.clear();
             tokens.extend_from_slice(&seq.job.tokens[..shared]);
             seq.feed = seq.job.tokens[shared..].to_vec();
@@ -886,14 +911,15 @@ impl Worker {
     }
 }
 
-/// `slots[a]` mutably and `slots[b]` shared (`a != b`).
-fn two(slots: &mut [Slot], a: usize, b: usize) -> (&mut Slot, &Slot) {
+/// `slots[a]` and `slots[b]` (`a != b`), both mutably: sharing a prefix
+/// freezes the source's positions.
+fn two(slots: &mut [Slot], a: usize, b: usize) -> (&mut Slot, &mut Slot) {
     if a < b {
         let (x, y) = slots.split_at_mut(b);
-        (&mut x[a], &y[0])
+        (&mut x[a], &mut y[0])
     } else {
         let (x, y) = slots.split_at_mut(a);
-        (&mut y[0], &x[b])
+        (&mut y[0], &mut x[b])
     }
 }
 
