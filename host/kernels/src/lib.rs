@@ -102,6 +102,15 @@ impl Q8Matrix {
         self.quants.len() + self.scales.len() * 4
     }
 
+    /// Row `r`'s quantised values and block scales.
+    fn row_blocks(&self, r: usize) -> (&[i8], &[f32]) {
+        let nb = self.cols / BLOCK;
+        (
+            &self.quants[r * self.cols..(r + 1) * self.cols],
+            &self.scales[r * nb..(r + 1) * nb],
+        )
+    }
+
     /// Row `r` as f32 (embedding lookups).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let q = &self.quants[r * self.cols..(r + 1) * self.cols];
@@ -166,6 +175,15 @@ pub struct Activations {
 }
 
 impl Activations {
+    /// Token `t`'s quantised values and block scales.
+    fn token(&self, t: usize) -> (&[i16], &[f32]) {
+        let nb = self.cols / BLOCK;
+        (
+            &self.quants[t * self.cols..(t + 1) * self.cols],
+            &self.scales[t * nb..(t + 1) * nb],
+        )
+    }
+
     /// Quantises `x` (`tokens × cols`, row-major) into `self`, reusing its
     /// buffers.
     pub fn quantize(&mut self, x: &[f32], cols: usize) {
@@ -267,15 +285,6 @@ fn dot(
     acc: &mut [[f32; 4]; 2],
     scratch: &mut ScaleProducts,
 ) {
-    let (r, rr) = (rows.start, rows.len());
-    let (t, k) = (tokens.start, tokens.len());
-    let nb = w.cols / BLOCK;
-    let row = |j: usize| {
-        (
-            &w.quants[(r + j) * w.cols..(r + j + 1) * w.cols],
-            &w.scales[(r + j) * nb..(r + j + 1) * nb],
-        )
-    };
     #[cfg(target_arch = "x86_64")]
     {
         if avx2() {
@@ -284,17 +293,17 @@ fn dot(
             return;
         }
     }
-    for (j, acc) in acc.iter_mut().enumerate().take(rr) {
-        let (wq, ws) = row(j);
-        dot_scalar(wq, ws, x, t, k, acc);
+    let _ = scratch;
+    for (r, acc) in rows.zip(acc.iter_mut()) {
+        let (wq, ws) = w.row_blocks(r);
+        dot_scalar(wq, ws, x, tokens.start, tokens.len(), acc);
     }
 }
 
 fn dot_scalar(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, acc: &mut [f32; 4]) {
     let nb = ws.len();
     for (i, a) in acc.iter_mut().enumerate().take(k) {
-        let xq = &x.quants[(t + i) * x.cols..(t + i + 1) * x.cols];
-        let xs = &x.scales[(t + i) * nb..(t + i + 1) * nb];
+        let (xq, xs) = x.token(t + i);
         let mut sum = 0f32;
         for b in 0..nb {
             let mut s = 0i32;
@@ -327,20 +336,8 @@ unsafe fn dot_avx2(
 ) {
     let (r, rr) = (rows.start, rows.len());
     let (t, k) = (tokens.start, tokens.len());
-    let nb = w.cols / BLOCK;
-    let wrow = |j: usize| {
-        (
-            &w.quants[(r + j) * w.cols..(r + j + 1) * w.cols],
-            &w.scales[(r + j) * nb..(r + j + 1) * nb],
-        )
-    };
-    let xrow = |i: usize| {
-        let at = (t + i) * x.cols;
-        (
-            &x.quants[at..at + x.cols],
-            &x.scales[(t + i) * nb..(t + i + 1) * nb],
-        )
-    };
+    let wrow = |j: usize| w.row_blocks(r + j);
+    let xrow = |i: usize| x.token(t + i);
     // SAFETY (all calls): AVX2/FMA present (caller); slices sized by
     // construction.
     match (rr, k) {
