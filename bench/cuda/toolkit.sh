@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build-time CUDA 13.4 toolchain for `cargo build -p hearth --features cuda`
+# Build-time CUDA 13.0 toolchain for `cargo build -p hearth --features cuda`
 # on a machine with no GPU and no CUDA install, from PyPI only.
 # Usage: bash bench/cuda/toolkit.sh ; then: . bench/cuda/.work/cuda-env.sh
 #        cargo build --release -p hearth --features cuda
@@ -12,11 +12,17 @@ HOME_DIR=$PREFIX/cuda-home
 # 1. Compiler + headers + cudart. Only the CUDA 13 wheels (nvidia-cuda-nvcc, no
 #    -cu12 suffix) contain the nvcc driver, cudafe++, fatbinary, nvlink and cicc;
 #    nvidia-cuda-nvcc-cu12 (every 12.x version) ships only ptxas + libnvvm.
-#    13.4 is the newest CUDA that cudarc 0.19.10 knows (13.5 would panic).
+#    The kernels' PTX is JIT-compiled by the driver, which refuses PTX from a
+#    newer CUDA than its own (CUDA_ERROR_UNSUPPORTED_PTX_VERSION): build with the
+#    oldest CUDA the target drivers support. 13.0 matches driver 580 (seen on an
+#    H100 with 13.4-built PTX refused); CUDA_WHEELS=13.4.92 CCCL_WHEEL=13.3.5.0.6
+#    is the newest cudarc 0.19.10 knows (13.5 would panic).
+CUDA_WHEELS=${CUDA_WHEELS:-13.0.88}
+CCCL_WHEEL=${CCCL_WHEEL:-13.0.85}
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q \
-  nvidia-cuda-nvcc==13.4.92 nvidia-nvvm==13.4.92 nvidia-cuda-crt==13.4.92 \
-  nvidia-cuda-runtime==13.4.92 nvidia-cuda-cccl==13.3.5.0.6
+  "nvidia-cuda-nvcc==$CUDA_WHEELS" "nvidia-nvvm==$CUDA_WHEELS" "nvidia-cuda-crt==$CUDA_WHEELS" \
+  "nvidia-cuda-runtime==$CUDA_WHEELS" "nvidia-cuda-cccl==$CCCL_WHEEL"
 C=$("$VENV/bin/python" -c 'import os,nvidia;print(os.path.join(nvidia.__path__[0],"cu13"))')
 
 # 2. A CUDA_HOME: bin/include/nvvm point into the wheel tree (nvcc.profile finds
