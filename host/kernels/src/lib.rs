@@ -8,8 +8,11 @@
 //! keep a small model's answers the same as full-precision ones (8-bit
 //! activations flip SmolLM2-135M's first token on simple questions).
 //!
-//! Matrix products split the rows across a rayon pool; prompt batches reuse
-//! each weight block for up to four tokens while it is in registers.
+//! Weights are laid out in panels of sixteen rows so that one instruction
+//! (`vpdpwssd` with AVX-512 VNNI, `vpmaddwd` with AVX2) multiplies a pair
+//! of activations with sixteen (or eight) rows, and each widened weight
+//! vector serves up to eight tokens of a batch. Products split the panels
+//! across a rayon pool.
 
 #![deny(missing_docs)]
 
@@ -18,12 +21,28 @@ pub mod sampling;
 /// Values per quantisation block.
 pub const BLOCK: usize = 32;
 
-/// A row-major matrix of 8-bit weights with a scale per 32 values.
+/// Rows per panel: weights are stored sixteen rows at a time, interleaved
+/// so that one vector holds the same two columns of all sixteen rows.
+pub const PANEL: usize = 16;
+
+/// Quantised values of one panel and block (16 rows × 32 columns).
+const PANEL_BLOCK: usize = PANEL * BLOCK;
+
+/// A matrix of 8-bit weights with a scale per 32 values of a row.
+///
+/// Stored in panels of [`PANEL`] rows (the last padded with zero rows):
+/// for each panel and block of 32 columns, sixteen column pairs, each the
+/// sixteen rows' two values. A product then multiplies a pair of
+/// activations, broadcast, with sixteen rows at once and sums each row's
+/// block exactly in 32-bit integers; the float work (one scale product and
+/// one fused multiply-add per block) is done for sixteen rows per
+/// instruction instead of one.
 #[derive(Debug, Clone, Default)]
 pub struct Q8Matrix {
     rows: usize,
     cols: usize,
     quants: Vec<i8>,
+    /// For each panel and block, the sixteen rows' scales.
     scales: Vec<f32>,
 }
 
@@ -48,24 +67,55 @@ impl Q8Matrix {
             }
             *s = scale;
         }
+        Q8Matrix::from_rows(&quants, &scales, rows, cols)
+    }
+
+    /// Takes Q8_0 blocks as they are (row-major scales, one per block, and
+    /// quants): no re-rounding, so a Q8_0 file runs exactly its own weights.
+    pub fn from_q8_0(scales: Vec<f32>, quants: Vec<i8>, rows: usize, cols: usize) -> Q8Matrix {
+        assert_eq!(quants.len(), rows * cols, "matrix shape");
+        assert_eq!(cols % BLOCK, 0, "columns must be a multiple of {BLOCK}");
+        assert_eq!(scales.len() * BLOCK, quants.len(), "one scale per block");
+        Q8Matrix::from_rows(&quants, &scales, rows, cols)
+    }
+
+    /// Lays row-major blocks out in panels.
+    fn from_rows(quants: &[i8], scales: &[f32], rows: usize, cols: usize) -> Q8Matrix {
+        let nb = cols / BLOCK;
+        let panels = rows.div_ceil(PANEL);
+        let mut q = vec![0i8; panels * nb * PANEL_BLOCK];
+        let mut s = vec![0f32; panels * nb * PANEL];
+        for r in 0..rows {
+            let (panel, lane) = (r / PANEL, r % PANEL);
+            for b in 0..nb {
+                let at = panel * nb + b;
+                s[at * PANEL + lane] = scales[r * nb + b];
+                let src = &quants[r * cols + b * BLOCK..][..BLOCK];
+                let dst = &mut q[at * PANEL_BLOCK..][..PANEL_BLOCK];
+                for (p, pair) in src.chunks_exact(2).enumerate() {
+                    dst[p * 2 * PANEL + lane * 2..][..2].copy_from_slice(pair);
+                }
+            }
+        }
         Q8Matrix {
             rows,
             cols,
-            quants,
-            scales,
+            quants: q,
+            scales: s,
         }
     }
 
-    /// Takes Q8_0 blocks as they are (scale and 32 quants each): no
-    /// re-rounding, so a Q8_0 file runs exactly its own weights.
-    pub fn from_q8_0(scales: Vec<f32>, quants: Vec<i8>, rows: usize, cols: usize) -> Q8Matrix {
-        assert_eq!(quants.len(), rows * cols, "matrix shape");
-        assert_eq!(scales.len() * BLOCK, quants.len(), "one scale per block");
-        Q8Matrix {
-            rows,
-            cols,
-            quants,
-            scales,
+    /// Row `r`'s quantised values and block scales, row-major.
+    fn row_blocks(&self, r: usize, quants: &mut [i8], scales: &mut [f32]) {
+        let nb = self.cols / BLOCK;
+        let (panel, lane) = (r / PANEL, r % PANEL);
+        for b in 0..nb {
+            let at = panel * nb + b;
+            scales[b] = self.scales[at * PANEL + lane];
+            let src = &self.quants[at * PANEL_BLOCK..][..PANEL_BLOCK];
+            for (p, pair) in quants[b * BLOCK..][..BLOCK].chunks_exact_mut(2).enumerate() {
+                pair.copy_from_slice(&src[p * 2 * PANEL + lane * 2..][..2]);
+            }
         }
     }
 
@@ -73,18 +123,22 @@ impl Q8Matrix {
     pub fn stack(parts: &[Q8Matrix]) -> Q8Matrix {
         let cols = parts[0].cols;
         assert!(parts.iter().all(|p| p.cols == cols), "column counts differ");
-        Q8Matrix {
-            rows: parts.iter().map(|p| p.rows).sum(),
-            cols,
-            quants: parts
-                .iter()
-                .flat_map(|p| p.quants.iter().copied())
-                .collect(),
-            scales: parts
-                .iter()
-                .flat_map(|p| p.scales.iter().copied())
-                .collect(),
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let nb = cols / BLOCK;
+        let mut quants = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; rows * nb];
+        let mut r = 0;
+        for part in parts {
+            for pr in 0..part.rows {
+                part.row_blocks(
+                    pr,
+                    &mut quants[r * cols..(r + 1) * cols],
+                    &mut scales[r * nb..(r + 1) * nb],
+                );
+                r += 1;
+            }
         }
+        Q8Matrix::from_rows(&quants, &scales, rows, cols)
     }
 
     /// Rows.
@@ -102,26 +156,26 @@ impl Q8Matrix {
         self.quants.len() + self.scales.len() * 4
     }
 
-    /// Row `r`'s quantised values and block scales.
-    fn row_blocks(&self, r: usize) -> (&[i8], &[f32]) {
+    /// Panel `g`'s quantised values and scales.
+    fn panel(&self, g: usize) -> (&[i8], &[f32]) {
         let nb = self.cols / BLOCK;
         (
-            &self.quants[r * self.cols..(r + 1) * self.cols],
-            &self.scales[r * nb..(r + 1) * nb],
+            &self.quants[g * nb * PANEL_BLOCK..(g + 1) * nb * PANEL_BLOCK],
+            &self.scales[g * nb * PANEL..(g + 1) * nb * PANEL],
         )
     }
 
     /// Row `r` as f32 (embedding lookups).
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let q = &self.quants[r * self.cols..(r + 1) * self.cols];
-        let s = &self.scales[r * self.cols / BLOCK..(r + 1) * self.cols / BLOCK];
-        for ((o, q), s) in out
-            .chunks_exact_mut(BLOCK)
-            .zip(q.chunks_exact(BLOCK))
-            .zip(s)
-        {
-            for (o, q) in o.iter_mut().zip(q) {
-                *o = *q as f32 * s;
+        let nb = self.cols / BLOCK;
+        let (panel, lane) = (r / PANEL, r % PANEL);
+        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate().take(nb) {
+            let at = panel * nb + b;
+            let s = self.scales[at * PANEL + lane];
+            let q = &self.quants[at * PANEL_BLOCK..][..PANEL_BLOCK];
+            for (p, o) in out.chunks_exact_mut(2).enumerate() {
+                o[0] = q[p * 2 * PANEL + lane * 2] as f32 * s;
+                o[1] = q[p * 2 * PANEL + lane * 2 + 1] as f32 * s;
             }
         }
     }
@@ -211,35 +265,103 @@ impl Activations {
     }
 }
 
+/// The instruction sets the products can use, best last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 and FMA: eight rows per instruction.
+    Avx2,
+    /// AVX-512 with VNNI (`vpdpwssd`): sixteen rows per instruction.
+    Avx512,
+}
+
+impl Isa {
+    /// The best this CPU has, capped by `HEARTH_CPU_ISA` (`scalar`, `avx2`
+    /// or `avx512`) so a benchmark can measure a lesser path on the same
+    /// machine. Every path gives the same bits.
+    pub fn detected() -> Isa {
+        use std::sync::OnceLock;
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let best = Isa::available().into_iter().max().unwrap_or(Isa::Scalar);
+            let cap = match std::env::var("HEARTH_CPU_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            best.min(cap)
+        })
+    }
+
+    /// Every path this CPU can run.
+    pub fn available() -> Vec<Isa> {
+        let mut out = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2() {
+                out.push(Isa::Avx2);
+            }
+            if avx2()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                out.push(Isa::Avx512);
+            }
+        }
+        out
+    }
+}
+
 /// `y = x · Wᵀ` for every token: `y` is `tokens × w.rows()`, row-major.
-/// Rows are split across `pool` when given.
+/// Panels of rows are split across `pool` when given.
+///
+/// Each output is `Σ_b float(q_b) · (ws_b · xs_b)` summed over the blocks
+/// in order with one fused multiply-add each, where `q_b` is the block's
+/// exact integer dot product: the same bits on every instruction set, for
+/// any number of tokens and any split over threads, so a sequence's
+/// logits do not depend on what it was batched with.
 pub fn matmul(w: &Q8Matrix, x: &Activations, y: &mut [f32], pool: Option<&rayon::ThreadPool>) {
+    matmul_on(Isa::detected(), w, x, y, pool);
+}
+
+/// [`matmul`] on a given instruction set, which the CPU must have (see
+/// [`Isa::available`]).
+pub fn matmul_on(
+    isa: Isa,
+    w: &Q8Matrix,
+    x: &Activations,
+    y: &mut [f32],
+    pool: Option<&rayon::ThreadPool>,
+) {
     assert_eq!(w.cols, x.cols, "inner dimensions");
     assert_eq!(y.len(), x.tokens * w.rows, "output shape");
+    assert!(Isa::available().contains(&isa), "{isa:?} is not available");
     let out = SharedOut(y.as_mut_ptr());
-    let run = |rows: std::ops::Range<usize>| {
-        // SAFETY: each task writes only the output columns of its own rows,
-        // and `y` outlives the pool's scope.
-        unsafe { rows_times(w, x, rows, &out) }
+    let run = |panels: std::ops::Range<usize>| {
+        // SAFETY: each task writes only the output columns of its own
+        // panels, and `y` outlives the pool's scope.
+        unsafe { panels_times(isa, w, x, panels, &out) }
     };
+    let panels = w.rows.div_ceil(PANEL);
     match pool {
-        Some(pool) if pool.current_num_threads() > 1 && w.rows >= 64 => {
+        Some(pool) if pool.current_num_threads() > 1 && panels >= 4 => {
             // Several tasks per thread, so a thread slowed by other work on
             // a shared machine does not hold the whole product back.
             let tasks = pool.current_num_threads() * 4;
-            // Whole cache lines of rows per task.
-            let per = w.rows.div_ceil(tasks).next_multiple_of(16);
+            let per = panels.div_ceil(tasks);
             pool.scope(|s| {
                 let mut start = 0;
-                while start < w.rows {
-                    let end = (start + per).min(w.rows);
+                while start < panels {
+                    let end = (start + per).min(panels);
                     let run = &run;
                     s.spawn(move |_| run(start..end));
                     start = end;
                 }
             });
         }
-        _ => run(0..w.rows),
+        _ => run(0..panels),
     }
 }
 
@@ -247,72 +369,73 @@ struct SharedOut(*mut f32);
 // SAFETY: tasks write disjoint elements (see `matmul`).
 unsafe impl Sync for SharedOut {}
 
+/// Tokens per tile: each widened weight vector serves this many.
+const TILE: usize = 8;
+
+/// One tile's results: `[token][row of the panel]`.
+type Tile = [[f32; PANEL]; TILE];
+
 /// # Safety
 /// `out` points to a `x.tokens × w.rows` buffer; no other thread writes
-/// the columns `rows` of it.
-unsafe fn rows_times(w: &Q8Matrix, x: &Activations, rows: std::ops::Range<usize>, out: &SharedOut) {
-    // Two weight rows times four tokens at a time: each activation block
-    // loaded serves two rows, each widened weight block four tokens.
-    let mut scratch: ScaleProducts = [[[0.0; SCALE_CHUNK]; 4]; 2];
-    let mut r = rows.start;
-    while r < rows.end {
-        let rr = (rows.end - r).min(2);
+/// the columns of `panels`' rows; `isa` is available.
+unsafe fn panels_times(
+    isa: Isa,
+    w: &Q8Matrix,
+    x: &Activations,
+    panels: std::ops::Range<usize>,
+    out: &SharedOut,
+) {
+    let mut tile: Tile = [[0.0; PANEL]; TILE];
+    for g in panels {
+        let (wq, ws) = w.panel(g);
+        let valid = (w.rows - g * PANEL).min(PANEL);
         let mut t = 0;
         while t < x.tokens {
-            let k = (x.tokens - t).min(4);
-            let mut acc = [[0f32; 4]; 2];
-            dot(w, r..r + rr, x, t..t + k, &mut acc, &mut scratch);
-            for (j, acc) in acc[..rr].iter().enumerate() {
-                for (i, v) in acc[..k].iter().enumerate() {
-                    // SAFETY: in bounds by the shape check; this row's
-                    // column belongs to this task alone.
-                    unsafe { *out.0.add((t + i) * w.rows + r + j) = *v };
+            let k = (x.tokens - t).min(TILE);
+            match isa {
+                // SAFETY: the caller checked the CPU has this path.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { panel_avx512(wq, ws, x, t, k, &mut tile) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { panel_avx2(wq, ws, x, t, k, &mut tile) },
+                _ => panel_scalar(wq, ws, x, t, k, &mut tile),
+            }
+            for (i, row) in tile[..k].iter().enumerate() {
+                // SAFETY: in bounds by the shape check; these columns
+                // belong to this task alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        out.0.add((t + i) * w.rows + g * PANEL),
+                        valid,
+                    );
                 }
             }
             t += k;
         }
-        r += rr;
     }
 }
 
-/// Dot products of weight rows `rows` (at most 2) with tokens `tokens` (at
-/// most 4): `acc[row][token]`.
-fn dot(
-    w: &Q8Matrix,
-    rows: std::ops::Range<usize>,
-    x: &Activations,
-    tokens: std::ops::Range<usize>,
-    acc: &mut [[f32; 4]; 2],
-    scratch: &mut ScaleProducts,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-            unsafe { dot_avx2(w, rows, x, tokens, acc, scratch) };
-            return;
-        }
-    }
-    let _ = scratch;
-    for (r, acc) in rows.zip(acc.iter_mut()) {
-        let (wq, ws) = w.row_blocks(r);
-        dot_scalar(wq, ws, x, tokens.start, tokens.len(), acc);
-    }
-}
-
-fn dot_scalar(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, acc: &mut [f32; 4]) {
-    let nb = ws.len();
-    for (i, a) in acc.iter_mut().enumerate().take(k) {
+/// The reference every vector path matches bit for bit.
+fn panel_scalar(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, tile: &mut Tile) {
+    let nb = ws.len() / PANEL;
+    for (i, out) in tile.iter_mut().enumerate().take(k) {
         let (xq, xs) = x.token(t + i);
-        let mut sum = 0f32;
-        for b in 0..nb {
-            let mut s = 0i32;
-            for j in b * BLOCK..(b + 1) * BLOCK {
-                s += wq[j] as i32 * xq[j] as i32;
+        for (lane, out) in out.iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let q = &wq[b * PANEL_BLOCK..][..PANEL_BLOCK];
+                let xb = &xq[b * BLOCK..][..BLOCK];
+                let mut sum = 0i32;
+                for p in 0..BLOCK / 2 {
+                    for e in 0..2 {
+                        sum += q[p * 2 * PANEL + lane * 2 + e] as i32 * xb[2 * p + e] as i32;
+                    }
+                }
+                acc = (sum as f32).mul_add(ws[b * PANEL + lane] * xs[b], acc);
             }
-            sum += s as f32 * ws[b] * xs[b];
+            *out = acc;
         }
-        *a = sum;
     }
 }
 
@@ -324,200 +447,185 @@ pub(crate) fn avx2() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// Columns `2p, 2p+1` of a token's block `b`, as one 32-bit value.
+///
+/// # Safety
+/// `xq` points to a token's quants with at least `b * 32 + 2p + 2` values.
+#[inline(always)]
+unsafe fn pair(xq: *const i16, b: usize, p: usize) -> i32 {
+    // SAFETY: in bounds (caller); unaligned reads are allowed.
+    unsafe { (xq.add(b * BLOCK + 2 * p) as *const i32).read_unaligned() }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+unsafe fn panel_avx512(
+    wq: &[i8],
+    ws: &[f32],
+    x: &Activations,
+    t: usize,
+    k: usize,
+    tile: &mut Tile,
+) {
+    // SAFETY (all arms): same features; k ≤ TILE tokens from t exist.
+    unsafe {
+        match k {
+            1 => panel_avx512_n::<1>(wq, ws, x, t, tile),
+            2 => panel_avx512_n::<2>(wq, ws, x, t, tile),
+            3 => panel_avx512_n::<3>(wq, ws, x, t, tile),
+            4 => panel_avx512_n::<4>(wq, ws, x, t, tile),
+            5 => panel_avx512_n::<5>(wq, ws, x, t, tile),
+            6 => panel_avx512_n::<6>(wq, ws, x, t, tile),
+            7 => panel_avx512_n::<7>(wq, ws, x, t, tile),
+            _ => panel_avx512_n::<8>(wq, ws, x, t, tile),
+        }
+    }
+}
+
+/// One panel (sixteen rows, one per 32-bit lane) times `T` tokens with
+/// `vpdpwssd`. Each token's block sum is split over two accumulators (even
+/// and odd column pairs) so that a lone decoding token is not one long
+/// chain of dependent instructions; integers add exactly, so the split
+/// does not change a bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+#[allow(clippy::needless_range_loop)] // one index addresses several arrays
+unsafe fn panel_avx512_n<const T: usize>(
+    wq: &[i8],
+    ws: &[f32],
+    x: &Activations,
+    t: usize,
+    tile: &mut Tile,
+) {
+    use std::arch::x86_64::*;
+    let nb = ws.len() / PANEL;
+    debug_assert!(wq.len() == nb * PANEL_BLOCK && x.cols == nb * BLOCK && t + T <= x.tokens);
+    let xq: [*const i16; T] = std::array::from_fn(|i| x.token(t + i).0.as_ptr());
+    let xs: [*const f32; T] = std::array::from_fn(|i| x.token(t + i).1.as_ptr());
+    // SAFETY: every block index is below nb and every pair below 16, so
+    // every read is inside the panel and the tokens' rows.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let wb = wq.as_ptr().add(b * PANEL_BLOCK);
+            let mut even = [_mm512_setzero_si512(); T];
+            let mut odd = [_mm512_setzero_si512(); T];
+            for p in (0..BLOCK / 2).step_by(2) {
+                let w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add(p * 2 * PANEL).cast()));
+                let w1 =
+                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add((p + 1) * 2 * PANEL).cast()));
+                for i in 0..T {
+                    even[i] = dpwssd(even[i], w0, xq[i].add(b * BLOCK + 2 * p));
+                    odd[i] = dpwssd(odd[i], w1, xq[i].add(b * BLOCK + 2 * p + 2));
+                }
+            }
+            let scales = _mm512_loadu_ps(ws.as_ptr().add(b * PANEL));
+            for i in 0..T {
+                let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(even[i], odd[i]));
+                let s = _mm512_mul_ps(scales, _mm512_set1_ps(*xs[i].add(b)));
+                acc[i] = _mm512_fmadd_ps(sum, s, acc[i]);
+            }
+        }
+        for i in 0..T {
+            _mm512_storeu_ps(tile[i].as_mut_ptr(), acc[i]);
+        }
+    }
+}
+
+/// `acc + w · broadcast(pair at x)` in one `vpdpwssd`. Written out because
+/// LLVM otherwise splits the instruction into `vpmaddwd` and `vpaddd` for
+/// generic x86-64 tuning, which halves the rate on CPUs where it is fast.
+///
+/// # Safety
+/// AVX-512 VNNI is present; `x` points to two readable i16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn dpwssd(
+    acc: std::arch::x86_64::__m512i,
+    w: std::arch::x86_64::__m512i,
+    x: *const i16,
+) -> std::arch::x86_64::__m512i {
+    let mut acc = acc;
+    // SAFETY: the caller guarantees the feature and the read.
+    unsafe {
+        std::arch::asm!(
+            "vpdpwssd {acc}, {w}, dword ptr [{x}]{{1to16}}",
+            acc = inout(zmm_reg) acc,
+            w = in(zmm_reg) w,
+            x = in(reg) x,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(
-    w: &Q8Matrix,
-    rows: std::ops::Range<usize>,
-    x: &Activations,
-    tokens: std::ops::Range<usize>,
-    acc: &mut [[f32; 4]; 2],
-    scratch: &mut ScaleProducts,
-) {
-    let (r, rr) = (rows.start, rows.len());
-    let (t, k) = (tokens.start, tokens.len());
-    let wrow = |j: usize| w.row_blocks(r + j);
-    let xrow = |i: usize| x.token(t + i);
-    // SAFETY (all calls): AVX2/FMA present (caller); slices sized by
-    // construction.
-    match (rr, k) {
-        (2, 4) => {
-            let (w0, w1) = (wrow(0), wrow(1));
-            *acc = unsafe {
-                dot_rows4::<2>(
-                    [w0.0, w1.0],
-                    [w0.1, w1.1],
-                    [xrow(0), xrow(1), xrow(2), xrow(3)],
-                    scratch,
-                )
-            };
-        }
-        (1, 4) => {
-            let w0 = wrow(0);
-            acc[0] = unsafe {
-                dot_rows4::<1>(
-                    [w0.0],
-                    [w0.1],
-                    [xrow(0), xrow(1), xrow(2), xrow(3)],
-                    scratch,
-                )
-            }[0];
-        }
-        _ => {
-            for (j, acc) in acc.iter_mut().enumerate().take(rr) {
-                let (wq, ws) = wrow(j);
-                for (i, a) in acc.iter_mut().enumerate().take(k) {
-                    let (xq, xs) = xrow(i);
-                    *a = unsafe { dot1_avx2(wq, ws, xq, xs) };
+unsafe fn panel_avx2(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, tile: &mut Tile) {
+    let mut i = 0;
+    while i < k {
+        let n = (k - i).min(4);
+        for half in 0..2 {
+            // SAFETY (all arms): same features; n tokens from t + i exist.
+            unsafe {
+                match n {
+                    1 => half_panel_avx2::<1>(wq, ws, x, t, i, half, tile),
+                    2 => half_panel_avx2::<2>(wq, ws, x, t, i, half, tile),
+                    3 => half_panel_avx2::<3>(wq, ws, x, t, i, half, tile),
+                    _ => half_panel_avx2::<4>(wq, ws, x, t, i, half, tile),
                 }
             }
         }
+        i += n;
     }
 }
 
-/// 32 weights (sign-extended to 16 bits) times 32 activations, summed to
-/// eight 32-bit lanes. `vpmaddwd` cannot overflow: 2·127·32767 < 2³¹.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn block_dot(
-    w_lo: std::arch::x86_64::__m256i,
-    w_hi: std::arch::x86_64::__m256i,
-    xq: *const i16,
-) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller passes a pointer to 32 readable i16.
-    unsafe {
-        let x_lo = _mm256_loadu_si256(xq as *const __m256i);
-        let x_hi = _mm256_loadu_si256(xq.add(16) as *const __m256i);
-        _mm256_cvtepi32_ps(_mm256_add_epi32(
-            _mm256_madd_epi16(w_lo, x_lo),
-            _mm256_madd_epi16(w_hi, x_hi),
-        ))
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn load_weights(wq: *const i8) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller passes a pointer to 32 readable i8.
-    unsafe {
-        let w = _mm256_loadu_si256(wq as *const __m256i);
-        (
-            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w)),
-            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(w)),
-        )
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let q = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
-    _mm_cvtss_f32(q)
-}
-
-/// One row times one token: the decode path. The same operations in the
-/// same order as [`dot4_avx2`], so a token's result does not depend on
-/// whether it was evaluated alone or in a prompt batch (a cached prompt
-/// prefix then gives exactly the numbers a fresh evaluation would).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot1_avx2(wq: &[i8], ws: &[f32], xq: &[i16], xs: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let nb = ws.len();
-    debug_assert!(wq.len() == nb * BLOCK && xq.len() == nb * BLOCK && xs.len() == nb);
-    let mut acc = _mm256_setzero_ps();
-    // SAFETY: b < nb, so every block read is in bounds.
-    unsafe {
-        for (b, (&w, &x)) in ws.iter().zip(xs).enumerate() {
-            let (lo, hi) = load_weights(wq.as_ptr().add(b * BLOCK));
-            let p = block_dot(lo, hi, xq.as_ptr().add(b * BLOCK));
-            acc = _mm256_fmadd_ps(p, _mm256_set1_ps(w * x), acc);
-        }
-        hsum(acc)
-    }
-}
-
-/// Blocks whose scale products [`dot_rows4`] computes ahead, together.
-const SCALE_CHUNK: usize = 64;
-
-/// `R` rows times four tokens: each weight block is widened once and used
-/// four times, each activation block loaded once for all `R` rows (the
-/// prompt path). The products of block scales are computed ahead, a
-/// vector at a time, and broadcast straight from memory in the loop;
-/// they are the same products [`dot1_avx2`] computes one by one.
+/// Eight rows of a panel (one per lane) times `T` tokens with `vpmaddwd`:
+/// the same integer sums and the same float operations as
+/// [`panel_avx512_n`], eight rows at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::needless_range_loop)] // one index addresses several arrays
-unsafe fn dot_rows4<const R: usize>(
-    wq: [&[i8]; R],
-    ws: [&[f32]; R],
-    x: [(&[i16], &[f32]); 4],
-    d: &mut ScaleProducts,
-) -> [[f32; 4]; R] {
+unsafe fn half_panel_avx2<const T: usize>(
+    wq: &[i8],
+    ws: &[f32],
+    x: &Activations,
+    t: usize,
+    i0: usize,
+    half: usize,
+    tile: &mut Tile,
+) {
     use std::arch::x86_64::*;
-    let nb = ws[0].len();
-    debug_assert!(
-        wq.iter()
-            .zip(&ws)
-            .all(|(q, s)| q.len() == nb * BLOCK && s.len() == nb)
-            && x.iter()
-                .all(|(q, s)| q.len() == nb * BLOCK && s.len() == nb)
-    );
-    let mut acc = [[_mm256_setzero_ps(); 4]; R];
-    let mut start = 0;
-    // SAFETY: every block index is below nb, so every read is in bounds.
+    let nb = ws.len() / PANEL;
+    debug_assert!(wq.len() == nb * PANEL_BLOCK && x.cols == nb * BLOCK && t + i0 + T <= x.tokens);
+    let xq: [*const i16; T] = std::array::from_fn(|i| x.token(t + i0 + i).0.as_ptr());
+    let xs: [*const f32; T] = std::array::from_fn(|i| x.token(t + i0 + i).1.as_ptr());
+    // SAFETY: as in panel_avx512_n; `half` picks bytes 16·half.. of each
+    // 32-byte column pair, inside the panel.
     unsafe {
-        while start < nb {
-            let m = (nb - start).min(SCALE_CHUNK);
-            for (d, ws) in d.iter_mut().zip(&ws).take(R) {
-                for (d, (_, xs)) in d.iter_mut().zip(&x) {
-                    for ((d, w), x) in d[..m].iter_mut().zip(&ws[start..]).zip(&xs[start..]) {
-                        *d = w * x;
-                    }
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let wb = wq.as_ptr().add(b * PANEL_BLOCK + half * PANEL);
+            let mut sum = [_mm256_setzero_si256(); T];
+            for p in 0..BLOCK / 2 {
+                let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(p * 2 * PANEL).cast()));
+                for i in 0..T {
+                    let prod = _mm256_madd_epi16(w, _mm256_set1_epi32(pair(xq[i], b, p)));
+                    sum[i] = _mm256_add_epi32(sum[i], prod);
                 }
             }
-            for b in 0..m {
-                let at = (start + b) * BLOCK;
-                // Loops rather than closures: a closure would not inherit
-                // this function's target features and would not inline.
-                let mut w = [(_mm256_setzero_si256(), _mm256_setzero_si256()); R];
-                for j in 0..R {
-                    w[j] = load_weights(wq[j].as_ptr().add(at));
-                }
-                for (i, (xq, _)) in x.iter().enumerate() {
-                    let x_lo = _mm256_loadu_si256(xq.as_ptr().add(at) as *const __m256i);
-                    let x_hi = _mm256_loadu_si256(xq.as_ptr().add(at + 16) as *const __m256i);
-                    for j in 0..R {
-                        let p = _mm256_cvtepi32_ps(_mm256_add_epi32(
-                            _mm256_madd_epi16(w[j].0, x_lo),
-                            _mm256_madd_epi16(w[j].1, x_hi),
-                        ));
-                        acc[j][i] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&d[j][i][b]), acc[j][i]);
-                    }
-                }
-            }
-            start += m;
-        }
-        let mut out = [[0f32; 4]; R];
-        for j in 0..R {
-            for i in 0..4 {
-                out[j][i] = hsum(acc[j][i]);
+            let scales = _mm256_loadu_ps(ws.as_ptr().add(b * PANEL + half * 8));
+            for i in 0..T {
+                let s = _mm256_mul_ps(scales, _mm256_set1_ps(*xs[i].add(b)));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[i]), s, acc[i]);
             }
         }
-        out
+        for i in 0..T {
+            _mm256_storeu_ps(tile[i0 + i].as_mut_ptr().add(half * 8), acc[i]);
+        }
     }
 }
-
-/// Scratch for [`dot_rows4`]: block-scale products per row and token.
-type ScaleProducts = [[[f32; SCALE_CHUNK]; 4]; 2];
 
 #[cfg(test)]
 mod tests {
@@ -531,12 +639,13 @@ mod tests {
     }
 
     #[test]
-    fn quantised_product_matches_f32_and_scalar_matches_simd() {
+    fn quantised_product_matches_f32_on_every_instruction_set() {
         let mut seed = 1;
+        // 201 rows: the last panel is padded.
         let (rows, cols) = (201, 96);
         let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let m = Q8Matrix::from_f32(&w, rows, cols);
-        for tokens in [1, 3, 4, 7] {
+        for tokens in [1, 3, 4, 7, 8, 13] {
             let x: Vec<f32> = (0..tokens * cols).map(|_| lcg(&mut seed) * 10.0).collect();
             let mut a = Activations::default();
             a.quantize(&x, cols);
@@ -546,6 +655,12 @@ mod tests {
                 .build()
                 .unwrap();
             matmul(&m, &a, &mut y, Some(&pool));
+            // Every instruction set gives the same bits, threaded or not.
+            for isa in Isa::available() {
+                let mut other = vec![0f32; tokens * rows];
+                matmul_on(isa, &m, &a, &mut other, None);
+                assert_eq!(other, y, "{isa:?}, {tokens} tokens");
+            }
             for t in 0..tokens {
                 for r in 0..rows {
                     let exact: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
@@ -562,21 +677,6 @@ mod tests {
                     assert!(
                         (exact - got).abs() <= bound,
                         "t{t} r{r}: {exact} vs {got}, bound {bound}"
-                    );
-                    let mut acc = [0f32; 4];
-                    let nb = cols / BLOCK;
-                    dot_scalar(
-                        &m.quants[r * cols..(r + 1) * cols],
-                        &m.scales[r * nb..(r + 1) * nb],
-                        &a,
-                        t,
-                        1,
-                        &mut acc,
-                    );
-                    assert!(
-                        (acc[0] - got).abs() <= 1e-3 * (1.0 + got.abs()),
-                        "{} vs {got}",
-                        acc[0]
                     );
                 }
             }
@@ -615,6 +715,21 @@ mod tests {
         assert_eq!(s.rows(), 4);
         s.row(3, &mut row);
         assert!((row[0] - w[32]).abs() < 0.02);
+        // Stacking crosses panel boundaries: 17 + 2 rows.
+        let tall: Vec<f32> = (0..17 * 32).map(|i| (i % 97) as f32 / 7.0 - 6.0).collect();
+        let t = Q8Matrix::from_f32(&tall, 17, 32);
+        let s = Q8Matrix::stack(&[t.clone(), s.clone()]);
+        assert_eq!(s.rows(), 21);
+        let (mut a, mut b) = (vec![0f32; 32], vec![0f32; 32]);
+        for r in 0..17 {
+            t.row(r, &mut a);
+            s.row(r, &mut b);
+            assert_eq!(a, b, "row {r}");
+        }
+        s.row(20, &mut b);
+        for (a, b) in b.iter().zip(&w[32..]) {
+            assert!((a - b).abs() < 0.02);
+        }
     }
 }
 pub mod llama;
