@@ -426,12 +426,19 @@ type Part<'a> = (&'a [f32], &'a [f32]);
 /// given as the parts it is stored in (positions in order).
 fn attention(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        unsafe { attention_avx2(c, q, parts, out) };
-        return;
+    {
+        if crate::Isa::detected() == crate::Isa::Avx512 {
+            // SAFETY: the CPU has AVX-512 (and AVX2, FMA).
+            unsafe { attention_avx512(c, q, parts, out) };
+            return;
+        }
+        if crate::avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { attention_avx2(c, q, parts, out) };
+            return;
+        }
     }
-    attention_any::<false>(c, q, parts, out);
+    attention_any::<false, false>(c, q, parts, out);
 }
 
 /// The same code compiled for 8-lane vectors with fused multiply-adds.
@@ -440,23 +447,36 @@ fn attention(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attention_avx2(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
-    attention_any::<true>(c, q, parts, out);
+    attention_any::<true, false>(c, q, parts, out);
+}
+
+/// As [`attention_avx2`], with 16-lane registers where they pay (three
+/// 64-dimensional heads sharing a key/value head); the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn attention_avx512(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
+    attention_any::<true, true>(c, q, parts, out);
 }
 
 #[inline(always)]
-fn attention_any<const AVX: bool>(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
+fn attention_any<const AVX: bool, const WIDE: bool>(
+    c: &Config,
+    q: &[f32],
+    parts: &[Part<'_>],
+    out: &mut [f32],
+) {
     // A head size known at compile time keeps a head's query and output in
     // registers while the positions stream past.
     match c.head_dim {
-        64 => attention_heads::<64, AVX>(c, q, parts, out),
-        128 => attention_heads::<128, AVX>(c, q, parts, out),
-        _ => attention_heads::<0, AVX>(c, q, parts, out),
+        64 => attention_heads::<64, AVX, WIDE>(c, q, parts, out),
+        128 => attention_heads::<128, AVX, WIDE>(c, q, parts, out),
+        _ => attention_heads::<0, AVX, WIDE>(c, q, parts, out),
     }
 }
 
 /// `HD` is the head size, or 0 for "read it from `c`".
 #[inline(always)]
-fn attention_heads<const HD: usize, const AVX: bool>(
+fn attention_heads<const HD: usize, const AVX: bool, const WIDE: bool>(
     c: &Config,
     q: &[f32],
     parts: &[Part<'_>],
@@ -480,8 +500,15 @@ fn attention_heads<const HD: usize, const AVX: bool>(
             .enumerate()
         {
             let kv = (3 * i / group) * hd;
-            // SAFETY: AVX2/FMA present (AVX is set only on that path).
-            unsafe { three_heads64_avx2(q3, parts, kv_dim, kv, scale, &mut scores, o3) };
+            // SAFETY: AVX2/FMA present (AVX is set only on that path),
+            // AVX-512 too where WIDE is.
+            unsafe {
+                if WIDE {
+                    three_heads64_avx512(q3, parts, kv_dim, kv, scale, &mut scores, o3);
+                } else {
+                    three_heads64_avx2(q3, parts, kv_dim, kv, scale, &mut scores, o3);
+                }
+            }
         }
         return;
     }
@@ -582,6 +609,136 @@ unsafe fn three_heads64_avx2(
             for (h, acc) in acc.iter().enumerate() {
                 _mm256_storeu_ps(out.as_mut_ptr().add(64 * h + d0), acc[0]);
                 _mm256_storeu_ps(out.as_mut_ptr().add(64 * h + d0 + 8), acc[1]);
+            }
+        }
+    }
+}
+
+/// [`three_heads64_avx2`] with 16-lane registers: two positions per
+/// register for the scores (so the twelve chains of a round of four stay
+/// in registers instead of spilling) and a whole 64-dimensional head per
+/// four registers for the values. Every lane does the same fused
+/// multiply-adds in the same order and the scores are reduced with the
+/// same `vhaddps` tree, so the bits are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // one index addresses several arrays
+unsafe fn three_heads64_avx512(
+    q: &[f32],
+    parts: &[Part<'_>],
+    kv_dim: usize,
+    kv: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let len = scores.len() / 3;
+    assert!(q.len() == 192 && out.len() == 192 && kv + 64 <= kv_dim);
+    assert!(
+        parts
+            .iter()
+            .all(|(k, v)| k.len() == v.len() && k.len() % kv_dim == 0)
+    );
+    // Each head's query eight dimensions at a time, repeated in both
+    // halves of a register (one position per half).
+    let mut qq = [[0f32; 16]; 24];
+    for (i, qq) in qq.iter_mut().enumerate() {
+        let src = &q[8 * i..][..8];
+        qq[..8].copy_from_slice(src);
+        qq[8..].copy_from_slice(src);
+    }
+    // Positions j and j + 1's eight dimensions from `d` in one register.
+    #[inline(always)]
+    unsafe fn pair(a: *const f32, b: *const f32) -> __m512 {
+        // SAFETY: the caller passes rows with 8 readable floats.
+        unsafe {
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a))),
+                _mm256_castps_pd(_mm256_loadu_ps(b)),
+            ))
+        }
+    }
+    // SAFETY: rows read are below each part's row count (the tail of four
+    // reuses the last row), offsets stay within a row (asserted), and
+    // score indices stay below `len` per head.
+    unsafe {
+        let sc = _mm_set1_ps(scale);
+        let mut at = 0;
+        for (keys, _) in parts {
+            let n = keys.len() / kv_dim;
+            let row = |j: usize| keys.as_ptr().add(j.min(n - 1) * kv_dim + kv);
+            let mut j = 0;
+            while j < n {
+                let k = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+                let mut a = [[_mm512_setzero_ps(); 2]; 3];
+                for d in 0..8 {
+                    let k01 = pair(k[0].add(8 * d), k[1].add(8 * d));
+                    let k23 = pair(k[2].add(8 * d), k[3].add(8 * d));
+                    for h in 0..3 {
+                        let qd = _mm512_loadu_ps(qq[8 * h + d].as_ptr());
+                        a[h][0] = _mm512_fmadd_ps(qd, k01, a[h][0]);
+                        a[h][1] = _mm512_fmadd_ps(qd, k23, a[h][1]);
+                    }
+                }
+                let m = (n - j).min(4);
+                for h in 0..3 {
+                    let half = |v: __m512, i: usize| {
+                        _mm256_castpd_ps(if i == 0 {
+                            _mm512_castpd512_pd256(_mm512_castps_pd(v))
+                        } else {
+                            _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))
+                        })
+                    };
+                    let t = _mm256_hadd_ps(
+                        _mm256_hadd_ps(half(a[h][0], 0), half(a[h][0], 1)),
+                        _mm256_hadd_ps(half(a[h][1], 0), half(a[h][1], 1)),
+                    );
+                    let s = _mm_mul_ps(
+                        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t)),
+                        sc,
+                    );
+                    let dst = scores.as_mut_ptr().add(h * len + at + j);
+                    if m == 4 {
+                        _mm_storeu_ps(dst, s);
+                    } else {
+                        let mut four = [0f32; 4];
+                        _mm_storeu_ps(four.as_mut_ptr(), s);
+                        std::ptr::copy_nonoverlapping(four.as_ptr(), dst, m);
+                    }
+                }
+                j += 4;
+            }
+            at += n;
+        }
+        for h in 0..3 {
+            softmax::<true>(&mut scores[h * len..(h + 1) * len]);
+        }
+        let mut acc = [[_mm512_setzero_ps(); 4]; 3];
+        let mut at = 0;
+        for (_, values) in parts {
+            let n = values.len() / kv_dim;
+            for j in 0..n {
+                let v = values.as_ptr().add(j * kv_dim + kv);
+                let vv = [
+                    _mm512_loadu_ps(v),
+                    _mm512_loadu_ps(v.add(16)),
+                    _mm512_loadu_ps(v.add(32)),
+                    _mm512_loadu_ps(v.add(48)),
+                ];
+                for h in 0..3 {
+                    let p = _mm512_set1_ps(*scores.get_unchecked(h * len + at + j));
+                    for c in 0..4 {
+                        acc[h][c] = _mm512_fmadd_ps(p, vv[c], acc[h][c]);
+                    }
+                }
+            }
+            at += n;
+        }
+        for h in 0..3 {
+            for c in 0..4 {
+                _mm512_storeu_ps(out.as_mut_ptr().add(64 * h + 16 * c), acc[h][c]);
             }
         }
     }
@@ -1069,7 +1226,7 @@ mod tests {
         let values: Vec<f32> = (0..len * 192).map(|_| next()).collect();
         let q: Vec<f32> = (0..576).map(|_| next() * 4.0).collect();
         let mut portable = vec![0f32; 576];
-        attention_any::<false>(&c, &q, &[(&keys, &values)], &mut portable);
+        attention_any::<false, false>(&c, &q, &[(&keys, &values)], &mut portable);
         let split = 20 * 192;
         for parts in [
             vec![(&keys[..], &values[..])],
@@ -1081,6 +1238,13 @@ mod tests {
             let mut out = vec![0f32; 576];
             attention(&c, &q, &parts, &mut out);
             assert_eq!(out, portable, "{} parts", parts.len());
+            // The 8-lane path too where the 16-lane one ran above.
+            #[cfg(target_arch = "x86_64")]
+            if crate::avx2() {
+                // SAFETY: AVX2/FMA present (checked).
+                unsafe { attention_avx2(&c, &q, &parts, &mut out) };
+                assert_eq!(out, portable, "AVX2, {} parts", parts.len());
+            }
         }
         let mut a: Vec<f32> = (0..37).map(|_| next() * 30.0).collect();
         let mut b = a.clone();
