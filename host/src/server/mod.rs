@@ -609,6 +609,18 @@ fn check_key(digests: &[[u8; 32]], req: &Request<Incoming>) -> Result<(), ApiErr
 
 /// Reads a JSON body within the size and time limits.
 async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let bytes = body_bytes(state, req).await?;
+    parse_json(&bytes)
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))
+}
+
+/// Reads an `application/json` body's bytes within the size and time
+/// limits.
+async fn body_bytes(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -656,18 +668,14 @@ async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Value, Ap
             e.code = Some("body_timeout");
             e
         })?;
-    let bytes = match collected {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(ApiError::invalid(
-                format!("reading the request body: {e}"),
-                None,
-            ));
-        }
-    };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}"), None))
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::invalid(
+            format!("reading the request body: {e}"),
+            None,
+        )),
+    }
 }
 
 async fn chat(
@@ -1082,23 +1090,27 @@ async fn invoke_plugin(
             "no plugins are active on this server",
         ));
     };
-    let args = json_body(state, req).await?;
-    if !args.is_object() {
+    let body = body_bytes(state, req).await?;
+    if !parse_json(&body)?.is_object() {
         return Err(ApiError::invalid(
             "the body must be a JSON object of the tool's arguments",
             None,
         ));
     }
+    // The plugin gets the arguments as sent (JSON that parsed is UTF-8).
+    let args = std::str::from_utf8(&body)
+        .map_err(|e| ApiError::invalid(format!("the body is not UTF-8: {e}"), None))?;
     let qualified = format!("{namespace}.{tool}");
     let scope = crate::plugins::CallScope::new(format!("direct-{:08x}", rand::random::<u32>()));
-    match runtime
-        .invoke_qualified(&qualified, &args.to_string(), scope)
-        .await
-    {
+    match runtime.invoke_qualified(&qualified, args, scope).await {
         Ok(result) => {
             state.metrics.plugin_call(namespace, "ok");
-            let body: Value = serde_json::from_str(&result).unwrap_or(Value::String(result));
-            Ok(json_response(StatusCode::OK, &body))
+            // The runtime has checked that the result is JSON.
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(result)).boxed())
+                .expect("valid response"))
         }
         Err(e) => {
             let (status, outcome) = match e.kind() {
