@@ -5,7 +5,8 @@
 # Usage: bench/serve/run.sh [MODEL.gguf] [-- extra load.py arguments]
 # Environment: HEARTH (binary; default target/release/hearth if present,
 # else target/debug/hearth), CHATS, ROUNDS, PLUGIN_CONNS, PLUGIN_REQUESTS,
-# MAX_TOKENS, PYTHON (default python3).
+# PLUGIN_RATE (open-loop calls/s, default 5000), MAX_TOKENS, PYTHON
+# (default python3).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -85,7 +86,10 @@ python_plugin_conns="${PLUGIN_CONNS:-64}"
   --max-tokens "${MAX_TOKENS:-32}" "${extra[@]}"
 if [[ -x "$loadgen" ]]; then
   "$loadgen" "127.0.0.1:$port" "$key" 64 20 >/dev/null # warm-up
+  # Closed loop (saturation), the same connections at a fixed offered
+  # rate (open loop), and one connection alone.
   "$loadgen" "127.0.0.1:$port" "$key" "${PLUGIN_CONNS:-64}" "${PLUGIN_REQUESTS:-200}"
+  "$loadgen" "127.0.0.1:$port" "$key" "${PLUGIN_CONNS:-64}" "${PLUGIN_REQUESTS:-200}" "${PLUGIN_RATE:-5000}"
   "$loadgen" "127.0.0.1:$port" "$key" 1 "${PLUGIN_REQUESTS:-200}"
 fi
 

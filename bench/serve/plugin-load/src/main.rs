@@ -1,8 +1,17 @@
-//! Closed-loop load on `POST /v1/plugins/calc/eval`: C keep-alive
-//! connections, each sending N calls one after another, every answer
-//! checked. Prints one JSON line with latency percentiles (ms) and the rate.
+//! Load on `POST /v1/plugins/calc/eval`: C keep-alive connections, each
+//! sending N calls one after another, every answer checked. Prints one
+//! JSON line with latency percentiles (ms) and the rate.
 //!
-//! Usage: plugin-load ADDR KEY CONNECTIONS CALLS_PER_CONNECTION
+//! Closed loop by default: each connection sends its next call as soon as
+//! the last is answered, so the server is saturated and the latency is
+//! what 64 callers queueing for two cores wait (about C / rate). With RATE
+//! (calls per second, all connections together) the load is open: call k
+//! of connection i is due at start + (k + i / C) · C / RATE; a call that
+//! is due while its connection still waits for the previous answer is
+//! timed from when it was due, so a server that falls behind is charged
+//! for the calls queued behind a slow one (no coordinated omission).
+//!
+//! Usage: plugin-load ADDR KEY CONNECTIONS CALLS_PER_CONNECTION [RATE]
 
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -13,7 +22,23 @@ struct Outcome {
     errors: Vec<String>,
 }
 
-async fn connection(addr: String, key: String, index: u64, calls: u64) -> Outcome {
+/// When connection `index`'s calls are due: `None` for a closed loop.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: tokio::time::Instant,
+    /// Time between two calls of one connection.
+    period: Duration,
+    /// This connection's offset within a period.
+    offset: Duration,
+}
+
+async fn connection(
+    addr: String,
+    key: String,
+    index: u64,
+    calls: u64,
+    schedule: Option<Schedule>,
+) -> Outcome {
     let mut out = Outcome {
         latencies: Vec::with_capacity(calls as usize),
         errors: Vec::new(),
@@ -28,6 +53,7 @@ async fn connection(addr: String, key: String, index: u64, calls: u64) -> Outcom
     stream.set_nodelay(true).ok();
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
+    let mut last_answer = Instant::now();
     for i in 0..calls {
         let (a, b) = (index * 7 + i % 997, i * 13 % 991 + 1);
         let body = format!(r#"{{"expression":"{a}*{b}+{index}"}}"#);
@@ -35,7 +61,22 @@ async fn connection(addr: String, key: String, index: u64, calls: u64) -> Outcom
             "POST /v1/plugins/calc/eval HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let started = Instant::now();
+        let started = match schedule {
+            Some(s) => {
+                let due = (s.start + s.offset + s.period * i as u32).into_std();
+                tokio::time::sleep_until(due.into()).await;
+                // A call that had to wait for the one before it is timed
+                // from when it was due; one sent late only because this
+                // client's timer (1 ms resolution) woke late is timed from
+                // when it was sent: that delay is not the server's.
+                if last_answer > due {
+                    due
+                } else {
+                    Instant::now()
+                }
+            }
+            None => Instant::now(),
+        };
         if let Err(e) = stream.get_mut().write_all(request.as_bytes()).await {
             out.errors.push(format!("write: {e}"));
             return out;
@@ -73,6 +114,7 @@ async fn connection(addr: String, key: String, index: u64, calls: u64) -> Outcom
             return out;
         }
         let elapsed = started.elapsed();
+        last_answer = Instant::now();
         let value = serde_json::from_slice::<serde_json::Value>(&answer)
             .ok()
             .and_then(|v| v["value"].as_u64());
@@ -91,15 +133,32 @@ async fn connection(addr: String, key: String, index: u64, calls: u64) -> Outcom
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, addr, key, conns, calls] = args.as_slice() else {
-        eprintln!("usage: plugin-load ADDR KEY CONNECTIONS CALLS_PER_CONNECTION");
-        std::process::exit(2);
+    let (addr, key, conns, calls, rate) = match args.as_slice() {
+        [_, addr, key, conns, calls] => (addr, key, conns, calls, None),
+        [_, addr, key, conns, calls, rate] => (addr, key, conns, calls, Some(rate)),
+        _ => {
+            eprintln!("usage: plugin-load ADDR KEY CONNECTIONS CALLS_PER_CONNECTION [RATE]");
+            std::process::exit(2);
+        }
     };
     let conns: u64 = conns.parse().expect("CONNECTIONS is a number");
     let calls: u64 = calls.parse().expect("CALLS_PER_CONNECTION is a number");
+    let rate: Option<f64> = rate.map(|r| r.parse().expect("RATE is calls per second"));
     let started = Instant::now();
+    // Connections open during the first period, before any call is due.
+    let first = tokio::time::Instant::now() + Duration::from_millis(100);
     let tasks: Vec<_> = (0..conns)
-        .map(|i| tokio::spawn(connection(addr.clone(), key.clone(), i, calls)))
+        .map(|i| {
+            let schedule = rate.map(|rate| {
+                let period = Duration::from_secs_f64(conns as f64 / rate);
+                Schedule {
+                    start: first,
+                    period,
+                    offset: period.mul_f64(i as f64 / conns as f64),
+                }
+            });
+            tokio::spawn(connection(addr.clone(), key.clone(), i, calls, schedule))
+        })
         .collect();
     let mut latencies = Vec::new();
     let mut errors = Vec::new();
@@ -119,6 +178,7 @@ async fn main() {
         "bench": "hearth-plugin-load",
         "connections": conns,
         "calls_per_connection": calls,
+        "offered_rate": rate,
         "calls_ok": latencies.len(),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
