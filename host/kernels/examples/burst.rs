@@ -6,8 +6,7 @@
 //!
 //! `cargo run --release -p hearth-kernels --example burst [THREADS]`
 
-use hearth_kernels::Q8Matrix;
-use hearth_kernels::llama::{Config, KvCache, Layer, Llama, Step};
+use hearth_kernels::llama::{Config, KvCache, Llama, Step};
 use std::time::Instant;
 
 fn main() {
@@ -24,31 +23,7 @@ fn main() {
         rope_base: 100_000.0,
         rope_dim: 64,
     };
-    let mut seed = 0x2545_f491_u32;
-    let mut matrix = |rows: usize, cols: usize| {
-        let data: Vec<f32> = (0..rows * cols)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                (seed as f32 / u32::MAX as f32 - 0.5) * 0.1
-            })
-            .collect();
-        Q8Matrix::from_f32(&data, rows, cols)
-    };
-    let kv = cfg.kv_heads * cfg.head_dim;
-    let layers = (0..30)
-        .map(|_| Layer {
-            attn_norm: vec![1.0; cfg.dim],
-            qkv: matrix(cfg.dim + 2 * kv, cfg.dim),
-            wo: matrix(cfg.dim, cfg.dim),
-            ffn_norm: vec![1.0; cfg.dim],
-            gate_up: matrix(2 * cfg.ffn, cfg.dim),
-            down: matrix(cfg.dim, cfg.ffn),
-        })
-        .collect();
-    let embedding = matrix(49_152, cfg.dim);
-    let mut model = Llama::new(cfg, embedding, None, vec![1.0; cfg.dim], layers, threads).unwrap();
+    let mut model = Llama::random(cfg, 30, 49_152, 0.1, threads).unwrap();
     let tokens = |n: usize, salt: u32| -> Vec<u32> {
         (0..n as u32)
             .map(|i| (i * 7919 + salt * 104_729) % 49_152)

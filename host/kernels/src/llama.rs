@@ -109,6 +109,43 @@ impl Llama {
         })
     }
 
+    /// A model of the given shape with deterministic pseudo-random weights
+    /// (uniform in ±`amplitude` / 2, unit norms, tied output), for tests and
+    /// benchmarks that need real sizes but no file.
+    pub fn random(
+        cfg: Config,
+        layers: usize,
+        vocab: usize,
+        amplitude: f32,
+        threads: usize,
+    ) -> Result<Llama, String> {
+        let mut seed = 0x2545_f491_u32;
+        let mut matrix = |rows: usize, cols: usize| {
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    (seed as f32 / u32::MAX as f32 - 0.5) * amplitude
+                })
+                .collect();
+            Q8Matrix::from_f32(&data, rows, cols)
+        };
+        let kv = cfg.kv_heads * cfg.head_dim;
+        let layers = (0..layers)
+            .map(|_| Layer {
+                attn_norm: vec![1.0; cfg.dim],
+                qkv: matrix(cfg.dim + 2 * kv, cfg.dim),
+                wo: matrix(cfg.dim, cfg.dim),
+                ffn_norm: vec![1.0; cfg.dim],
+                gate_up: matrix(2 * cfg.ffn, cfg.dim),
+                down: matrix(cfg.dim, cfg.ffn),
+            })
+            .collect();
+        let embedding = matrix(vocab, cfg.dim);
+        Llama::new(cfg, embedding, None, vec![1.0; cfg.dim], layers, threads)
+    }
+
     /// The vocabulary size (length of one row of logits).
     pub fn vocab(&self) -> usize {
         self.output.as_ref().unwrap_or(&self.embedding).rows()
@@ -1106,31 +1143,7 @@ mod tests {
             rope_base: 10_000.0,
             rope_dim: 16,
         };
-        let mut seed = 0x2545_f491_u32;
-        let mut matrix = |rows: usize, cols: usize| {
-            let data: Vec<f32> = (0..rows * cols)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 17;
-                    seed ^= seed << 5;
-                    (seed as f32 / u32::MAX as f32 - 0.5) * 0.4
-                })
-                .collect();
-            Q8Matrix::from_f32(&data, rows, cols)
-        };
-        let kv = cfg.kv_heads * cfg.head_dim;
-        let layers = (0..2)
-            .map(|_| Layer {
-                attn_norm: vec![1.0; cfg.dim],
-                qkv: matrix(cfg.dim + 2 * kv, cfg.dim),
-                wo: matrix(cfg.dim, cfg.dim),
-                ffn_norm: vec![1.0; cfg.dim],
-                gate_up: matrix(2 * cfg.ffn, cfg.dim),
-                down: matrix(cfg.dim, cfg.ffn),
-            })
-            .collect();
-        let embedding = matrix(50, cfg.dim);
-        Llama::new(cfg, embedding, None, vec![1.0; cfg.dim], layers, threads).unwrap()
+        Llama::random(cfg, 2, 50, 0.4, threads).unwrap()
     }
 
     /// Greedy continuation of `prompt`, one sequence alone.
