@@ -296,21 +296,33 @@ impl Isa {
 
     /// Every path this CPU can run.
     pub fn available() -> Vec<Isa> {
-        let mut out = vec![Isa::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if avx2() {
-                out.push(Isa::Avx2);
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|isa| isa.supported())
+            .collect()
+    }
+
+    /// Whether this CPU can run the path (checked once; the products ask
+    /// on every call).
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                use std::sync::OnceLock;
+                static HAS: OnceLock<bool> = OnceLock::new();
+                *HAS.get_or_init(|| {
+                    avx2()
+                        && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vnni")
+                })
             }
-            if avx2()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-            {
-                out.push(Isa::Avx512);
-            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
         }
-        out
     }
 }
 
@@ -337,7 +349,7 @@ pub fn matmul_on(
 ) {
     assert_eq!(w.cols, x.cols, "inner dimensions");
     assert_eq!(y.len(), x.tokens * w.rows, "output shape");
-    assert!(Isa::available().contains(&isa), "{isa:?} is not available");
+    assert!(isa.supported(), "{isa:?} is not available");
     let out = SharedOut(y.as_mut_ptr());
     let run = |panels: std::ops::Range<usize>| {
         // SAFETY: each task writes only the output columns of its own
