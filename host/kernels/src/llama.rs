@@ -573,12 +573,7 @@ unsafe fn three_heads64_avx2(
 ) {
     use std::arch::x86_64::*;
     let len = scores.len() / 3;
-    assert!(q.len() == 192 && out.len() == 192 && kv + 64 <= kv_dim);
-    assert!(
-        parts
-            .iter()
-            .all(|(k, v)| k.len() == v.len() && k.len() % kv_dim == 0)
-    );
+    check_three_heads(q, parts, kv_dim, kv, out);
     // SAFETY: rows read are below each part's row count (the tail of four
     // reuses the last row), offsets stay within a row (asserted), and
     // score indices stay below `len` per head.
@@ -651,6 +646,17 @@ unsafe fn three_heads64_avx2(
     }
 }
 
+/// The shapes the three-head kernels rely on for their unchecked reads.
+#[inline(always)]
+fn check_three_heads(q: &[f32], parts: &[Part<'_>], kv_dim: usize, kv: usize, out: &[f32]) {
+    assert!(q.len() == 192 && out.len() == 192 && kv + 64 <= kv_dim);
+    assert!(
+        parts
+            .iter()
+            .all(|(k, v)| k.len() == v.len() && k.len() % kv_dim == 0)
+    );
+}
+
 /// [`three_heads64_avx2`] with 16-lane registers: two positions per
 /// register for the scores (so the twelve chains of a round of four stay
 /// in registers instead of spilling) and a whole 64-dimensional head per
@@ -672,12 +678,7 @@ unsafe fn three_heads64_avx512(
 ) {
     use std::arch::x86_64::*;
     let len = scores.len() / 3;
-    assert!(q.len() == 192 && out.len() == 192 && kv + 64 <= kv_dim);
-    assert!(
-        parts
-            .iter()
-            .all(|(k, v)| k.len() == v.len() && k.len() % kv_dim == 0)
-    );
+    check_three_heads(q, parts, kv_dim, kv, out);
     // Each head's query eight dimensions at a time, repeated in both
     // halves of a register (one position per half).
     let mut qq = [[0f32; 16]; 24];
