@@ -247,10 +247,15 @@ impl From<SchedulerError> for ApiError {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body_> {
+    json_text_response(status, body.to_string())
+}
+
+/// An answer whose body is already JSON text.
+fn json_text_response(status: StatusCode, body: String) -> Response<Body_> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .body(Full::new(Bytes::from(body)).boxed())
         .expect("valid response")
 }
 
@@ -1106,11 +1111,7 @@ async fn invoke_plugin(
         Ok(result) => {
             state.metrics.plugin_call(namespace, "ok");
             // The runtime has checked that the result is JSON.
-            Ok(Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(result)).boxed())
-                .expect("valid response"))
+            Ok(json_text_response(StatusCode::OK, result))
         }
         Err(e) => {
             let (status, outcome) = match e.kind() {
