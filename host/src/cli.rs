@@ -143,7 +143,7 @@ impl ServeArgs {
         let Some(path) = &self.config else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(path)
+        let text = crate::home::read_text_capped(path, 1 << 20)
             .with_context(|| format!("reading the config file {}", path.display()))?;
         let file: ServeConfig = toml::from_str(&text)
             .with_context(|| format!("in the config file {}", path.display()))?;
@@ -306,6 +306,14 @@ pub enum PluginCommand {
         /// Accept a version lower than the installed one.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Accept entries signed under the old v1 scheme, whose signature
+        /// does not cover permissions and config.
+        #[arg(long)]
+        allow_v1_signatures: bool,
+        /// Let the plugin take over the namespace of a plugin bundled with
+        /// hearth (calc, notes, weather).
+        #[arg(long)]
+        replace_bundled: bool,
         /// Grant the requested permissions without asking.
         #[arg(long, short)]
         yes: bool,
@@ -317,6 +325,10 @@ pub enum PluginCommand {
         /// Accept entries without a trusted publisher signature.
         #[arg(long)]
         allow_unsigned: bool,
+        /// Accept entries signed under the old v1 scheme, whose signature
+        /// does not cover permissions and config.
+        #[arg(long)]
+        allow_v1_signatures: bool,
         /// Grant the requested permissions without asking.
         #[arg(long, short)]
         yes: bool,
@@ -624,6 +636,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             registry,
             allow_unsigned,
             allow_downgrade,
+            allow_v1_signatures,
+            replace_bundled,
             yes,
         }) => {
             let (name, requirement) = install::parse_spec(&spec).map_err(anyhow::Error::msg)?;
@@ -631,6 +645,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let options = install::Options {
                 allow_unsigned,
                 allow_downgrade,
+                allow_v1_signatures,
+                replace_bundled,
             };
             let runtime = runtime_for(&home)?;
             let report = install::install(
@@ -649,6 +665,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Plugin(PluginCommand::Update {
             namespace,
             allow_unsigned,
+            allow_v1_signatures,
             yes,
         }) => {
             let lock = manager::store::Store::new(&home)
@@ -670,9 +687,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     continue;
                 }
                 let exact = semver::VersionReq::parse(&format!("={}", newest.manifest.version))?;
+                // An update stays with the plugin it updates: it never takes
+                // over a bundled namespace.
                 let options = install::Options {
                     allow_unsigned,
-                    allow_downgrade: false,
+                    allow_v1_signatures,
+                    ..install::Options::default()
                 };
                 let report = install::install(
                     &home,
@@ -737,12 +757,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             source,
         }) => {
             let key = registry::read_secret(&key).map_err(anyhow::Error::msg)?;
-            let text = std::fs::read_to_string(&manifest)
-                .with_context(|| format!("reading {}", manifest.display()))?;
+            let text = crate::home::read_text_capped(
+                &manifest,
+                crate::plugins::manifest::MAX_MANIFEST_BYTES,
+            )
+            .with_context(|| format!("reading {}", manifest.display()))?;
             let raw: crate::plugins::manifest::RawManifest =
                 toml::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
             raw.clone().validate(&manifest.display().to_string())?;
-            let bytes = std::fs::read(&component)
+            let bytes = crate::home::read_capped(&component, registry::MAX_COMPONENT_SIZE)
                 .with_context(|| format!("reading {}", component.display()))?;
             let entry = registry::signed_entry(&key, &raw, &bytes, &source);
             let mut file = std::fs::OpenOptions::new()

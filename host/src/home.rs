@@ -29,3 +29,57 @@ impl Home {
         self.root.join("config")
     }
 }
+
+/// Reads a whole file of at most `max` bytes. The size is checked from the
+/// file's metadata before anything is read, and the read itself stops one
+/// byte past `max` (a file that grows meanwhile is refused too), so an
+/// oversized or sparse file never costs more than `max` bytes of memory.
+pub fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let too_large = |size: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("it is {size} bytes; the limit is {max}"),
+        )
+    };
+    if len > max {
+        return Err(too_large(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] for UTF-8 text.
+pub fn read_text_capped(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, max)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_files_are_refused_from_their_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        // A sparse file of 3 GiB: refused without reading (and without
+        // allocating) a single page of it.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+        let e = read_capped(&path, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(e.to_string().contains("3221225472 bytes"), "{e}");
+        std::fs::write(&path, b"small").unwrap();
+        assert_eq!(read_capped(&path, 5).unwrap(), b"small");
+        assert!(read_capped(&path, 4).is_err());
+    }
+}

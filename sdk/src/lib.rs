@@ -128,10 +128,18 @@ impl ToolError {
 /// What a plugin implements. Every call runs in a fresh instance, so the
 /// methods are associated functions: keep state in [`kv`], not in statics.
 pub trait Plugin {
-    /// The tools this plugin offers.
+    /// The tools this plugin offers (at most 64; descriptions up to 1 KiB
+    /// of plain text, schemas up to 16 KiB with local `$ref`s only). The
+    /// names are recorded when the plugin is installed and must not change
+    /// later.
     fn tools() -> Vec<Tool>;
 
-    /// The events this plugin observes (none by default).
+    /// The events this plugin observes (none by default). The answer is
+    /// recorded when the plugin is installed and must not change later.
+    /// Observing `BeforePrompt` or `AfterResponse` shows the plugin every
+    /// prompt and answer: its `plugin.toml` must ask for
+    /// `[permissions] conversation = "read"`, or `"modify"` for an
+    /// [`on_event`](Plugin::on_event) that rewrites or refuses them.
     fn events() -> Vec<EventKind> {
         Vec::new()
     }

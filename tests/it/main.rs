@@ -1,5 +1,7 @@
 //! hearth's integration tests: one binary, one module per area.
 //!
+//! - `escapes`: regressions for the hostile-plugin and hostile-registry
+//!   escapes found by an outside corpus, one section per class.
 //! - `sandbox`: hostile plugins are contained (time, memory, stack, output,
 //!   files, network, environment, stdio, key-value rollback, imports).
 //! - `loading`: what the runtime accepts and refuses at load time, and the
@@ -9,6 +11,7 @@
 //! - `install`: installing over HTTP from a loopback index.
 //! - `registry`: `registry.toml` matches the reproducible build.
 
+mod escapes;
 mod first_party;
 mod golden;
 mod install;

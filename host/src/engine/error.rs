@@ -68,6 +68,19 @@ pub enum EngineError {
         /// The context window.
         context: usize,
     },
+    /// The prompt is too long in bytes to fit the context window, whatever
+    /// it tokenises to; refused before tokenising.
+    #[error(
+        "the prompt is {bytes} bytes, more than fits in the context window of {context} tokens ({max_bytes} bytes at most); shorten the conversation"
+    )]
+    PromptTooLong {
+        /// Bytes in the rendered prompt.
+        bytes: usize,
+        /// The most that could fit.
+        max_bytes: usize,
+        /// The context window.
+        context: usize,
+    },
     /// The chat template failed to render.
     #[error("chat template: {0}")]
     Template(String),

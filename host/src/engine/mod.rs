@@ -79,6 +79,12 @@ pub fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Bytes one token covers at most. The byte-level BPE vocabularies of the
+/// supported models stay well below it, so a text of more than
+/// `tokens × MAX_BYTES_PER_TOKEN` bytes certainly has more than `tokens`
+/// tokens, which lets a prompt be refused before it is tokenised.
+pub const MAX_BYTES_PER_TOKEN: usize = 64;
+
 /// How to load a model.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
@@ -452,12 +458,31 @@ impl Engine {
         self.shared.template.render(messages, tools, true)
     }
 
-    /// The prompt's token ids.
+    /// The prompt's token ids. A prompt longer in bytes than the context
+    /// window could hold is refused before it is tokenised: tokenising
+    /// costs time and memory in proportion to the text, and the text may
+    /// come from a plugin (a tool result, a hook's rewrite, an `llm` call).
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let max_bytes = self.shared.context * MAX_BYTES_PER_TOKEN;
+        let too_long = |bytes: usize| EngineError::PromptTooLong {
+            bytes,
+            max_bytes,
+            context: self.shared.context,
+        };
         let text = match prompt {
-            Prompt::Chat { messages, tools } => self.render(messages, tools)?,
+            Prompt::Chat { messages, tools } => {
+                // Rendering is proportional to the text as well.
+                let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+                if bytes > max_bytes {
+                    return Err(too_long(bytes));
+                }
+                self.render(messages, tools)?
+            }
             Prompt::Text(t) => t.clone(),
         };
+        if text.len() > max_bytes {
+            return Err(too_long(text.len()));
+        }
         self.shared.tokenizer.encode(&text)
     }
 

@@ -26,7 +26,7 @@ use crate::home::Home;
 use crate::plugins::Runtime;
 use crate::plugins::manifest::{Manifest, Permissions};
 use semver::VersionReq;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The steps of an install, named in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,13 @@ pub struct Options {
     pub allow_unsigned: bool,
     /// Accept a lower version than the installed one.
     pub allow_downgrade: bool,
+    /// Accept entries signed under the v1 scheme, which does not cover
+    /// permissions and config.
+    pub allow_v1_signatures: bool,
+    /// Let an entry take over the namespace of a plugin bundled with
+    /// hearth (`calc`, `notes`, `weather`): off, those namespaces are
+    /// reserved for the bundled plugins and the repository's own entries.
+    pub replace_bundled: bool,
 }
 
 /// What an install did.
@@ -118,6 +125,9 @@ pub fn describe_permissions(manifest: &Manifest) -> Vec<String> {
     if p.llm_tokens > 0 {
         out.push(format!("the model, {} tokens per call", p.llm_tokens));
     }
+    if let Some(conversation) = p.conversation.describe() {
+        out.push(conversation.into());
+    }
     for (dep, req) in &manifest.dependencies {
         out.push(format!("calling tools of `{dep}` {req}"));
     }
@@ -135,6 +145,11 @@ pub fn added_permissions(old: &Manifest, new: &Manifest) -> Vec<String> {
     }
     if n.kv && !o.kv {
         out.push("its own key-value store".into());
+    }
+    if n.conversation > o.conversation
+        && let Some(conversation) = n.conversation.describe()
+    {
+        out.push(conversation.into());
     }
     if n.llm_tokens > o.llm_tokens {
         out.push(format!(
@@ -236,13 +251,22 @@ pub async fn install(
     let mut plan: Vec<&Entry> = Vec::new();
     plan_with_dependencies(index, entry, &current, &mut plan, &mut BTreeSet::new())
         .map_err(|m| fail(&entry.id(), Step::Resolve, m))?;
+    // Who owns each namespace the plan writes to, said plainly.
+    let mut takeovers: BTreeMap<String, String> = BTreeMap::new();
+    for e in &plan {
+        if let Some(takeover) =
+            takeover(e, &lock, options, index).map_err(|m| fail(&e.id(), Step::Resolve, m))?
+        {
+            takeovers.insert(e.manifest.namespace.to_string(), takeover);
+        }
+    }
 
     let trusted = TrustedKeys::load(home).map_err(|m| fail(&entry.id(), Step::Signature, m))?;
     let mut staged: Vec<(&Entry, Staged, Candidate)> = Vec::new();
     for e in &plan {
         // 2. signature: checked before downloading anything.
         if e.source.needs_signature()
-            && let Err(why) = trusted.verify(e)
+            && let Err(why) = trusted.verify(e, options.allow_v1_signatures)
         {
             if !options.allow_unsigned {
                 return Err(fail(
@@ -287,7 +311,10 @@ pub async fn install(
             .load(e.manifest.clone(), &bytes, config.as_ref())
             .await
             .map_err(|err| fail(&e.id(), Step::Validate, err.to_string()))?;
-        staged.push((e, s, Candidate::of(&plugin, index.location.clone())));
+        let mut candidate = Candidate::of(&plugin, index.location.clone());
+        // The newcomer: if it clashes, it is the one left out.
+        candidate.rank = Some(u64::MAX);
+        staged.push((e, s, candidate));
     }
 
     // 6. check the would-be set against the current one, tools and hooks
@@ -315,6 +342,9 @@ pub async fn install(
     let mut summary = String::new();
     for e in &plan {
         let ns = e.manifest.namespace.as_str();
+        if let Some(takeover) = takeovers.get(ns) {
+            summary.push_str(&format!("{} {takeover}\n", e.id()));
+        }
         match lock.get(ns).and(manifest_of(&current, ns)) {
             Some(old) => {
                 let added = added_permissions(old, &e.manifest);
@@ -349,7 +379,8 @@ pub async fn install(
     // lock file in one atomic replace.
     let mut new_lock = lock.clone();
     let mut report = Report::default();
-    for (e, s, _) in staged {
+    let first_seq = new_lock.plugin.iter().map(|p| p.seq).max().unwrap_or(0) + 1;
+    for (seq, (e, s, candidate)) in (first_seq..).zip(staged) {
         let manifest_text = toml::to_string(&e.raw_manifest)
             .map_err(|err| fail(&e.id(), Step::Commit, err.to_string()))?;
         let manifest_sha = store
@@ -365,6 +396,16 @@ pub async fn install(
             component: e.sha256.clone(),
             manifest: manifest_sha,
             registry: index.location.clone(),
+            publisher: e.publisher.clone(),
+            tools: Some(candidate.tools.clone()),
+            events: Some(
+                candidate
+                    .events
+                    .iter()
+                    .map(|k| crate::plugins::event_name(*k).to_string())
+                    .collect(),
+            ),
+            seq,
         });
         report.installed.push(e.id());
     }
@@ -372,6 +413,63 @@ pub async fn install(
         .write_lock(&new_lock)
         .map_err(|m| fail(&entry.id(), Step::Commit, m))?;
     Ok(report)
+}
+
+/// Whether installing `e` takes a namespace from another plugin, and how to
+/// say so. The namespace of a bundled plugin may only be taken by the
+/// repository's own entry for it, unless the user opts in; an installed
+/// plugin's namespace is taken when the entry has another name or another
+/// publisher. An upgrade of the same plugin is not a takeover.
+fn takeover(
+    e: &Entry,
+    lock: &super::store::Lock,
+    options: &Options,
+    index: &Index,
+) -> Result<Option<String>, String> {
+    let ns = e.manifest.namespace.as_str();
+    if let Some(installed) = lock.get(ns) {
+        let same_plugin =
+            installed.name == e.manifest.name.as_str() && installed.publisher == e.publisher;
+        if same_plugin {
+            return Ok(None);
+        }
+        return Ok(Some(format!(
+            "REPLACES {} {} installed from {} (a different plugin{}) in namespace `{ns}`",
+            installed.name,
+            installed.version,
+            installed.registry,
+            match (&installed.publisher, &e.publisher) {
+                (a, b) if a == b => String::new(),
+                (_, Some(key)) => format!(", signed by key {key}"),
+                (_, None) => ", unsigned".to_string(),
+            }
+        )));
+    }
+    let Some(bundled) = crate::bundled::BUNDLED
+        .iter()
+        .find(|b| Manifest::parse(b.manifest, b.source).is_ok_and(|m| m.namespace.as_str() == ns))
+    else {
+        return Ok(None);
+    };
+    if e.source == super::registry::Source::Repo(bundled.source) {
+        return Ok(None);
+    }
+    let version = Manifest::parse(bundled.manifest, bundled.source)
+        .map(|m| m.version.to_string())
+        .unwrap_or_default();
+    if !options.replace_bundled {
+        return Err(format!(
+            "`{ns}` is the namespace of the plugin bundled with hearth ({} {version}); {} from {} would replace it. \
+             Pass --replace-bundled to allow that",
+            bundled.source,
+            e.id(),
+            index.location
+        ));
+    }
+    Ok(Some(format!(
+        "REPLACES the bundled plugin `{ns}` {version} ({})",
+        bundled.source
+    )))
 }
 
 /// The manifest of a namespace in a set.

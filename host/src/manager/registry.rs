@@ -9,9 +9,16 @@
 //!   URL: downloaded, and accepted only with a valid ed25519 signature by a
 //!   publisher key the user trusts (or with `--allow-unsigned`).
 //!
-//! The signature covers `hearth-registry-entry-v1`, namespace, name, version
-//! and sha256, one per line; the publisher key id is the first 16 hex digits
-//! of the SHA-256 of the public key.
+//! The signature covers everything in the entry that decides what the
+//! plugin is and may do: `hearth-registry-entry-v2`, a newline, then the
+//! entry as canonical JSON (keys sorted, no spaces) without `signature` and
+//! `source` — name, namespace, version, contract, description, publisher,
+//! sha256, size, priority, permissions, dependencies, conflicts and config.
+//! Editing any of them breaks the signature; the component may be mirrored
+//! anywhere, since its digest is signed. Entries signed under the earlier
+//! `hearth-registry-entry-v1` scheme (namespace, name, version and sha256
+//! only) verify only with an explicit flag. The publisher key id is the
+//! first 16 hex digits of the SHA-256 of the public key.
 
 use crate::bundled::BUNDLED;
 use crate::home::Home;
@@ -25,12 +32,18 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// What signatures sign, before the entry's fields.
-pub const SIGNATURE_CONTEXT: &str = "hearth-registry-entry-v1";
+/// What signatures sign, before the entry's canonical JSON.
+pub const SIGNATURE_CONTEXT: &str = "hearth-registry-entry-v2";
+/// The earlier scheme, which left permissions and config unsigned.
+pub const SIGNATURE_CONTEXT_V1: &str = "hearth-registry-entry-v1";
 /// The index format this hearth reads.
 pub const FORMAT: u32 = 1;
 /// Largest component an entry may declare.
 pub const MAX_COMPONENT_SIZE: u64 = 64 << 20;
+/// Largest index accepted, in bytes.
+pub const MAX_INDEX_BYTES: u64 = 16 << 20;
+/// Largest trusted-keys file accepted, in bytes.
+const MAX_KEYS_FILE_BYTES: u64 = 1 << 20;
 /// The index built into this binary: the repository's `registry.toml`.
 pub const BUILTIN_INDEX: &str = include_str!("../../../registry.toml");
 
@@ -138,6 +151,8 @@ pub struct Entry {
     pub publisher: Option<String>,
     /// The signature, decoded.
     pub signature: Option<[u8; 64]>,
+    /// What a v2 signature of this entry signs.
+    pub signed_payload: Vec<u8>,
 }
 
 impl Entry {
@@ -204,12 +219,20 @@ impl Index {
         };
         if location.starts_with("http://") || location.starts_with("https://") {
             let mut body = Vec::new();
-            http_get(location, 16 << 20, &mut body).await.map_err(err)?;
+            http_get(location, MAX_INDEX_BYTES + 1, &mut body)
+                .await
+                .map_err(err)?;
+            if body.len() as u64 > MAX_INDEX_BYTES {
+                return Err(err(format!(
+                    "is larger than the limit of {MAX_INDEX_BYTES} bytes"
+                )));
+            }
             let text = String::from_utf8(body).map_err(|_| err("is not UTF-8".into()))?;
             return Index::parse(&text, location, None);
         }
         let path = Path::new(location.strip_prefix("file://").unwrap_or(location));
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let text = crate::home::read_text_capped(path, MAX_INDEX_BYTES)
+            .map_err(|e| err(format!("cannot read: {e}")))?;
         Index::parse(&text, location, path.parent())
     }
 
@@ -309,6 +332,7 @@ impl Entry {
             ));
         }
         let source = parse_source(&e.source, base)?;
+        let signed_payload = signed_payload(&e);
         let signature = e
             .signature
             .as_deref()
@@ -354,6 +378,7 @@ impl Entry {
             size: e.size,
             publisher: e.publisher,
             signature,
+            signed_payload,
         })
     }
 }
@@ -389,9 +414,57 @@ fn parse_source(text: &str, base: Option<&Path>) -> Result<Source, String> {
         })
 }
 
-/// The message a publisher signs for an entry.
-pub fn signed_message(namespace: &str, name: &str, version: &str, sha256: &str) -> Vec<u8> {
-    format!("{SIGNATURE_CONTEXT}\n{namespace}\n{name}\n{version}\n{sha256}\n").into_bytes()
+/// What a v1 signature signed: namespace, name, version and digest only.
+pub fn signed_message_v1(namespace: &str, name: &str, version: &str, sha256: &str) -> Vec<u8> {
+    format!("{SIGNATURE_CONTEXT_V1}\n{namespace}\n{name}\n{version}\n{sha256}\n").into_bytes()
+}
+
+/// What a publisher signs for an entry: [`SIGNATURE_CONTEXT`], a newline,
+/// and the entry as canonical JSON without `signature` and `source`.
+pub fn signed_payload(entry: &RawEntry) -> Vec<u8> {
+    let mut entry = entry.clone();
+    entry.sha256 = entry.sha256.to_ascii_lowercase();
+    let mut value = serde_json::to_value(&entry).expect("entries serialise");
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("signature");
+        fields.remove("source");
+    }
+    let mut out = format!("{SIGNATURE_CONTEXT}\n").into_bytes();
+    canonical_json(&value, &mut out);
+    out
+}
+
+/// JSON with object keys sorted and no whitespace, whatever order the map
+/// type keeps, so signer and verifier agree byte for byte.
+fn canonical_json(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            out.push(b'{');
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(Value::String(key.clone()).to_string().as_bytes());
+                out.push(b':');
+                canonical_json(&map[key], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
 }
 
 /// The key id of a public key.
@@ -421,7 +494,7 @@ impl TrustedKeys {
     /// Loads the trusted keys; a key whose id does not match is an error.
     pub fn load(home: &Home) -> Result<TrustedKeys, String> {
         let path = Self::path(home);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::home::read_text_capped(&path, MAX_KEYS_FILE_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TrustedKeys::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
@@ -453,7 +526,7 @@ impl TrustedKeys {
         let key =
             VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an ed25519 key: {e}"))?;
         let path = Self::path(home);
-        let mut raw: RawTrusted = match std::fs::read_to_string(&path) {
+        let mut raw: RawTrusted = match crate::home::read_text_capped(&path, MAX_KEYS_FILE_BYTES) {
             Ok(t) => toml::from_str(&t).map_err(|e| format!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RawTrusted::default(),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
@@ -466,8 +539,10 @@ impl TrustedKeys {
         Ok(id)
     }
 
-    /// Checks an entry's signature; the error says what is wrong.
-    pub fn verify(&self, entry: &Entry) -> Result<(), String> {
+    /// Checks an entry's signature; the error says what is wrong. A
+    /// signature under the v1 scheme, which does not cover permissions or
+    /// config, is accepted only when `allow_v1`.
+    pub fn verify(&self, entry: &Entry, allow_v1: bool) -> Result<(), String> {
         let (Some(publisher), Some(signature)) = (&entry.publisher, &entry.signature) else {
             return Err(format!("{} is not signed", entry.id()));
         };
@@ -477,20 +552,35 @@ impl TrustedKeys {
                 entry.id()
             ));
         };
+        let signature = Signature::from_bytes(signature);
+        if key.verify(&entry.signed_payload, &signature).is_ok() {
+            return Ok(());
+        }
         let m = &entry.manifest;
-        let message = signed_message(
+        let v1 = signed_message_v1(
             m.namespace.as_str(),
             m.name.as_str(),
             &m.version.to_string(),
             &entry.sha256,
         );
-        key.verify(&message, &Signature::from_bytes(signature))
-            .map_err(|_| {
-                format!(
-                    "bad signature: {} does not verify with key {publisher}",
+        if key.verify(&v1, &signature).is_ok() {
+            if allow_v1 {
+                tracing::warn!(
+                    "{} carries a v1 signature: its permissions and config are not signed",
                     entry.id()
-                )
-            })
+                );
+                return Ok(());
+            }
+            return Err(format!(
+                "{} carries a v1 signature, which covers its name, version and digest but not its permissions or config; \
+                 ask the publisher to sign it again, or pass --allow-v1-signatures once you have checked what it asks for",
+                entry.id()
+            ));
+        }
+        Err(format!(
+            "bad signature: {} does not verify with key {publisher} (the entry was changed after signing, or signed by another key)",
+            entry.id()
+        ))
     }
 }
 
@@ -514,7 +604,7 @@ pub fn keygen(path: &Path) -> Result<(String, String), String> {
 
 /// Reads a secret key written by [`keygen`].
 pub fn read_secret(path: &Path) -> Result<SigningKey, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::home::read_text_capped(path, 4096)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(SigningKey::from_bytes(&hex_array::<32>(
         text.trim(),
@@ -531,13 +621,7 @@ pub fn signed_entry(
     source: &str,
 ) -> RawEntry {
     let sha256 = sha256_hex(component);
-    let message = signed_message(
-        &manifest.namespace,
-        &manifest.name,
-        &manifest.version,
-        &sha256,
-    );
-    RawEntry {
+    let mut entry = RawEntry {
         name: manifest.name.clone(),
         namespace: manifest.namespace.clone(),
         version: manifest.version.clone(),
@@ -547,13 +631,21 @@ pub fn signed_entry(
         publisher: Some(key_id(&key.verifying_key())),
         sha256,
         size: component.len() as u64,
-        signature: Some(hex::encode(key.sign(&message).to_bytes())),
+        signature: None,
         priority: manifest.priority,
         permissions: manifest.permissions.clone(),
         dependencies: manifest.dependencies.clone(),
         conflicts: manifest.conflicts.clone(),
         config: manifest.config.clone(),
-    }
+    };
+    sign_entry(key, &mut entry);
+    entry
+}
+
+/// Signs (or signs again) an entry as it now stands, with `key`.
+pub fn sign_entry(key: &SigningKey, entry: &mut RawEntry) {
+    entry.publisher = Some(key_id(&key.verifying_key()));
+    entry.signature = Some(hex::encode(key.sign(&signed_payload(entry)).to_bytes()));
 }
 
 /// The TOML text of one entry, to append to an index.

@@ -28,6 +28,11 @@ pub struct Candidate {
     pub tools: Vec<String>,
     /// The events it observes, when known.
     pub events: Vec<EventKind>,
+    /// Its seniority, when known: bundled plugins 0, installed ones their
+    /// install order. Where plugins clash, the senior one keeps its place
+    /// and the newcomer that caused the clash is left out; without ranks,
+    /// every plugin involved is.
+    pub rank: Option<u64>,
 }
 
 impl Candidate {
@@ -38,6 +43,7 @@ impl Candidate {
             origin: origin.into(),
             tools: Vec::new(),
             events: Vec::new(),
+            rank: None,
         }
     }
 
@@ -48,6 +54,7 @@ impl Candidate {
             origin: origin.into(),
             tools: plugin.tools.iter().map(|t| t.name.clone()).collect(),
             events: plugin.events.clone(),
+            rank: None,
         }
     }
 
@@ -118,6 +125,9 @@ pub enum Problem {
         priority: i32,
         /// The plugins involved.
         plugins: Vec<String>,
+        /// The plugin that was there first and stays active, when the set
+        /// says who that is.
+        kept: Option<String>,
     },
     /// A plugin declared that it cannot run beside another.
     DeclaredConflict {
@@ -129,6 +139,9 @@ pub enum Problem {
         requirement: String,
         /// The other's version.
         version: String,
+        /// The one of the two that was there first and stays active, when
+        /// the set says who that is.
+        kept: Option<String>,
     },
     /// Not activated because a dependency cannot be activated.
     DependencyFailed {
@@ -148,13 +161,22 @@ impl Problem {
             Problem::MissingDependency { plugin, .. }
             | Problem::UnsatisfiedRequirement { plugin, .. }
             | Problem::DependencyFailed { plugin, .. } => vec![plugin.as_str()],
-            Problem::Cycle { plugins } | Problem::PriorityTie { plugins, .. } => {
-                plugins.iter().map(String::as_str).collect()
-            }
+            Problem::Cycle { plugins } => plugins.iter().map(String::as_str).collect(),
+            Problem::PriorityTie { plugins, kept, .. } => plugins
+                .iter()
+                .map(String::as_str)
+                .filter(|p| kept.as_deref() != Some(*p))
+                .collect(),
             Problem::NamespaceClash { namespace, .. } => vec![namespace.as_str()],
-            Problem::DeclaredConflict { plugin, other, .. } => {
-                vec![plugin.as_str(), other.as_str()]
-            }
+            Problem::DeclaredConflict {
+                plugin,
+                other,
+                kept,
+                ..
+            } => [plugin.as_str(), other.as_str()]
+                .into_iter()
+                .filter(|p| kept.as_deref() != Some(*p))
+                .collect(),
         }
     }
 }
@@ -207,29 +229,61 @@ impl fmt::Display for Problem {
                 subject,
                 priority,
                 plugins,
-            } => write!(
-                f,
-                "priority tie: {} all offer {subject} with priority {priority}; give one a different priority or disable one",
-                plugins
-                    .iter()
-                    .map(|p| format!("`{p}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+                kept,
+            } => {
+                write!(
+                    f,
+                    "priority tie: {} all offer {subject} with priority {priority}; give one a different priority or disable one",
+                    plugins
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )?;
+                kept_note(f, kept)
+            }
             Problem::DeclaredConflict {
                 plugin,
                 other,
                 requirement,
                 version,
-            } => write!(
-                f,
-                "declared conflict: `{plugin}` cannot run beside `{other}` {requirement} (installed: {version})"
-            ),
+                kept,
+            } => {
+                write!(
+                    f,
+                    "declared conflict: `{plugin}` cannot run beside `{other}` {requirement} (installed: {version})"
+                )?;
+                kept_note(f, kept)
+            }
             Problem::DependencyFailed { plugin, dependency } => write!(
                 f,
                 "not activated: `{plugin}` depends on `{dependency}`, which cannot be activated"
             ),
         }
+    }
+}
+
+fn kept_note(f: &mut fmt::Formatter<'_>, kept: &Option<String>) -> fmt::Result {
+    match kept {
+        Some(k) => write!(f, " (`{k}` was there first and stays active)"),
+        None => Ok(()),
+    }
+}
+
+/// The plugin of `names` that was in the set first, if ranks say so
+/// unambiguously.
+fn senior<'a>(
+    unique: &BTreeMap<&str, &Candidate>,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let mut ranked: Vec<(u64, &str)> = Vec::new();
+    for n in names {
+        ranked.push((unique.get(n)?.rank?, n));
+    }
+    ranked.sort();
+    match ranked.as_slice() {
+        [(first, name), (second, _), ..] if first < second => Some(name.to_string()),
+        _ => None,
     }
 }
 
@@ -337,6 +391,7 @@ pub fn resolve(candidates: &[Candidate]) -> Resolution {
                     other: other.to_string(),
                     requirement: requirement.to_string(),
                     version: o.manifest.version.to_string(),
+                    kept: senior(&unique, [*namespace, other.as_str()]),
                 });
             }
         }
@@ -362,10 +417,12 @@ pub fn resolve(candidates: &[Candidate]) -> Resolution {
     for (subject, by_priority) in offers {
         for (priority, plugins) in by_priority {
             if plugins.len() > 1 {
+                let kept = senior(&unique, plugins.iter().map(String::as_str));
                 problems.insert(Problem::PriorityTie {
                     subject: subject.clone(),
                     priority,
                     plugins,
+                    kept,
                 });
             }
         }
@@ -406,14 +463,7 @@ pub fn resolve(candidates: &[Candidate]) -> Resolution {
     }
 }
 
-/// The WIT name of an event kind.
-pub fn event_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::BeforePrompt => "before-prompt",
-        EventKind::AfterResponse => "after-response",
-        EventKind::Activated => "activated",
-    }
-}
+pub use crate::plugins::event_name;
 
 impl Graph {
     /// Every dependency cycle, as a path that returns to its start.

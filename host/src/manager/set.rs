@@ -8,6 +8,7 @@
 //! the whole set is resolved, and only then is anything activated, in
 //! resolution order.
 
+use super::registry::MAX_COMPONENT_SIZE;
 use super::resolve::{Candidate, Problem, Resolution, resolve};
 use super::store::Store;
 use crate::bundled::BUNDLED;
@@ -51,6 +52,57 @@ pub struct Found {
     pub manifest: Manifest,
     /// Where it is.
     pub origin: Origin,
+    /// The tools and events it described when it was installed; a later
+    /// answer must match them.
+    pub declared: Option<Declared>,
+    /// Its seniority in the set (lower: there first), when known.
+    pub rank: Option<u64>,
+}
+
+/// What an installed plugin declared at install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// Unqualified tool names.
+    pub tools: Vec<String>,
+    /// Event names.
+    pub events: Vec<String>,
+}
+
+impl Declared {
+    /// How `plugin`'s answer now differs from what was declared, if it does.
+    pub fn differences(&self, plugin: &LoadedPlugin) -> Option<String> {
+        use std::collections::BTreeSet;
+        let mut out = Vec::new();
+        let was: BTreeSet<&str> = self.tools.iter().map(String::as_str).collect();
+        let now: BTreeSet<&str> = plugin.tools.iter().map(|t| t.name.as_str()).collect();
+        let added: Vec<&str> = now.difference(&was).copied().collect();
+        let removed: Vec<&str> = was.difference(&now).copied().collect();
+        if !added.is_empty() {
+            out.push(format!("new tools {}", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            out.push(format!("tools gone: {}", removed.join(", ")));
+        }
+        let was: BTreeSet<&str> = self.events.iter().map(String::as_str).collect();
+        let now: BTreeSet<&str> = plugin
+            .events
+            .iter()
+            .map(|e| crate::plugins::event_name(*e))
+            .collect();
+        if was != now {
+            out.push(format!(
+                "events {} instead of {}",
+                now.into_iter().collect::<Vec<_>>().join(", "),
+                was.into_iter().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        (!out.is_empty()).then(|| {
+            format!(
+                "it describes itself differently than when it was installed ({}); a plugin's tools and events are fixed at install — reinstall it to accept the change",
+                out.join("; ")
+            )
+        })
+    }
 }
 
 impl Found {
@@ -64,13 +116,13 @@ impl Found {
                 .ok_or_else(|| format!("no bundled component for {source}")),
             Origin::Dir(dir) => {
                 let path = dir.join("plugin.wasm");
-                std::fs::read(&path)
+                crate::home::read_capped(&path, MAX_COMPONENT_SIZE)
                     .map(std::borrow::Cow::Owned)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))
             }
             Origin::Installed {
                 component, sha256, ..
-            } => std::fs::read(component)
+            } => crate::home::read_capped(component, MAX_COMPONENT_SIZE)
                 .map_err(|e| format!("cannot read {}: {e}", component.display()))
                 .and_then(|bytes| {
                     let actual = crate::plugins::cache::sha256_hex(&bytes);
@@ -105,6 +157,8 @@ fn bundled(skip: impl Fn(&str) -> bool) -> Vec<Found> {
             found.push(Found {
                 manifest,
                 origin: Origin::Bundled(b.source),
+                declared: None,
+                rank: Some(0),
             });
         }
     }
@@ -144,6 +198,14 @@ pub fn discover_installed(home: &Home) -> Result<Discovery, String> {
                     component: store.component_path(&installed.component),
                     sha256: installed.component.clone(),
                 },
+                declared: match (&installed.tools, &installed.events) {
+                    (Some(tools), Some(events)) => Some(Declared {
+                        tools: tools.clone(),
+                        events: events.clone(),
+                    }),
+                    _ => None,
+                },
+                rank: Some(installed.seq.max(1)),
             }),
             Err(error) => discovery.invalid.push(Problem::InvalidPlugin {
                 plugin: Some(installed.namespace.clone()),
@@ -185,6 +247,8 @@ pub fn discover_dir(dir: &Path) -> std::io::Result<Discovery> {
                 discovery.found.push(Found {
                     manifest,
                     origin: Origin::Dir(folder),
+                    declared: None,
+                    rank: None,
                 });
             }
             Err(e) => discovery.invalid.push(Problem::InvalidPlugin {
@@ -197,10 +261,13 @@ pub fn discover_dir(dir: &Path) -> std::io::Result<Discovery> {
     Ok(discovery)
 }
 
+/// Largest user configuration file read, in bytes.
+const MAX_USER_CONFIG_BYTES: u64 = 1 << 20;
+
 /// The user's configuration overrides for a plugin: `config/<namespace>.toml`.
 pub fn user_config(home: &Home, namespace: &str) -> Result<Option<serde_json::Value>, String> {
     let path = home.config_dir().join(format!("{namespace}.toml"));
-    match std::fs::read_to_string(&path) {
+    match crate::home::read_text_capped(&path, MAX_USER_CONFIG_BYTES) {
         Ok(text) => {
             let table: toml::Table =
                 toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -236,7 +303,10 @@ impl ActiveSet {
 }
 
 /// Every plugin of a discovery, loaded (compiled or from the cache) but not
-/// activated, as resolver candidates; load failures become problems.
+/// activated, as resolver candidates; load failures become problems. The
+/// plugins load concurrently, so one slow plugin delays only itself; an
+/// installed plugin whose `describe` answer no longer matches what it
+/// declared at install is a problem of its own, and is not activated.
 pub async fn load_all(
     runtime: &Runtime,
     home: &Home,
@@ -249,20 +319,43 @@ pub async fn load_all(
     let mut problems = discovery.invalid;
     let mut loaded = Vec::new();
     let mut candidates = Vec::new();
-    for found in discovery.found {
-        let origin_text = found.origin.to_string();
-        let outcome = async {
-            let bytes = found.component()?;
-            let config = user_config(home, found.manifest.namespace.as_str())?;
-            runtime
-                .load(found.manifest.clone(), &bytes, config.as_ref())
-                .await
-                .map_err(|e| e.to_string())
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, found) in discovery.found.into_iter().enumerate() {
+        let runtime = runtime.clone();
+        let home = home.clone();
+        tasks.spawn(async move {
+            let outcome = async {
+                let bytes = found.component()?;
+                let config = user_config(&home, found.manifest.namespace.as_str())?;
+                let plugin = runtime
+                    .load(found.manifest.clone(), &bytes, config.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(why) = found.declared.as_ref().and_then(|d| d.differences(&plugin)) {
+                    return Err(why);
+                }
+                Ok(plugin)
+            }
+            .await;
+            (i, found, outcome)
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => tracing::error!("loading a plugin panicked: {e}"),
         }
-        .await;
+    }
+    // Discovery order, whatever order the loads finished in.
+    outcomes.sort_by_key(|(i, _, _)| *i);
+    for (_, found, outcome) in outcomes {
+        let origin_text = found.origin.to_string();
         match outcome {
             Ok(plugin) => {
-                candidates.push(Candidate::of(&plugin, origin_text));
+                let mut candidate = Candidate::of(&plugin, origin_text);
+                candidate.rank = found.rank;
+                candidates.push(candidate);
                 loaded.push((plugin, found.origin));
             }
             Err(error) => problems.push(Problem::InvalidPlugin {

@@ -14,6 +14,9 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Largest lock file read, in bytes.
+const MAX_LOCK_BYTES: u64 = 16 << 20;
+
 /// The lock file format this hearth writes.
 pub const LOCK_FORMAT: u32 = 1;
 
@@ -49,6 +52,21 @@ pub struct Installed {
     pub manifest: String,
     /// The index it was installed from (for `update`).
     pub registry: String,
+    /// The key id that signed its entry, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    /// The tools it described at install. A later `describe` must give
+    /// the same names, or the plugin is not activated.
+    /// (`None` in lock files written before hearth recorded them.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// The events it observed at install, fixed the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Install order: among plugins that clash, the one installed first
+    /// keeps its place and the newcomer is left out.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// `installed.toml`.
@@ -130,7 +148,7 @@ impl Store {
     /// Reads the lock file (empty when there is none).
     pub fn read_lock(&self) -> Result<Lock, String> {
         let path = self.lock_path();
-        let text = match std::fs::read_to_string(&path) {
+        let text = match crate::home::read_text_capped(&path, MAX_LOCK_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
@@ -179,10 +197,10 @@ impl Store {
         Ok(sha)
     }
 
-    /// Reads a stored file and checks it against its digest.
+    /// Reads a stored manifest and checks it against its digest.
     pub fn read_verified(&self, path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = crate::home::read_capped(path, crate::plugins::manifest::MAX_MANIFEST_BYTES)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let actual = crate::plugins::cache::sha256_hex(&bytes);
         if actual != sha256 {
             return Err(format!(

@@ -103,6 +103,18 @@ impl ComponentCache {
         }
     }
 
+    /// A cached `describe`/`validate-config` outcome, by key (see
+    /// `Runtime::load`). Its content is checked again by the caller like a
+    /// fresh answer, so a damaged entry costs a re-run, never a wrong tool.
+    pub fn described(&self, key: &str) -> Option<Vec<u8>> {
+        crate::home::read_capped(&self.dir.join(format!("{key}.described.json")), 4 << 20).ok()
+    }
+
+    /// Caches a successful `describe`/`validate-config` outcome.
+    pub fn store_described(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomically(&self.dir.join(format!("{key}.described.json")), bytes)
+    }
+
     /// Stores a compiled component; checksum first, then the artifact, each
     /// by write-temp + fsync + rename, so a crash leaves a miss, never a
     /// half-written artifact that verifies.

@@ -57,6 +57,20 @@ pub enum LoadError {
     /// Does not export the guest interface the contract requires.
     #[error("component does not implement the hearth:plugin world: {0}")]
     BadExports(String),
+    /// Observes conversations without the permission to.
+    #[error(
+        "plugin `{plugin}` observes `{event}`, which shows it every prompt and answer, \
+         but was not granted that; it needs [permissions] conversation = \"read\" (or \"modify\" to change them) in plugin.toml"
+    )]
+    ConversationNotGranted {
+        /// The plugin.
+        plugin: String,
+        /// The event it asked for.
+        event: &'static str,
+    },
+    /// `describe` answered with more than the host accepts.
+    #[error("its description of itself is refused: {0}")]
+    Describe(String),
     /// Cranelift failed.
     #[error("compiling the component failed: {0}")]
     Compile(String),
@@ -154,6 +168,28 @@ pub enum InvokeError {
         /// Its limit.
         limit: usize,
     },
+    /// A memory growth would have passed the host-wide budget for all
+    /// concurrent plugin calls.
+    #[error(
+        "plugin `{plugin}` was refused memory: all plugin calls together may hold {budget} bytes \
+         and growing to {wanted} would pass that; try again when the host is less busy"
+    )]
+    HostMemoryBudget {
+        /// The plugin.
+        plugin: String,
+        /// The plugin's total it asked for.
+        wanted: usize,
+        /// The host-wide budget.
+        budget: usize,
+    },
+    /// Tried something its permissions do not allow.
+    #[error("plugin `{plugin}` {message}")]
+    Denied {
+        /// The plugin.
+        plugin: String,
+        /// What it was not allowed to do.
+        message: String,
+    },
     /// Overflowed the wasm stack.
     #[error("plugin `{plugin}` overflowed its stack")]
     StackOverflow {
@@ -215,7 +251,10 @@ impl InvokeError {
             InvokeError::NoSuchPlugin(_) | InvokeError::NoSuchTool { .. } => ErrorKind::NotFound,
             InvokeError::BadArguments(_) => ErrorKind::BadArguments,
             InvokeError::Timeout { .. } => ErrorKind::Timeout,
-            InvokeError::MemoryLimit { .. } => ErrorKind::MemoryLimit,
+            InvokeError::MemoryLimit { .. } | InvokeError::HostMemoryBudget { .. } => {
+                ErrorKind::MemoryLimit
+            }
+            InvokeError::Denied { .. } => ErrorKind::Tool,
             InvokeError::StackOverflow { .. } => ErrorKind::StackOverflow,
             InvokeError::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
             InvokeError::OutputNotJson { .. } | InvokeError::Trap { .. } => ErrorKind::Trap,

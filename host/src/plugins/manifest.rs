@@ -20,6 +20,42 @@ pub const MAX_TIME_LIMIT_MS: u64 = 300_000;
 /// Highest per-call model token budget a manifest may ask for.
 pub const MAX_LLM_TOKENS: u32 = 1_000_000;
 
+/// Longest manifest file read, in bytes; a larger file is refused from its
+/// metadata before it is read.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+/// Longest plugin or tool description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+
+/// Whether a character can disguise text or drive a terminal: control
+/// characters (C0, DEL, C1: ANSI and OSC sequences start with them) and
+/// the invisible format characters that reorder or hide text (bidi
+/// overrides and isolates, zero-width characters). Plugin-controlled
+/// text that people read must not contain them.
+pub fn is_disguising(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Checks a description a person will read: at most
+/// [`MAX_DESCRIPTION_BYTES`], and nothing that could disguise it.
+pub fn check_description(text: &str) -> Result<(), String> {
+    if text.len() > MAX_DESCRIPTION_BYTES {
+        return Err(format!(
+            "is {} bytes; the limit is {MAX_DESCRIPTION_BYTES}",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| is_disguising(*c)) {
+        return Err(format!(
+            "contains the control or formatting character U+{:04X}, which could disguise it on a terminal",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
 /// Namespaces no plugin may claim: they name the host itself.
 pub const RESERVED_NAMESPACES: &[&str] = &[
     "hearth", "host", "system", "admin", "core", "std", "wasi", "builtin", "plugin", "plugins",
@@ -87,6 +123,59 @@ pub struct RawPermissions {
     /// Wall-clock limit per call in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_limit_ms: Option<u64>,
+    /// Access to conversations through the `before-prompt` and
+    /// `after-response` hooks: `"read"` or `"modify"` (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<String>,
+}
+
+/// What a plugin may do with the conversations it observes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConversationAccess {
+    /// Never sees a prompt or an answer: it may not observe `before-prompt`
+    /// or `after-response`.
+    #[default]
+    None,
+    /// Sees every user prompt and model answer; may not change them.
+    Read,
+    /// Sees them and may rewrite or refuse them.
+    Modify,
+}
+
+impl ConversationAccess {
+    /// Parses the manifest's `conversation` value.
+    pub fn parse(text: Option<&str>) -> Result<ConversationAccess, String> {
+        match text {
+            None => Ok(ConversationAccess::None),
+            Some("read") => Ok(ConversationAccess::Read),
+            Some("modify") => Ok(ConversationAccess::Modify),
+            Some(other) => Err(format!(
+                "`{other}` is not a conversation access; expected \"read\" or \"modify\""
+            )),
+        }
+    }
+
+    /// The manifest's spelling (`None` when not granted).
+    pub fn as_manifest(self) -> Option<&'static str> {
+        match self {
+            ConversationAccess::None => None,
+            ConversationAccess::Read => Some("read"),
+            ConversationAccess::Modify => Some("modify"),
+        }
+    }
+
+    /// How the permission reads to a person deciding whether to grant it.
+    pub fn describe(self) -> Option<&'static str> {
+        match self {
+            ConversationAccess::None => None,
+            ConversationAccess::Read => {
+                Some("reading every prompt and answer of your conversations")
+            }
+            ConversationAccess::Modify => Some(
+                "reading, rewriting and refusing every prompt and answer of your conversations",
+            ),
+        }
+    }
 }
 
 /// A validated identifier: a name or namespace.
@@ -240,6 +329,8 @@ pub struct Permissions {
     pub memory_bytes: usize,
     /// Wall-clock limit per call.
     pub time_limit: Duration,
+    /// Access to conversations through observer hooks.
+    pub conversation: ConversationAccess,
 }
 
 /// A validated manifest.
@@ -270,11 +361,12 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and validates a `plugin.toml` file.
     pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-            file: path.display().to_string(),
-            field: None,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text =
+            crate::home::read_text_capped(path, MAX_MANIFEST_BYTES).map_err(|e| ManifestError {
+                file: path.display().to_string(),
+                field: None,
+                message: format!("cannot read: {e}"),
+            })?;
         Manifest::parse(&text, &path.display().to_string())
     }
 
@@ -321,6 +413,7 @@ impl RawManifest {
         if self.description.trim().is_empty() {
             return Err(err("description", "must not be empty".into()));
         }
+        check_description(&self.description).map_err(|m| err("description", m))?;
         let p = self.permissions;
         let http = p
             .http
@@ -342,6 +435,8 @@ impl RawManifest {
                 format!("{time_limit_ms} is out of range; expected 1 to {MAX_TIME_LIMIT_MS}"),
             ));
         }
+        let conversation = ConversationAccess::parse(p.conversation.as_deref())
+            .map_err(|m| err("permissions.conversation", m))?;
         if p.llm_tokens > MAX_LLM_TOKENS {
             return Err(err(
                 "permissions.llm-tokens",
@@ -384,6 +479,7 @@ impl RawManifest {
                 llm_tokens: p.llm_tokens,
                 memory_bytes: memory_mb as usize * 1024 * 1024,
                 time_limit: Duration::from_millis(time_limit_ms),
+                conversation,
             },
             dependencies,
             conflicts,

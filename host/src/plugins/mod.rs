@@ -63,6 +63,26 @@ const MAX_HANDLES: usize = 4_096;
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
 /// Largest header section a plugin may build.
 const MAX_HTTP_FIELDS: usize = 64 * 1024;
+/// Time limit of the load-time calls (`describe`, `validate-config`),
+/// whatever the manifest asks for calls: loading must stay quick for every
+/// command, and a slow answer only delays its own plugin.
+pub const LOAD_CALL_LIMIT: Duration = Duration::from_secs(2);
+/// Most tools one plugin may describe.
+pub const MAX_TOOLS: usize = 64;
+/// Largest JSON Schema of one tool's arguments, in bytes.
+pub const MAX_SCHEMA_BYTES: usize = 16 * 1024;
+/// Deepest nesting of a tool's JSON Schema.
+pub const MAX_SCHEMA_DEPTH: usize = 32;
+/// Longest chain of `$ref`s followed within a schema.
+pub const MAX_SCHEMA_REF_CHAIN: usize = 16;
+/// Most schema nodes a check may visit once every `$ref` is expanded: this
+/// bounds the work of checking any argument at one place of the input.
+pub const MAX_SCHEMA_COST: u64 = 10_000;
+/// Longest tool error message kept; the rest is cut (the message reaches
+/// clients, logs, terminals and the model's context).
+pub const MAX_TOOL_ERROR_BYTES: usize = 4096;
+/// How much an observer hook may grow a payload, in bytes.
+pub const MAX_HOOK_GROWTH: usize = 64 * 1024;
 
 /// A model the `llm` import can reach. Wired to the engine by the server;
 /// without one, `complete` answers `unavailable`.
@@ -95,6 +115,23 @@ pub struct RuntimeOptions {
     pub hostcall_fuel: usize,
     /// The model behind the `llm` import.
     pub llm: Option<Arc<dyn LlmBackend>>,
+    /// Linear memory all concurrent calls together may hold, in bytes: a
+    /// growth past it is refused like a plugin's own limit.
+    pub memory_budget: usize,
+}
+
+/// Half of the machine's memory (4 GiB where it cannot be read): the
+/// default host-wide budget for plugin memory.
+pub fn default_memory_budget() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map(|kib| kib * 1024);
+    total.map_or(4 << 30, |t| t / 2)
 }
 
 impl RuntimeOptions {
@@ -109,6 +146,7 @@ impl RuntimeOptions {
             compile_timeout: Duration::from_secs(120),
             hostcall_fuel: 16 << 20,
             llm: None,
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -243,6 +281,7 @@ impl LoadedPlugin {
                 "llm_tokens": m.permissions.llm_tokens,
                 "memory_bytes": m.permissions.memory_bytes,
                 "time_limit_ms": m.permissions.time_limit.as_millis() as u64,
+                "conversation": m.permissions.conversation.as_manifest(),
             },
             "dependencies": m.dependencies.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
         })
@@ -275,6 +314,7 @@ pub(crate) struct Inner {
     pub(crate) llm: Option<Arc<dyn LlmBackend>>,
     active: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     ticker_stop: Arc<AtomicBool>,
+    budget: Arc<state::MemoryBudget>,
 }
 
 impl Drop for Inner {
@@ -373,6 +413,7 @@ impl Runtime {
                 })
                 .map_err(|e| RuntimeError::Engine(format!("starting the epoch thread: {e}")))?;
         }
+        let budget = Arc::new(state::MemoryBudget::new(options.memory_budget));
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
@@ -383,6 +424,7 @@ impl Runtime {
                 options,
                 active: RwLock::new(BTreeMap::new()),
                 ticker_stop,
+                budget,
             }),
         })
     }
@@ -390,6 +432,12 @@ impl Runtime {
     /// The process's wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Linear memory held by plugin calls now, and the host-wide budget
+    /// for it, in bytes.
+    pub fn plugin_memory(&self) -> (usize, usize) {
+        (self.inner.budget.used(), self.inner.budget.limit())
     }
 
     /// The compiled-component cache.
@@ -463,6 +511,29 @@ impl Runtime {
         // Describe and validate in throwaway instances, under the same limits
         // as any call. The plugin is not active yet, so these cannot reach
         // other plugins or the model in any way that matters.
+        //
+        // Both answers depend only on the component, its configuration and
+        // the limits it runs under, so they are cached under those: a plugin
+        // is asked once, and a slow answer does not slow every later command.
+        let config_json = plugin.config.to_string();
+        let described_key = cache::sha256_hex(
+            format!(
+                "{}\n{}\n{:?}\n{config_json}",
+                env!("CARGO_PKG_VERSION"),
+                plugin.digest,
+                plugin.manifest.permissions,
+            )
+            .as_bytes(),
+        );
+        if let Some(described) = inner.cache.described(&described_key) {
+            match Described::from_cache(&described) {
+                Ok(d) => {
+                    (plugin.tools, plugin.events) = d.check(&plugin.manifest)?;
+                    return Ok(Arc::new(plugin));
+                }
+                Err(why) => tracing::warn!("discarding a cached description: {why}"),
+            }
+        }
         let probe = Arc::new(plugin.clone());
         let load_error = |export: &'static str| {
             move |e: InvokeError| LoadError::Call {
@@ -477,9 +548,8 @@ impl Runtime {
         else {
             unreachable!("describe returns a description")
         };
-        plugin.tools = validate_tools(description.tools)?;
-        plugin.events = description.events;
-        let config_json = plugin.config.to_string();
+        let described = Described::from_wit(description)?;
+        (plugin.tools, plugin.events) = described.check(&plugin.manifest)?;
         let OpResult::Validated(verdict) = inner
             .run(
                 &probe,
@@ -496,6 +566,12 @@ impl Runtime {
                 plugin: plugin.manifest.namespace.to_string(),
                 message: sanitize(&message, 1024),
             });
+        }
+        if let Err(e) = inner
+            .cache
+            .store_described(&described_key, &described.to_cache())
+        {
+            tracing::warn!("could not cache the description of {}: {e}", plugin.digest);
         }
         Ok(Arc::new(plugin))
     }
@@ -634,8 +710,17 @@ impl Runtime {
             failures: Vec::new(),
         };
         use contract::latest::hearth::plugin::types::{Event, EventOutcome};
+        let conversational = matches!(kind, EventKind::BeforePrompt | EventKind::AfterResponse);
+        let max_payload = payload.len().saturating_add(MAX_HOOK_GROWTH);
         for plugin in observers {
             let namespace = plugin.manifest.namespace.to_string();
+            let access = plugin.manifest.permissions.conversation;
+            // Activation checks this too; the check here keeps a plugin that
+            // was loaded some other way from ever seeing a conversation.
+            if conversational && access == manifest::ConversationAccess::None {
+                continue;
+            }
+            let read_only = conversational && access == manifest::ConversationAccess::Read;
             let event = Event {
                 kind,
                 payload: dispatch.payload.clone(),
@@ -646,6 +731,27 @@ impl Runtime {
                 .await
             {
                 Ok(OpResult::Event(EventOutcome::Proceed)) => {}
+                Ok(OpResult::Event(EventOutcome::Modify(_) | EventOutcome::Veto(_)))
+                    if read_only =>
+                {
+                    dispatch.failures.push((
+                        namespace.clone(),
+                        InvokeError::Denied {
+                            plugin: namespace,
+                            message: "may only read conversations (conversation = \"read\"); its change was ignored".into(),
+                        },
+                    ));
+                }
+                Ok(OpResult::Event(EventOutcome::Modify(next))) if next.len() > max_payload => {
+                    dispatch.failures.push((
+                        namespace.clone(),
+                        InvokeError::OutputTooLarge {
+                            plugin: namespace,
+                            size: next.len(),
+                            limit: max_payload,
+                        },
+                    ));
+                }
                 Ok(OpResult::Event(EventOutcome::Modify(next))) => {
                     if serde_json::from_str::<serde::de::IgnoredAny>(&next).is_err() {
                         dispatch.failures.push((
@@ -680,7 +786,11 @@ impl Runtime {
         &self,
         plugin: &Arc<LoadedPlugin>,
     ) -> Result<WarmInstance, InvokeError> {
-        let mut store = self.inner.new_store(plugin, CallScope::internal("warm"));
+        let mut store = self.inner.new_store(
+            plugin,
+            CallScope::internal("warm"),
+            plugin.manifest.permissions.time_limit,
+        );
         let bindings = plugin
             .pre
             .instantiate_async(&mut store)
@@ -715,7 +825,7 @@ impl WarmInstance {
             .call_invoke(&mut self.store, tool, arguments, &ctx)
             .await
             .map_err(|e| self.runtime.classify(&self.plugin, &self.store, e))?;
-        let out = result.map_err(InvokeError::Tool)?;
+        let out = result.map_err(|e| InvokeError::Tool(bound_tool_error(e)))?;
         self.runtime.check_output(&self.plugin, out)
     }
 }
@@ -764,20 +874,120 @@ fn check_import(manifest: &Manifest, name: &str) -> Result<(), LoadError> {
     }
 }
 
-fn validate_tools(
-    tools: Vec<contract::latest::hearth::plugin::types::Tool>,
-) -> Result<Vec<ToolInfo>, LoadError> {
+/// What a plugin's `describe` answered, bounded before anything else is
+/// done with it: at most [`MAX_TOOLS`] tools, each description checked like
+/// the manifest's, each schema small, shallow and cheap to check.
+struct Described {
+    tools: Vec<(String, String, String)>,
+    events: Vec<EventKind>,
+}
+
+impl Described {
+    fn from_wit(
+        d: contract::latest::hearth::plugin::types::Description,
+    ) -> Result<Described, LoadError> {
+        if d.tools.len() > MAX_TOOLS {
+            return Err(LoadError::Describe(format!(
+                "it offers {} tools; the limit is {MAX_TOOLS}",
+                d.tools.len()
+            )));
+        }
+        if d.events.len() > 16 {
+            return Err(LoadError::Describe(format!(
+                "it lists {} events; there are only three",
+                d.events.len()
+            )));
+        }
+        let mut events = d.events;
+        events.dedup();
+        Ok(Described {
+            tools: d
+                .tools
+                .into_iter()
+                .map(|t| (t.name, t.description, t.parameters_schema))
+                .collect(),
+            events,
+        })
+    }
+
+    fn to_cache(&self) -> Vec<u8> {
+        serde_json::json!({
+            "tools": self.tools.iter().map(|(n, d, s)| serde_json::json!([n, d, s])).collect::<Vec<_>>(),
+            "events": self.events.iter().map(|e| event_name(*e)).collect::<Vec<_>>(),
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn from_cache(bytes: &[u8]) -> Result<Described, String> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            tools: Vec<(String, String, String)>,
+            events: Vec<String>,
+        }
+        let raw: Raw = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let events = raw
+            .events
+            .iter()
+            .map(|n| event_from_name(n).ok_or_else(|| format!("unknown event `{n}`")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Described {
+            tools: raw.tools,
+            events,
+        })
+    }
+
+    /// Validates the answer against the host's bounds and the manifest's
+    /// grants; returns the tools (schemas compiled) and events.
+    fn check(&self, manifest: &Manifest) -> Result<(Vec<ToolInfo>, Vec<EventKind>), LoadError> {
+        let tools = validate_tools(&self.tools)?;
+        for event in &self.events {
+            let conversational =
+                matches!(event, EventKind::BeforePrompt | EventKind::AfterResponse);
+            if conversational
+                && manifest.permissions.conversation == manifest::ConversationAccess::None
+            {
+                return Err(LoadError::ConversationNotGranted {
+                    plugin: manifest.namespace.to_string(),
+                    event: event_name(*event),
+                });
+            }
+        }
+        Ok((tools, self.events.clone()))
+    }
+}
+
+/// The WIT name of an event kind.
+pub fn event_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::BeforePrompt => "before-prompt",
+        EventKind::AfterResponse => "after-response",
+        EventKind::Activated => "activated",
+    }
+}
+
+/// The event kind of a WIT name.
+pub fn event_from_name(name: &str) -> Option<EventKind> {
+    [
+        EventKind::BeforePrompt,
+        EventKind::AfterResponse,
+        EventKind::Activated,
+    ]
+    .into_iter()
+    .find(|k| event_name(*k) == name)
+}
+
+fn validate_tools(tools: &[(String, String, String)]) -> Result<Vec<ToolInfo>, LoadError> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::with_capacity(tools.len());
-    for tool in tools {
+    for (name, description, schema_text) in tools {
         let bad = |problem: String| LoadError::BadTool {
-            tool: sanitize(&tool.name, 64),
+            tool: sanitize(name, 64),
             problem,
         };
-        if tool.name.is_empty()
-            || tool.name.len() > 64
-            || !tool
-                .name
+        if name.is_empty()
+            || name.len() > 64
+            || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
@@ -785,26 +995,144 @@ fn validate_tools(
                 "tool names are 1-64 ASCII letters, digits, '_' or '-'".into()
             ));
         }
-        if !seen.insert(tool.name.clone()) {
+        if !seen.insert(name.clone()) {
             return Err(bad("declared twice".into()));
         }
-        let schema: serde_json::Value = serde_json::from_str(&tool.parameters_schema)
+        manifest::check_description(description).map_err(|m| bad(format!("description {m}")))?;
+        if schema_text.len() > MAX_SCHEMA_BYTES {
+            return Err(bad(format!(
+                "parameters schema is {} bytes; the limit is {MAX_SCHEMA_BYTES}",
+                schema_text.len()
+            )));
+        }
+        let schema: serde_json::Value = serde_json::from_str(schema_text)
             .map_err(|e| bad(format!("parameters schema is not JSON: {e}")))?;
         if !schema.is_object() {
             return Err(bad("parameters schema must be a JSON object".into()));
         }
+        schema_cost(&schema).map_err(|m| bad(format!("parameters schema {m}")))?;
         // No resolver for remote or file references is built in: a schema
         // that points outside itself fails here instead of fetching.
         let validator = jsonschema::validator_for(&schema)
             .map_err(|e| bad(format!("parameters schema is not a valid JSON Schema: {e}")))?;
         out.push(ToolInfo {
-            name: tool.name,
-            description: tool.description,
+            name: name.clone(),
+            description: description.clone(),
             schema,
             validator: Arc::new(validator),
         });
     }
     Ok(out)
+}
+
+/// Bounds the work of compiling and checking against a schema: nesting at
+/// most [`MAX_SCHEMA_DEPTH`], only local `#/...` references, chains of at
+/// most [`MAX_SCHEMA_REF_CHAIN`], and at most [`MAX_SCHEMA_COST`] nodes
+/// once every reference is expanded where it is used. A definition that
+/// refers to the one below it twice, twenty levels deep, costs 2^20: refused
+/// here, before the validator is built. A reference back into a schema being
+/// expanded (a recursive schema) counts once: its work follows the input's
+/// depth, which the request size bounds.
+fn schema_cost(schema: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    fn depth_ok(v: &Value, depth: usize) -> bool {
+        if depth > MAX_SCHEMA_DEPTH {
+            return false;
+        }
+        match v {
+            Value::Object(m) => m.values().all(|c| depth_ok(c, depth + 1)),
+            Value::Array(a) => a.iter().all(|c| depth_ok(c, depth + 1)),
+            _ => true,
+        }
+    }
+    if !depth_ok(schema, 0) {
+        return Err(format!("nests deeper than {MAX_SCHEMA_DEPTH} levels"));
+    }
+    struct Walk<'a> {
+        root: &'a Value,
+        memo: BTreeMap<String, u64>,
+        expanding: Vec<String>,
+    }
+    impl Walk<'_> {
+        fn cost(&mut self, v: &Value) -> Result<u64, String> {
+            let mut total: u64 = 1;
+            match v {
+                Value::Object(m) => {
+                    for (key, child) in m {
+                        if key == "$dynamicRef" || key == "$recursiveRef" {
+                            return Err(format!("uses `{key}`, which hearth does not accept"));
+                        }
+                        if key == "$ref" {
+                            let Value::String(target) = child else {
+                                return Err("has a `$ref` that is not a string".into());
+                            };
+                            total = total.saturating_add(self.reference(target)?);
+                        } else {
+                            total = total.saturating_add(self.cost(child)?);
+                        }
+                        if total > MAX_SCHEMA_COST {
+                            return Ok(total);
+                        }
+                    }
+                }
+                Value::Array(a) => {
+                    for child in a {
+                        total = total.saturating_add(self.cost(child)?);
+                        if total > MAX_SCHEMA_COST {
+                            return Ok(total);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            Ok(total)
+        }
+
+        fn reference(&mut self, target: &str) -> Result<u64, String> {
+            let Some(pointer) = target.strip_prefix('#') else {
+                return Err(format!(
+                    "refers to `{}`; only references within the schema (#/...) are allowed",
+                    sanitize(target, 200)
+                ));
+            };
+            if let Some(&c) = self.memo.get(pointer) {
+                return Ok(c);
+            }
+            if self.expanding.iter().any(|p| p == pointer) {
+                return Ok(1);
+            }
+            if self.expanding.len() >= MAX_SCHEMA_REF_CHAIN {
+                return Err(format!(
+                    "follows references more than {MAX_SCHEMA_REF_CHAIN} deep"
+                ));
+            }
+            let root = self.root;
+            let Some(node) = root.pointer(pointer) else {
+                return Err(format!(
+                    "refers to `{}`, which it does not contain",
+                    sanitize(target, 200)
+                ));
+            };
+            self.expanding.push(pointer.to_string());
+            let cost = self.cost(node);
+            self.expanding.pop();
+            let cost = cost?;
+            self.memo.insert(pointer.to_string(), cost);
+            Ok(cost)
+        }
+    }
+    let mut walk = Walk {
+        root: schema,
+        memo: BTreeMap::new(),
+        expanding: Vec::new(),
+    };
+    let cost = walk.cost(schema)?;
+    if cost > MAX_SCHEMA_COST {
+        return Err(format!(
+            "is too expensive to check: expanding its references visits more than {MAX_SCHEMA_COST} nodes"
+        ));
+    }
+    Ok(())
 }
 
 fn wit_context(scope: &CallScope) -> contract::latest::hearth::plugin::types::CallContext {
@@ -871,6 +1199,7 @@ impl Inner {
         self: &Arc<Self>,
         plugin: &Arc<LoadedPlugin>,
         scope: CallScope,
+        limit: Duration,
     ) -> Store<HostState> {
         let stdout = CappedOutput::default();
         let stderr = CappedOutput::default();
@@ -894,12 +1223,11 @@ impl Inner {
             http,
             http_policy: plugin.http_policy.clone(),
             table,
-            limiter: Limiter {
-                memory_bytes: permissions.memory_bytes,
-                memory_refused: None,
-                table_elements: MAX_TABLE_ELEMENTS,
-                table_refused: false,
-            },
+            limiter: Limiter::new(
+                permissions.memory_bytes,
+                MAX_TABLE_ELEMENTS,
+                self.budget.clone(),
+            ),
             stdout,
             stderr,
             plugin: plugin.clone(),
@@ -914,7 +1242,7 @@ impl Inner {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        arm_deadline(&mut store, permissions.time_limit);
+        arm_deadline(&mut store, limit);
         store.set_hostcall_fuel(self.options.hostcall_fuel);
         store.set_max_component_handles(MAX_HANDLES);
         store
@@ -922,15 +1250,21 @@ impl Inner {
 
     /// Runs one export on a fresh instance of `plugin` under every limit,
     /// then logs captured output, commits key-value writes if the call
-    /// returned normally, and drops the store.
+    /// returned normally, and drops the store. Load-time exports run under
+    /// [`LOAD_CALL_LIMIT`] (or the plugin's own limit if shorter).
     async fn run(
         self: &Arc<Self>,
         plugin: &Arc<LoadedPlugin>,
         scope: CallScope,
         op: Op<'_>,
     ) -> Result<OpResult, InvokeError> {
-        let limit = plugin.manifest.permissions.time_limit;
-        let mut store = self.new_store(plugin, scope);
+        let limit = match op {
+            Op::Describe | Op::ValidateConfig(_) => {
+                LOAD_CALL_LIMIT.min(plugin.manifest.permissions.time_limit)
+            }
+            Op::OnEvent(_) | Op::Invoke { .. } => plugin.manifest.permissions.time_limit,
+        };
+        let mut store = self.new_store(plugin, scope, limit);
         let started = Instant::now();
         let outcome = {
             let store = &mut store;
@@ -1045,6 +1379,15 @@ impl Inner {
     ) -> InvokeError {
         let name = plugin.manifest.namespace.to_string();
         let limiter = &store.data().limiter;
+        if let Some(wanted) = limiter.memory_refused
+            && limiter.budget_refused
+        {
+            return InvokeError::HostMemoryBudget {
+                plugin: name,
+                wanted,
+                budget: limiter.budget.limit(),
+            };
+        }
         if let Some(wanted) = limiter.memory_refused {
             return InvokeError::MemoryLimit {
                 plugin: name,
@@ -1143,7 +1486,21 @@ impl Inner {
         else {
             unreachable!("invoke returns an invoke result")
         };
-        let out = result.map_err(InvokeError::Tool)?;
+        let out = result.map_err(|e| InvokeError::Tool(bound_tool_error(e)))?;
         self.check_output(plugin, out)
+    }
+}
+
+/// A guest's tool error made safe to carry: its message cut to
+/// [`MAX_TOOL_ERROR_BYTES`] and stripped of anything that could drive a
+/// terminal, before it reaches a client, a log, a caller or the model.
+fn bound_tool_error(error: ToolError) -> ToolError {
+    let bound = |m: String| sanitize(&m, MAX_TOOL_ERROR_BYTES);
+    match error {
+        ToolError::InvalidArguments(m) => ToolError::InvalidArguments(bound(m)),
+        ToolError::UnknownTool(m) => ToolError::UnknownTool(bound(m)),
+        ToolError::Failed(m) => ToolError::Failed(bound(m)),
+        ToolError::Unavailable(m) => ToolError::Unavailable(bound(m)),
+        ToolError::Denied(m) => ToolError::Denied(bound(m)),
     }
 }

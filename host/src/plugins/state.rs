@@ -10,6 +10,7 @@ use super::contract::latest::hearth::plugin::{config, kv, llm, logging, tools, t
 use super::http::HttpPolicy;
 use super::kv::KvTxn;
 use super::{Inner, LoadedPlugin};
+use crate::engine::MAX_BYTES_PER_TOKEN;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -22,34 +23,121 @@ pub const MAX_LOG_RECORDS: u32 = 256;
 pub const MAX_LOG_MESSAGE: usize = 4096;
 /// Bytes of stdout and of stderr kept per call.
 pub const MAX_CAPTURED_OUTPUT: usize = 64 * 1024;
+/// Bytes counted per message on top of its text, so a flood of empty
+/// messages is bounded too.
+const MESSAGE_OVERHEAD_BYTES: usize = 8;
 /// Deepest plugin-to-plugin call chain.
 pub const MAX_CALL_DEPTH: u32 = 8;
 
+/// The linear memory all concurrent calls of a runtime may hold together.
+/// Each store reserves what its memories grow by and gives it back when it
+/// is dropped, so the sum of live plugin memories never passes the budget.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> MemoryBudget {
+        MemoryBudget {
+            limit,
+            used: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes reserved by live stores.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn try_reserve(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Limits linear memory and tables of one store, remembering what it refused
 /// so a trap can be reported as the limit it really was.
+///
+/// The memory limit is the plugin's total over all its memories (a
+/// component may instantiate several core modules that each define one),
+/// and every byte is also reserved from the runtime's [`MemoryBudget`].
 #[derive(Debug)]
 pub struct Limiter {
-    /// Bytes of linear memory allowed per memory.
+    /// Bytes of linear memory the plugin may hold, all memories together.
     pub memory_bytes: usize,
-    /// The size a refused growth asked for, if any.
+    /// Bytes its memories hold now.
+    pub memory_used: usize,
+    /// The total a refused growth asked for, if any.
     pub memory_refused: Option<usize>,
+    /// Whether a growth was refused because the host-wide budget was spent.
+    pub budget_refused: bool,
+    /// The runtime's budget, which this store has reserved `memory_used` of.
+    pub budget: Arc<MemoryBudget>,
     /// Elements allowed per table.
     pub table_elements: usize,
     /// Whether a table growth was refused.
     pub table_refused: bool,
 }
 
+impl Limiter {
+    /// A limiter for a plugin allowed `memory_bytes` in all.
+    pub fn new(memory_bytes: usize, table_elements: usize, budget: Arc<MemoryBudget>) -> Limiter {
+        Limiter {
+            memory_bytes,
+            memory_used: 0,
+            memory_refused: None,
+            budget_refused: false,
+            budget,
+            table_elements,
+            table_refused: false,
+        }
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        self.budget.release(self.memory_used);
+    }
+}
+
 impl wasmtime::ResourceLimiter for Limiter {
+    // Called when a memory is created (from 0 to its initial size) and on
+    // every growth, so `memory_used` is the sum over all memories.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.memory_refused = Some(desired);
+        let added = desired.saturating_sub(current);
+        let total = self.memory_used.saturating_add(added);
+        if total > self.memory_bytes {
+            self.memory_refused = Some(total);
             return Ok(false);
         }
+        if !self.budget.try_reserve(added) {
+            self.memory_refused = Some(total);
+            self.budget_refused = true;
+            return Ok(false);
+        }
+        self.memory_used = total;
         Ok(true)
     }
 
@@ -334,6 +422,21 @@ impl llm::Host for HostState {
             return Ok(Err(llm::Error::BudgetExceeded(format!(
                 "asked for {} tokens but only {} of this call's budget of {granted} are left",
                 request.max_tokens, self.llm_tokens_left
+            ))));
+        }
+        // Checked before anything proportional to the prompt is done: no
+        // token is longer than MAX_BYTES_PER_TOKEN bytes, so a prompt longer
+        // than that many bytes per token left cannot fit the budget.
+        let bytes: usize = request
+            .messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len() + MESSAGE_OVERHEAD_BYTES)
+            .sum();
+        let max_bytes = self.llm_tokens_left as usize * MAX_BYTES_PER_TOKEN;
+        if bytes > max_bytes {
+            return Ok(Err(llm::Error::BudgetExceeded(format!(
+                "the prompt is {bytes} bytes, more than the {max_bytes} bytes that can fit in the {} tokens left of this call's budget",
+                self.llm_tokens_left
             ))));
         }
         let Some(backend) = self.runtime.llm.clone() else {

@@ -360,11 +360,17 @@ impl Scheduler {
             messages,
             tools: Vec::new(),
         };
-        let prompt_tokens = self
-            .engine()
-            .tokenize(&prompt)
-            .map_err(|e| LlmError::Invalid(e.to_string()))?
-            .len() as u32;
+        // Tokenising is CPU work proportional to the prompt: it runs on a
+        // blocking thread, never on the async workers. (The runtime has
+        // already refused prompts too long in bytes for the budget.)
+        let engine = self.engine().clone();
+        let (prompt, tokens) = tokio::task::spawn_blocking(move || {
+            let tokens = engine.tokenize(&prompt);
+            (prompt, tokens)
+        })
+        .await
+        .map_err(|e| LlmError::Unavailable(e.to_string()))?;
+        let prompt_tokens = tokens.map_err(|e| LlmError::Invalid(e.to_string()))?.len() as u32;
         if prompt_tokens >= budget {
             return Err(LlmError::BudgetExceeded(format!(
                 "the prompt is {prompt_tokens} tokens but only {budget} of this call's budget are left"

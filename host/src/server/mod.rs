@@ -188,7 +188,7 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match &e {
-            EngineError::ContextOverflow { .. } => {
+            EngineError::ContextOverflow { .. } | EngineError::PromptTooLong { .. } => {
                 let mut a = ApiError::invalid(e.to_string(), Some("messages"));
                 a.code = Some("context_length_exceeded");
                 a
@@ -511,6 +511,11 @@ struct InstallRequest {
     allow_unsigned: bool,
     #[serde(default)]
     allow_downgrade: bool,
+    #[serde(default)]
+    allow_v1_signatures: bool,
+    /// Let the plugin take over a bundled plugin's namespace.
+    #[serde(default)]
+    replace_bundled: bool,
 }
 
 /// Installs from a registry with the plugin manager. Permissions are
@@ -534,6 +539,8 @@ async fn install(
     let options = install::Options {
         allow_unsigned: request.allow_unsigned,
         allow_downgrade: request.allow_downgrade,
+        allow_v1_signatures: request.allow_v1_signatures,
+        replace_bundled: request.replace_bundled,
     };
     let mut asked = String::new();
     let result = install::install(
