@@ -693,45 +693,67 @@ async fn the_memory_limit_is_the_sum_of_all_of_a_plugins_memories() {
 }
 
 #[tokio::test]
-async fn concurrent_calls_share_one_host_memory_budget() {
+async fn concurrent_calls_share_one_host_memory_budget_and_no_plugin_takes_it_all() {
     let _serial = crate::MEMORY.lock().await;
     let s = Scratch::with(|o| o.memory_budget = 100 << 20);
-    s.hostile(|t| {
+    let roomy = |t: String| {
         t.replace("memory-mb = 32", "memory-mb = 64")
             .replace("time-limit-ms = 1000", "time-limit-ms = 5000")
-    })
-    .await
-    .unwrap();
-    let calls = (0..3).map(|_| {
+    };
+    s.hostile(roomy).await.unwrap();
+    let other = s
+        .runtime
+        .load(
+            hostile_manifest(|t| {
+                roomy(t)
+                    .replace("name = \"hostile\"", "name = \"other\"")
+                    .replace("namespace = \"hostile\"", "namespace = \"other\"")
+            }),
+            &hostile_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    s.runtime.activate(other);
+    let hold = |qualified: &'static str, mb: u64, ms: u64| {
         let runtime = s.runtime.clone();
         tokio::spawn(async move {
             runtime
                 .invoke_qualified(
-                    "hostile.hold",
-                    &json!({"mb": 40, "ms": 1000}).to_string(),
+                    qualified,
+                    &json!({"mb": mb, "ms": ms}).to_string(),
                     CallScope::new("t"),
                 )
                 .await
         })
-    });
+    };
+    // Four calls of one plugin at once, ~26 MiB each: the budget would hold
+    // three, but one plugin may take only half of it.
+    let flood: Vec<_> = (0..4).map(|_| hold("hostile.hold", 24, 1500)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another plugin still gets ~42 MiB while they run.
+    hold("other.hold", 40, 10).await.unwrap().unwrap();
     let mut refused = 0;
     let mut held = 0;
-    for call in calls.collect::<Vec<_>>() {
+    for call in flood {
         match call.await.unwrap() {
             Ok(_) => held += 1,
             Err(e @ InvokeError::HostMemoryBudget { .. }) => {
-                assert!(e.to_string().contains("all plugin calls together"), "{e}");
+                assert!(e.to_string().contains("at most half"), "{e}");
                 refused += 1;
             }
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(refused >= 1 && held >= 1, "held {held}, refused {refused}");
+    assert_eq!((held, refused), (1, 3));
     // Given back when the calls ended.
     assert_eq!(s.runtime.plugin_memory(), (0, 100 << 20));
-    s.call("hostile.hold", json!({"mb": 40, "ms": 10}))
-        .await
-        .unwrap();
+    let calls: Vec<_> = (0..2)
+        .map(|i| hold(["hostile.hold", "other.hold"][i], 40, 300))
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
 }
 
 // 11. Sizes from metadata before reading.

@@ -169,18 +169,25 @@ pub enum InvokeError {
         limit: usize,
     },
     /// A memory growth would have passed the host-wide budget for all
-    /// concurrent plugin calls.
+    /// concurrent plugin calls, or this plugin's share of it.
     #[error(
-        "plugin `{plugin}` was refused memory: all plugin calls together may hold {budget} bytes \
-         and growing to {wanted} would pass that; try again when the host is less busy"
+        "plugin `{plugin}` was refused memory (growing this call to {wanted} bytes): {}; try again when the host is less busy",
+        if *.share {
+            format!("one plugin's concurrent calls together may hold at most half of the {budget} bytes all plugin calls together may hold")
+        } else {
+            format!("all plugin calls together may hold {budget} bytes")
+        }
     )]
     HostMemoryBudget {
         /// The plugin.
         plugin: String,
-        /// The plugin's total it asked for.
+        /// The call's total it asked for.
         wanted: usize,
         /// The host-wide budget.
         budget: usize,
+        /// Whether the plugin's own share (half the budget) was what ran
+        /// out, rather than the whole budget.
+        share: bool,
     },
     /// Tried something its permissions do not allow.
     #[error("plugin `{plugin}` {message}")]

@@ -81,6 +81,9 @@ pub const MAX_SCHEMA_COST: u64 = 10_000;
 /// Longest tool error message kept; the rest is cut (the message reaches
 /// clients, logs, terminals and the model's context).
 pub const MAX_TOOL_ERROR_BYTES: usize = 4096;
+/// Arguments up to this size are checked against their schema in place;
+/// larger ones on a blocking thread.
+const INLINE_CHECK_BYTES: usize = 16 * 1024;
 /// How much an observer hook may grow a payload, in bytes.
 pub const MAX_HOOK_GROWTH: usize = 64 * 1024;
 
@@ -1224,6 +1227,7 @@ impl Inner {
             http_policy: plugin.http_policy.clone(),
             table,
             limiter: Limiter::new(
+                plugin.manifest.namespace.as_str().into(),
                 permissions.memory_bytes,
                 MAX_TABLE_ELEMENTS,
                 self.budget.clone(),
@@ -1380,12 +1384,13 @@ impl Inner {
         let name = plugin.manifest.namespace.to_string();
         let limiter = &store.data().limiter;
         if let Some(wanted) = limiter.memory_refused
-            && limiter.budget_refused
+            && let Some(refusal) = limiter.budget_refused
         {
             return InvokeError::HostMemoryBudget {
                 plugin: name,
                 wanted,
                 budget: limiter.budget.limit(),
+                share: refusal == state::Refusal::PluginShare,
             };
         }
         if let Some(wanted) = limiter.memory_refused {
@@ -1469,8 +1474,22 @@ impl Inner {
                 self.options.max_input_bytes
             )));
         }
-        info.check_arguments(arguments)
-            .map_err(InvokeError::BadArguments)?;
+        if arguments.len() <= INLINE_CHECK_BYTES {
+            info.check_arguments(arguments)
+                .map_err(InvokeError::BadArguments)?;
+        } else {
+            // Checking grows with the arguments (up to the input cap) times
+            // the schema's bounded cost: large ones are checked on a
+            // blocking thread, never on the async workers.
+            let (info, owned) = (info.clone(), arguments.to_string());
+            tokio::task::spawn_blocking(move || info.check_arguments(&owned))
+                .await
+                .map_err(|e| InvokeError::Host {
+                    plugin: plugin.manifest.namespace.to_string(),
+                    message: format!("checking the arguments failed: {e}"),
+                })?
+                .map_err(InvokeError::BadArguments)?;
+        }
         let ctx = wit_context(&scope);
         let OpResult::Invoked(result) = self
             .run(

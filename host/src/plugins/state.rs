@@ -31,11 +31,30 @@ pub const MAX_CALL_DEPTH: u32 = 8;
 
 /// The linear memory all concurrent calls of a runtime may hold together.
 /// Each store reserves what its memories grow by and gives it back when it
-/// is dropped, so the sum of live plugin memories never passes the budget.
+/// is dropped, so the sum of live plugin memories never passes the budget;
+/// and no one plugin (all its concurrent calls together) may hold more than
+/// half of it, so a plugin flooding the host with calls leaves room for the
+/// others. Reservations happen only when a memory is created or grows, so
+/// the lock is rarely taken.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: usize,
-    used: std::sync::atomic::AtomicUsize,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    by_plugin: std::collections::HashMap<String, usize>,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// All calls together would pass the budget.
+    Host,
+    /// This plugin's calls together would pass half of it.
+    PluginShare,
 }
 
 impl MemoryBudget {
@@ -43,7 +62,7 @@ impl MemoryBudget {
     pub fn new(limit: usize) -> MemoryBudget {
         MemoryBudget {
             limit,
-            used: std::sync::atomic::AtomicUsize::new(0),
+            held: Mutex::new(Held::default()),
         }
     }
 
@@ -52,23 +71,42 @@ impl MemoryBudget {
         self.limit
     }
 
+    /// The most one plugin's concurrent calls may hold together.
+    pub fn plugin_share(&self) -> usize {
+        self.limit / 2
+    }
+
     /// Bytes reserved by live stores.
     pub fn used(&self) -> usize {
-        self.used.load(std::sync::atomic::Ordering::Relaxed)
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 
-    fn try_reserve(&self, bytes: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
-            })
-            .is_ok()
+    fn try_reserve(&self, plugin: &str, bytes: usize) -> Result<(), Refusal> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = held.by_plugin.get(plugin).copied().unwrap_or(0);
+        if mine.saturating_add(bytes) > self.plugin_share() {
+            return Err(Refusal::PluginShare);
+        }
+        if held.total.saturating_add(bytes) > self.limit {
+            return Err(Refusal::Host);
+        }
+        held.total += bytes;
+        *held.by_plugin.entry(plugin.to_string()).or_default() += bytes;
+        Ok(())
     }
 
-    fn release(&self, bytes: usize) {
-        self.used
-            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    fn release(&self, plugin: &str, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.total = held.total.saturating_sub(bytes);
+        if let Some(mine) = held.by_plugin.get_mut(plugin) {
+            *mine = mine.saturating_sub(bytes);
+            if *mine == 0 {
+                held.by_plugin.remove(plugin);
+            }
+        }
     }
 }
 
@@ -86,10 +124,12 @@ pub struct Limiter {
     pub memory_used: usize,
     /// The total a refused growth asked for, if any.
     pub memory_refused: Option<usize>,
-    /// Whether a growth was refused because the host-wide budget was spent.
-    pub budget_refused: bool,
+    /// Why the host-wide budget refused a growth, if it did.
+    pub budget_refused: Option<Refusal>,
     /// The runtime's budget, which this store has reserved `memory_used` of.
     pub budget: Arc<MemoryBudget>,
+    /// The plugin whose share of the budget this store uses.
+    pub plugin: Arc<str>,
     /// Elements allowed per table.
     pub table_elements: usize,
     /// Whether a table growth was refused.
@@ -98,13 +138,19 @@ pub struct Limiter {
 
 impl Limiter {
     /// A limiter for a plugin allowed `memory_bytes` in all.
-    pub fn new(memory_bytes: usize, table_elements: usize, budget: Arc<MemoryBudget>) -> Limiter {
+    pub fn new(
+        plugin: Arc<str>,
+        memory_bytes: usize,
+        table_elements: usize,
+        budget: Arc<MemoryBudget>,
+    ) -> Limiter {
         Limiter {
             memory_bytes,
             memory_used: 0,
             memory_refused: None,
-            budget_refused: false,
+            budget_refused: None,
             budget,
+            plugin,
             table_elements,
             table_refused: false,
         }
@@ -113,7 +159,7 @@ impl Limiter {
 
 impl Drop for Limiter {
     fn drop(&mut self) {
-        self.budget.release(self.memory_used);
+        self.budget.release(&self.plugin, self.memory_used);
     }
 }
 
@@ -132,9 +178,9 @@ impl wasmtime::ResourceLimiter for Limiter {
             self.memory_refused = Some(total);
             return Ok(false);
         }
-        if !self.budget.try_reserve(added) {
+        if let Err(refusal) = self.budget.try_reserve(&self.plugin, added) {
             self.memory_refused = Some(total);
-            self.budget_refused = true;
+            self.budget_refused = Some(refusal);
             return Ok(false);
         }
         self.memory_used = total;
