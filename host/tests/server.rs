@@ -434,6 +434,12 @@ fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
         metrics.contains("hearth_plugin_calls_total{namespace=\"calc\",outcome="),
         "{metrics}"
     );
+    // Every plugin call has ended: its memory is back in the budget.
+    assert!(
+        metrics.contains("hearth_plugin_memory_bytes 0\n")
+            && metrics.contains("hearth_plugin_memory_budget_bytes "),
+        "{metrics}"
+    );
     let u = &v["usage"];
     assert!(
         u["prompt_tokens"].as_u64().unwrap() > 100,

@@ -366,7 +366,16 @@ async fn route(
     match path {
         "/healthz" => return Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         "/metrics" => {
-            let text = state.metrics.render(&state.scheduler.stats(), true);
+            let mut text = state.metrics.render(&state.scheduler.stats(), true);
+            if let Some(runtime) = &state.plugins {
+                let (used, budget) = runtime.plugin_memory();
+                text.push_str(&format!(
+                    "# HELP hearth_plugin_memory_bytes Linear memory held by plugin calls now.\n\
+                     # TYPE hearth_plugin_memory_bytes gauge\nhearth_plugin_memory_bytes {used}\n\
+                     # HELP hearth_plugin_memory_budget_bytes What all plugin calls together may hold.\n\
+                     # TYPE hearth_plugin_memory_budget_bytes gauge\nhearth_plugin_memory_budget_bytes {budget}\n"
+                ));
+            }
             return Ok(Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
