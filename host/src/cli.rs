@@ -393,7 +393,44 @@ fn print_install(report: &install::Report) {
 }
 
 fn runtime_for(home: &Home) -> anyhow::Result<Runtime> {
-    Ok(Runtime::new(RuntimeOptions::in_dir(&home.root))?)
+    Ok(Runtime::new(runtime_options(home)?)?)
+}
+
+/// The runtime's options for `home`: components compile in a child process
+/// of this binary, whose limits `HEARTH_COMPILE_TIMEOUT_MS` and
+/// `HEARTH_COMPILE_MEMORY_MB` override.
+fn runtime_options(home: &Home) -> anyhow::Result<RuntimeOptions> {
+    let mut options = RuntimeOptions::in_dir(&home.root);
+    // This very binary. On Linux `/proc/self/exe` names the running image
+    // even after an upgrade replaced the file, so a long-running server
+    // keeps compiling with the compiler it loads artifacts with.
+    let this_image = std::path::Path::new("/proc/self/exe");
+    options.compile_worker = if this_image.exists() {
+        Some(this_image.to_path_buf())
+    } else {
+        std::env::current_exe().ok()
+    };
+    if let Some(ms) = positive_env("HEARTH_COMPILE_TIMEOUT_MS", "milliseconds")? {
+        options.compile_timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(mb) = positive_env("HEARTH_COMPILE_MEMORY_MB", "MiB")? {
+        options.compile_memory_bytes = mb.saturating_mul(1 << 20);
+    }
+    Ok(options)
+}
+
+/// A whole number above zero from the environment, if set.
+fn positive_env(name: &str, unit: &str) -> anyhow::Result<Option<u64>> {
+    let Some(raw) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    match raw.to_str().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => bail!(
+            "{name} must be a whole number of {unit} above zero, not `{}`",
+            raw.to_string_lossy()
+        ),
+    }
 }
 
 /// The installed plugin set, activated, with the model behind their `llm`
@@ -403,7 +440,7 @@ async fn serving_plugins(
     llm: std::sync::Arc<dyn crate::plugins::LlmBackend>,
 ) -> anyhow::Result<(Runtime, ActiveSet)> {
     let discovery = manager::discover_installed(home).map_err(anyhow::Error::msg)?;
-    let mut options = RuntimeOptions::in_dir(&home.root);
+    let mut options = runtime_options(home)?;
     options.llm = Some(llm);
     let runtime = Runtime::new(options)?;
     let set = manager::load_and_activate(&runtime, home, discovery).await;

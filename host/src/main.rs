@@ -5,6 +5,17 @@ use hearth::cli::{Cli, LogFormat, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // The host runs this same binary to compile plugin components in a
+    // child process it can cap and kill (see `hearth::plugins::compile`).
+    // Handled before clap so that it stays out of `--help`, and before
+    // anything else starts: no logging, no async runtime, no threads.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == hearth::plugins::compile::WORKER_COMMAND)
+    {
+        std::process::exit(hearth::plugins::compile::worker_main(&args[2..]));
+    }
     let cli = Cli::parse();
     // Before the async runtime starts any thread: candle reads the thread
     // count from the environment.

@@ -127,8 +127,21 @@ impl ComponentCache {
         let bytes = component
             .serialize()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.store_bytes(engine, digest, &bytes)
+    }
+
+    /// Stores an already serialised artifact, as [`ComponentCache::store`]
+    /// does. Only for bytes this host's own compile worker produced for
+    /// `engine`'s configuration: [`ComponentCache::lookup`] will trust them.
+    pub fn store_bytes(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.artifact_path(engine, digest);
-        write_atomically(&Self::checksum_path(&path), sha256_hex(&bytes).as_bytes())?;
-        write_atomically(&path, &bytes)
+        write_atomically(&Self::checksum_path(&path), sha256_hex(bytes).as_bytes())?;
+        write_atomically(&path, bytes)
+    }
+
+    /// The cache directory; the compile worker's temporary files go here
+    /// too, so that nothing but the host writes what gets deserialised.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 }

@@ -62,6 +62,98 @@ pub fn read_stamp(bytes: &[u8]) -> Result<Option<Version>, String> {
     Ok(None)
 }
 
+/// The name under which a plugin exports its side of the contract, before
+/// the `@version`.
+pub const GUEST_INTERFACE: &str = "hearth:plugin/guest";
+
+/// What a component's outermost level imports and exports, by name, read
+/// from its bytes without compiling or validating it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Surface {
+    /// Names of its top-level imports (`wasi:http/types@0.2.6`, ...).
+    pub imports: Vec<String>,
+    /// Names of its top-level exports.
+    pub exports: Vec<String>,
+}
+
+/// Reads a component's top-level import and export names. Nested modules
+/// and components are skipped over (the parser is iterative, so nesting
+/// costs nothing here).
+pub fn surface(bytes: &[u8]) -> Result<Surface, String> {
+    let mut surface = Surface::default();
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| format!("not a valid WebAssembly component: {e}"))?;
+        match payload {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let import =
+                        import.map_err(|e| format!("not a valid WebAssembly component: {e}"))?;
+                    surface.imports.push(import.name.name.to_string());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 1 => {
+                for export in reader {
+                    let export =
+                        export.map_err(|e| format!("not a valid WebAssembly component: {e}"))?;
+                    surface.exports.push(export.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(surface)
+}
+
+/// The contract a component was built against, read from the version in
+/// the name of the guest interface it exports
+/// (`hearth:plugin/guest@0.1.0`): no special tool is needed to declare it.
+/// A `hearth:contract-version` stamp, which older SDKs wrote, is optional;
+/// when present it must agree. The error names the guest versions found and
+/// the versions supported.
+pub fn declared_contract(bytes: &[u8], surface: &Surface) -> Result<Version, String> {
+    let found: Vec<&str> = surface
+        .exports
+        .iter()
+        .filter_map(|e| e.strip_prefix(GUEST_INTERFACE))
+        .map(|rest| rest.trim_start_matches('@'))
+        .collect();
+    let versions: Vec<Version> = found.iter().filter_map(|v| Version::parse(v).ok()).collect();
+    let Some(version) = versions.iter().find(|v| supported().matches(v)).cloned() else {
+        return Err(if found.is_empty() {
+            format!(
+                "it exports no `{GUEST_INTERFACE}` interface (its exports: {}); a hearth plugin exports `{GUEST_INTERFACE}@<version>`, and this hearth supports {}",
+                if surface.exports.is_empty() {
+                    "none".to_string()
+                } else {
+                    surface.exports.join(", ")
+                },
+                supported()
+            )
+        } else {
+            format!(
+                "it exports `{GUEST_INTERFACE}` at {}, and this hearth supports {}",
+                found
+                    .iter()
+                    .map(|v| if v.is_empty() { "no version" } else { v })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                supported()
+            )
+        });
+    };
+    if let Some(stamp) = read_stamp(bytes)?
+        && (stamp.major, stamp.minor) != (version.major, version.minor)
+    {
+        return Err(format!(
+            "its `{STAMP_SECTION}` stamp says {stamp} but it exports `{GUEST_INTERFACE}@{version}`"
+        ));
+    }
+    Ok(version)
+}
+
 /// A capability that must be granted before a component may import it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capability {

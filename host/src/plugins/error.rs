@@ -77,6 +77,18 @@ pub enum LoadError {
     /// Compilation ran past its watchdog.
     #[error("compiling the component took longer than {0:?}; it is refused")]
     CompileTimeout(Duration),
+    /// The component exceeds a structural limit checked before compiling
+    /// (see [`super::compile::precheck`]).
+    #[error("component refused before compiling: {0}")]
+    TooComplex(super::compile::PrecheckError),
+    /// The compile worker ran out of the memory it may use.
+    #[error("compiling needed more than {limit_mib} MiB; the component is refused ({detail})")]
+    CompileMemory {
+        /// The worker's memory cap, in MiB.
+        limit_mib: u64,
+        /// What the worker reported.
+        detail: String,
+    },
     /// `describe` or `validate-config` failed to run.
     #[error("calling `{export}` failed: {error}")]
     Call {

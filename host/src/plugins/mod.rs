@@ -18,6 +18,7 @@
 //!    a key-value buffer committed only if the call returns normally.
 
 pub mod cache;
+pub mod compile;
 pub mod contract;
 mod error;
 pub mod http;
@@ -121,6 +122,19 @@ pub struct RuntimeOptions {
     /// Linear memory all concurrent calls together may hold, in bytes: a
     /// growth past it is refused like a plugin's own limit.
     pub memory_budget: usize,
+    /// The program to compile components with, run as `<program>
+    /// __compile-worker <in.wasm> <out.cwasm>` (the `hearth` binary itself,
+    /// see [`compile::worker_main`]): a child process under
+    /// `compile_memory_bytes` that the watchdog really stops. `None`
+    /// compiles on a blocking thread of this process, which the watchdog
+    /// can only stop waiting for.
+    pub compile_worker: Option<PathBuf>,
+    /// Address space the compile worker may use, in bytes (`RLIMIT_AS`);
+    /// only applies with `compile_worker`.
+    pub compile_memory_bytes: u64,
+    /// Most compilations running at once, in either mode: each may use
+    /// every core and gigabytes of memory.
+    pub max_concurrent_compiles: usize,
 }
 
 /// Half of the machine's memory (4 GiB where it cannot be read): the
@@ -150,6 +164,9 @@ impl RuntimeOptions {
             hostcall_fuel: 16 << 20,
             llm: None,
             memory_budget: default_memory_budget(),
+            compile_worker: None,
+            compile_memory_bytes: 4 << 30,
+            max_concurrent_compiles: 2,
         }
     }
 }
@@ -318,6 +335,8 @@ pub(crate) struct Inner {
     active: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     ticker_stop: Arc<AtomicBool>,
     budget: Arc<state::MemoryBudget>,
+    /// One permit per compilation allowed at once.
+    compile_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for Inner {
@@ -417,6 +436,9 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Engine(format!("starting the epoch thread: {e}")))?;
         }
         let budget = Arc::new(state::MemoryBudget::new(options.memory_budget));
+        let compile_permits = Arc::new(tokio::sync::Semaphore::new(
+            options.max_concurrent_compiles.max(1),
+        ));
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
@@ -428,6 +450,7 @@ impl Runtime {
                 active: RwLock::new(BTreeMap::new()),
                 ticker_stop,
                 budget,
+                compile_permits,
             }),
         })
     }
@@ -464,6 +487,7 @@ impl Runtime {
                 limit: inner.options.max_component_bytes,
             });
         }
+        compile::precheck(bytes).map_err(compile::PrecheckError::into_load_error)?;
         let contract = contract::read_stamp(bytes)
             .map_err(LoadError::Invalid)?
             .ok_or(LoadError::NoContractStamp)?;
@@ -593,29 +617,59 @@ impl Runtime {
                 Some(why)
             }
         };
-        let engine = inner.engine.clone();
-        let owned = bytes.to_vec();
-        // Compilation is CPU-bound and unbounded in principle: run it off the
-        // async workers and stop waiting after the watchdog fires.
-        let task = tokio::task::spawn_blocking(move || Component::new(&engine, &owned));
-        let component = match tokio::time::timeout(inner.options.compile_timeout, task).await {
-            Err(_) => return Err(LoadError::CompileTimeout(inner.options.compile_timeout)),
-            Ok(Err(join)) => return Err(LoadError::Compile(join.to_string())),
-            Ok(Ok(Err(e))) => {
-                let message = format!("{e:#}");
-                return Err(
-                    if message.contains("magic header") || message.contains("failed to parse") {
-                        LoadError::Invalid(message)
-                    } else {
-                        LoadError::Compile(message)
-                    },
-                );
+        // Each compilation may use every core and gigabytes: only so many
+        // run at once, whichever way they run.
+        let permit = inner
+            .compile_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| LoadError::Compile(e.to_string()))?;
+        let component = match &inner.options.compile_worker {
+            Some(program) => {
+                let limits = compile::WorkerLimits {
+                    memory_bytes: inner.options.compile_memory_bytes,
+                    timeout: inner.options.compile_timeout,
+                };
+                let compiled = compile::compile_in_worker(
+                    program,
+                    &inner.engine,
+                    &inner.cache,
+                    digest,
+                    bytes,
+                    limits,
+                )
+                .await;
+                // The worker is gone (finished, or killed and reaped).
+                drop(permit);
+                compiled?
             }
-            Ok(Ok(Ok(c))) => c,
+            None => {
+                let engine = inner.engine.clone();
+                let owned = bytes.to_vec();
+                // Compilation is CPU-bound and unbounded in principle: run it
+                // off the async workers and stop waiting after the watchdog
+                // fires. The thread cannot be stopped, so it keeps its permit
+                // until it really ends.
+                let task = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    Component::new(&engine, &owned)
+                });
+                let component =
+                    match tokio::time::timeout(inner.options.compile_timeout, task).await {
+                        Err(_) => {
+                            return Err(LoadError::CompileTimeout(inner.options.compile_timeout));
+                        }
+                        Ok(Err(join)) => return Err(LoadError::Compile(join.to_string())),
+                        Ok(Ok(Err(e))) => return Err(compile::compile_error(format!("{e:#}"))),
+                        Ok(Ok(Ok(c))) => c,
+                    };
+                if let Err(e) = inner.cache.store(&inner.engine, digest, &component) {
+                    tracing::warn!("could not cache compiled component {digest}: {e}");
+                }
+                component
+            }
         };
-        if let Err(e) = inner.cache.store(&inner.engine, digest, &component) {
-            tracing::warn!("could not cache compiled component {digest}: {e}");
-        }
         Ok((
             component,
             match rejected {
