@@ -25,7 +25,7 @@ async fn malformed_bytes_are_refused_with_a_clear_error() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, LoadError::Invalid(_) | LoadError::NoContractStamp),
+            matches!(err, LoadError::Invalid(_) | LoadError::NotAPlugin(_)),
             "{bytes:?}: {err}"
         );
     }
@@ -41,7 +41,7 @@ async fn malformed_bytes_are_refused_with_a_clear_error() {
 }
 
 #[tokio::test]
-async fn a_component_without_a_contract_stamp_is_refused() {
+async fn a_component_that_exports_no_guest_interface_is_refused() {
     let s = Scratch::new();
     let err = s
         .runtime
@@ -52,7 +52,58 @@ async fn a_component_without_a_contract_stamp_is_refused() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, LoadError::NoContractStamp), "{err}");
+    assert!(matches!(err, LoadError::NotAPlugin(_)), "{err}");
+    assert!(
+        err.to_string().contains("exports no `hearth:plugin/guest`")
+            && err.to_string().contains(">=0.1.0, <0.2.0"),
+        "{err}"
+    );
+}
+
+/// A component exporting an (empty) instance as the guest interface of
+/// `version`, stamped with `stamp` if given.
+fn guest_named(version: &str, stamp: Option<&str>) -> Vec<u8> {
+    let stamp = stamp
+        .map(|s| format!(r#"(core module (@custom "hearth:contract-version" "{s}"))"#))
+        .unwrap_or_default();
+    wat::parse_str(format!(
+        r#"(component {stamp} (instance $g) (export "hearth:plugin/guest@{version}" (instance $g)))"#
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_contract_version_is_read_from_the_exported_interface() {
+    let s = Scratch::new();
+    // No stamp needed: 0.1.0 is read from the export's name, and loading
+    // goes on to find that the interface lacks its functions.
+    let err = s
+        .runtime
+        .load(calc_manifest(), &guest_named("0.1.0", None), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::BadExports(_)), "{err}");
+    // A version this host does not speak is named with the supported ones.
+    let err = s
+        .runtime
+        .load(calc_manifest(), &guest_named("0.2.0", None), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoadError::UnsupportedContract(_)), "{err}");
+    assert!(
+        err.to_string().contains("at 0.2.0") && err.to_string().contains(">=0.1.0, <0.2.0"),
+        "{err}"
+    );
+    // A stamp, when present, must agree with the export.
+    let err = s
+        .runtime
+        .load(calc_manifest(), &guest_named("0.1.0", Some("0.2.0")), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LoadError::NotAPlugin(_)) && err.to_string().contains("stamp says 0.2.0"),
+        "{err}"
+    );
 }
 
 /// A component that exports nothing, stamped with `contract`.
@@ -71,14 +122,14 @@ async fn stamped_components_with_the_wrong_exports_or_contract_are_refused() {
         .load(calc_manifest(), &stamped("0.1.0"), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, LoadError::BadExports(_)), "{err}");
+    assert!(matches!(err, LoadError::NotAPlugin(_)), "{err}");
     assert!(err.to_string().contains("hearth:plugin/guest"), "{err}");
     let err = s
         .runtime
         .load(calc_manifest(), &stamped("0.2.0"), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, LoadError::UnsupportedContract(_)), "{err}");
+    assert!(matches!(err, LoadError::NotAPlugin(_)), "{err}");
 }
 
 #[tokio::test]

@@ -578,8 +578,11 @@ async fn an_ungranted_import_rejects_the_plugin_at_load() {
         .await
         .expect_err("kv is imported but not granted");
     match &err {
-        LoadError::NotGranted { import, .. } => {
-            assert!(import.starts_with("hearth:plugin/kv@0.1"), "{import}")
+        LoadError::NotGranted { missing, .. } => {
+            assert!(
+                matches!(&missing[..], [(import, _)] if import.starts_with("hearth:plugin/kv@0.1")),
+                "{missing:?}"
+            )
         }
         other => panic!("{other}"),
     }
@@ -589,6 +592,19 @@ async fn an_ungranted_import_rejects_the_plugin_at_load() {
         .await
         .expect_err("http is imported but not granted");
     assert!(err.to_string().contains("wasi:http/"), "{err}");
+    // Every missing grant at once, not one per attempt.
+    let err = s
+        .hostile(|t| {
+            t.replace("kv = true\n", "")
+                .replace("http = [\"http://allowed.invalid\"]\n", "")
+                .replace("llm-tokens = 64\n", "")
+        })
+        .await
+        .expect_err("kv, http and llm are imported but not granted");
+    let message = err.to_string();
+    for needed in ["kv = true", "http = [", "llm-tokens", "hearth:plugin/llm"] {
+        assert!(message.contains(needed), "{needed} missing from: {message}");
+    }
 }
 
 #[tokio::test]

@@ -113,45 +113,61 @@ pub fn surface(bytes: &[u8]) -> Result<Surface, String> {
 /// A `hearth:contract-version` stamp, which older SDKs wrote, is optional;
 /// when present it must agree. The error names the guest versions found and
 /// the versions supported.
-pub fn declared_contract(bytes: &[u8], surface: &Surface) -> Result<Version, String> {
+pub fn declared_contract(bytes: &[u8], surface: &Surface) -> Result<Version, ContractError> {
     let found: Vec<&str> = surface
         .exports
         .iter()
         .filter_map(|e| e.strip_prefix(GUEST_INTERFACE))
         .map(|rest| rest.trim_start_matches('@'))
         .collect();
-    let versions: Vec<Version> = found.iter().filter_map(|v| Version::parse(v).ok()).collect();
+    let versions: Vec<Version> = found
+        .iter()
+        .filter_map(|v| Version::parse(v).ok())
+        .collect();
     let Some(version) = versions.iter().find(|v| supported().matches(v)).cloned() else {
         return Err(if found.is_empty() {
-            format!(
+            ContractError::NotAPlugin(format!(
                 "it exports no `{GUEST_INTERFACE}` interface (its exports: {}); a hearth plugin exports `{GUEST_INTERFACE}@<version>`, and this hearth supports {}",
                 if surface.exports.is_empty() {
                     "none".to_string()
                 } else {
-                    surface.exports.join(", ")
+                    super::sanitize(&surface.exports.join(", "), 1024)
                 },
                 supported()
-            )
+            ))
         } else {
-            format!(
+            ContractError::Unsupported(format!(
                 "it exports `{GUEST_INTERFACE}` at {}, and this hearth supports {}",
-                found
-                    .iter()
-                    .map(|v| if v.is_empty() { "no version" } else { v })
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                super::sanitize(
+                    &found
+                        .iter()
+                        .map(|v| if v.is_empty() { "no version" } else { v })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    1024
+                ),
                 supported()
-            )
+            ))
         });
     };
-    if let Some(stamp) = read_stamp(bytes)?
+    if let Some(stamp) = read_stamp(bytes).map_err(ContractError::NotAPlugin)?
         && (stamp.major, stamp.minor) != (version.major, version.minor)
     {
-        return Err(format!(
+        return Err(ContractError::NotAPlugin(format!(
             "its `{STAMP_SECTION}` stamp says {stamp} but it exports `{GUEST_INTERFACE}@{version}`"
-        ));
+        )));
     }
     Ok(version)
+}
+
+/// Why a component declares no contract this host speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContractError {
+    /// It is not a hearth plugin: no guest interface, or a stamp that
+    /// disagrees with it.
+    NotAPlugin(String),
+    /// It targets contract versions this host does not support.
+    Unsupported(String),
 }
 
 /// A capability that must be granted before a component may import it.

@@ -18,13 +18,11 @@ pub enum LoadError {
     /// The bytes are not a WebAssembly component.
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    /// No contract stamp: not built with a hearth SDK.
-    #[error(
-        "component carries no `hearth:contract-version` stamp; build it with hearth-sdk \
-         (or another SDK that stamps the contract version)"
-    )]
-    NoContractStamp,
-    /// Stamped with a contract this host does not speak.
+    /// Exports no `hearth:plugin/guest` interface, or its version stamp
+    /// disagrees with the interface it exports.
+    #[error("component is not a hearth plugin: {0}")]
+    NotAPlugin(String),
+    /// Built against a contract this host does not speak.
     #[error("component was built against an unsupported contract: {0}")]
     UnsupportedContract(String),
     /// Manifest and component disagree on the contract.
@@ -35,18 +33,20 @@ pub enum LoadError {
         /// From the stamp.
         component: semver::Version,
     },
-    /// Imports a capability the manifest does not ask for.
+    /// Imports capabilities the manifest does not ask for; every one is
+    /// listed.
     #[error(
-        "component imports `{import}`, which plugin `{plugin}` was not granted; \
-         it needs {} in plugin.toml", capability.manifest_setting()
+        "component imports what plugin `{plugin}` was not granted: {}; grant {} in plugin.toml, \
+         or build the component without {} (a world that imports only what the plugin uses)",
+        missing.iter().map(|(i, c)| format!("`{i}` (needs {})", c.manifest_setting())).collect::<Vec<_>>().join(", "),
+        if missing.len() == 1 { "it" } else { "them" },
+        if missing.len() == 1 { "that import" } else { "those imports" },
     )]
     NotGranted {
         /// The plugin.
         plugin: String,
-        /// The import.
-        import: String,
-        /// The capability it needs.
-        capability: Capability,
+        /// Each import not granted, with the capability it needs.
+        missing: Vec<(String, Capability)>,
     },
     /// Imports something this host does not provide.
     #[error("component imports `{import}`, which this host does not provide")]

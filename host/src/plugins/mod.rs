@@ -9,9 +9,13 @@
 //!    pooling allocator, epoch interruption, unused proposals off), WASI with
 //!    nothing behind it, `wasi:http` behind [`http::HttpPolicy`], and the
 //!    `hearth:plugin` imports;
-//! 2. **validate per plugin** ([`Runtime::load`]): size cap, contract stamp,
-//!    compile or verified-cache load, import check against the manifest's
-//!    grants, export check, `describe` and `validate-config` — no side effects;
+//! 2. **validate per plugin** ([`Runtime::load`]): size cap, structural
+//!    limits ([`compile::precheck`]), import check against the manifest's
+//!    grants and the contract version from the exported `guest` interface
+//!    (both read from the bytes), compile in a capped child process or
+//!    verified-cache load, export check, `describe` and `validate-config`
+//!    under the load-time limit (answers bounded and cached) — no side
+//!    effects;
 //! 3. **prepare per call** ([`Runtime::invoke`]): a fresh `Store` and
 //!    instance from the pre-instantiated component, with memory, table,
 //!    stack, epoch, wall-clock, host-copy, handle, output and log limits, and
@@ -261,7 +265,7 @@ pub struct LoadedPlugin {
     pub manifest: Manifest,
     /// SHA-256 of the component bytes.
     pub digest: String,
-    /// The contract version stamped into it.
+    /// The contract version it exports its `guest` interface at.
     pub contract: semver::Version,
     /// Its tools.
     pub tools: Vec<ToolInfo>,
@@ -466,6 +470,12 @@ impl Runtime {
         (self.inner.budget.used(), self.inner.budget.limit())
     }
 
+    /// Bytes a namespace's key-value entries are counted as, against
+    /// [`kv::NAMESPACE_QUOTA`]. Blocking: one read of the database.
+    pub fn kv_usage(&self, namespace: &str) -> Result<u64, kv::KvError> {
+        self.inner.kv.usage(namespace)
+    }
+
     /// The compiled-component cache.
     pub fn cache(&self) -> &ComponentCache {
         &self.inner.cache
@@ -488,10 +498,15 @@ impl Runtime {
             });
         }
         compile::precheck(bytes).map_err(compile::PrecheckError::into_load_error)?;
-        let contract = contract::read_stamp(bytes)
-            .map_err(LoadError::Invalid)?
-            .ok_or(LoadError::NoContractStamp)?;
-        contract::check_supported(&contract).map_err(LoadError::UnsupportedContract)?;
+        // Imports and the contract version are read from the bytes, so a
+        // component that could never be activated is refused before it is
+        // compiled.
+        let surface = contract::surface(bytes).map_err(LoadError::Invalid)?;
+        check_imports(&manifest, &surface.imports)?;
+        let contract = contract::declared_contract(bytes, &surface).map_err(|e| match e {
+            contract::ContractError::Unsupported(m) => LoadError::UnsupportedContract(m),
+            contract::ContractError::NotAPlugin(m) => LoadError::NotAPlugin(m),
+        })?;
         if (contract.major, contract.minor) != (manifest.contract.major, manifest.contract.minor) {
             return Err(LoadError::ContractMismatch {
                 manifest: manifest.contract.clone(),
@@ -501,11 +516,13 @@ impl Runtime {
         let digest = cache::sha256_hex(bytes);
         let (component, cache_outcome) = self.compile(&digest, bytes).await?;
 
-        let mut imports = Vec::new();
-        for (name, _) in component.component_type().imports(&inner.engine) {
-            check_import(&manifest, name)?;
-            imports.push(name.to_string());
-        }
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&inner.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        // The compiled type is the authority; it names the same imports.
+        check_imports(&manifest, &imports)?;
         let pre = inner
             .linker
             .instantiate_pre(&component)
@@ -903,31 +920,41 @@ fn arm_deadline(store: &mut Store<HostState>, limit: Duration) {
     });
 }
 
-fn check_import(manifest: &Manifest, name: &str) -> Result<(), LoadError> {
+/// Checks every import against the manifest's grants; an import no host
+/// provides is refused first, then every import not granted is listed in
+/// one error.
+fn check_imports(manifest: &Manifest, imports: &[String]) -> Result<(), LoadError> {
     use contract::Capability;
     let p = &manifest.permissions;
-    match classify_import(name) {
-        ImportClass::Always => Ok(()),
-        ImportClass::Unknown => Err(LoadError::UnknownImport {
-            import: name.to_string(),
-        }),
-        ImportClass::Needs(capability) => {
-            let granted = match capability {
-                Capability::Kv => p.kv,
-                Capability::Llm => p.llm_tokens > 0,
-                Capability::Tools => !manifest.dependencies.is_empty(),
-                Capability::Http => !p.http.is_empty(),
-            };
-            if granted {
-                Ok(())
-            } else {
-                Err(LoadError::NotGranted {
-                    plugin: manifest.namespace.to_string(),
-                    import: name.to_string(),
-                    capability,
-                })
+    let mut missing = Vec::new();
+    for name in imports {
+        match classify_import(name) {
+            ImportClass::Always => {}
+            ImportClass::Unknown => {
+                return Err(LoadError::UnknownImport {
+                    import: sanitize(name, 200),
+                });
+            }
+            ImportClass::Needs(capability) => {
+                let granted = match capability {
+                    Capability::Kv => p.kv,
+                    Capability::Llm => p.llm_tokens > 0,
+                    Capability::Tools => !manifest.dependencies.is_empty(),
+                    Capability::Http => !p.http.is_empty(),
+                };
+                if !granted {
+                    missing.push((name.clone(), capability));
+                }
             }
         }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::NotGranted {
+            plugin: manifest.namespace.to_string(),
+            missing,
+        })
     }
 }
 
@@ -1377,9 +1404,17 @@ impl Inner {
                             plugin: plugin.manifest.namespace.to_string(),
                             message: e.to_string(),
                         })?
-                        .map_err(|e| InvokeError::Host {
-                            plugin: plugin.manifest.namespace.to_string(),
-                            message: format!("saving its key-value writes failed: {e:?}"),
+                        .map_err(|e| match e {
+                            // Concurrent calls filled the namespace first:
+                            // the plugin's doing, so the caller is told as
+                            // for any other tool failure.
+                            kv::KvError::QuotaExceeded(m) => InvokeError::Tool(ToolError::Failed(
+                                format!("its key-value writes were not saved: {m}"),
+                            )),
+                            e => InvokeError::Host {
+                                plugin: plugin.manifest.namespace.to_string(),
+                                message: format!("saving its key-value writes failed: {e:?}"),
+                            },
                         })?;
                 }
                 Ok(value)
