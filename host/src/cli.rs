@@ -256,6 +256,10 @@ pub enum RegistryCommand {
         /// relative to the index.
         #[arg(long)]
         source: String,
+        /// Replace an entry of the same namespace and version instead of
+        /// refusing to add it.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -586,18 +590,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             serde_json::from_str::<serde_json::Value>(&args)
                 .with_context(|| format!("--args is not valid JSON: {args}"))?;
-            let (runtime, set) = active_set(&home, None).await?;
+            // Only the plugin called and its dependencies are loaded.
+            let discovery = manager::discover_installed(&home).map_err(anyhow::Error::msg)?;
+            let runtime = runtime_for(&home)?;
+            let set = manager::load_for(&runtime, &home, discovery, namespace).await;
             if runtime.active(namespace).is_none() {
                 let problems = set.problems_of(namespace);
                 if problems.is_empty() {
-                    let active: Vec<String> = runtime
-                        .active_plugins()
+                    let known: Vec<String> = set
+                        .candidates
                         .iter()
-                        .map(|p| p.manifest.namespace.to_string())
+                        .map(|c| c.manifest.namespace.to_string())
                         .collect();
                     bail!(
-                        "no plugin provides namespace `{namespace}`; active: {}",
-                        active.join(", ")
+                        "no plugin provides namespace `{namespace}`; the set has: {}",
+                        known.join(", ")
                     );
                 }
                 let reasons: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -792,6 +799,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             manifest,
             component,
             source,
+            replace,
         }) => {
             let key = registry::read_secret(&key).map_err(anyhow::Error::msg)?;
             let text = crate::home::read_text_capped(
@@ -805,17 +813,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let bytes = crate::home::read_capped(&component, registry::MAX_COMPONENT_SIZE)
                 .with_context(|| format!("reading {}", component.display()))?;
             let entry = registry::signed_entry(&key, &raw, &bytes, &source);
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&index)
-                .with_context(|| format!("opening {}", index.display()))?;
-            if file.metadata()?.len() == 0 {
-                writeln!(file, "format = {}", registry::FORMAT)?;
-            }
-            write!(file, "\n{}", registry::entry_toml(&entry))?;
-            // The index must still parse, with the new entry in it.
-            let parsed = registry::Index::load(&index.display().to_string()).await?;
+            let location = index.display().to_string();
+            let text = registry::index_with(&index, &entry, replace)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("adding to {location}"))?;
+            // The new index must parse, with the new entry in it, before it
+            // replaces the old one (atomically): a failed add leaves the
+            // index as it was.
+            let parsed = registry::Index::parse(&text, &location, index.parent())?;
+            manager::store::write_atomically(&index, text.as_bytes())
+                .with_context(|| format!("writing {location}"))?;
             println!(
                 "added {}@{} to {} ({} entries)",
                 entry.namespace,
@@ -901,16 +908,113 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn print_list(runtime: &Runtime, set: &ActiveSet, format: Format) -> anyhow::Result<()> {
+/// Most bytes of plugin-controlled text shown in one place (an error, a
+/// summary); more is cut. Descriptions are capped far below at load.
+const MAX_SHOWN: usize = 64 << 10;
+
+/// Plugin-controlled text for the terminal: control characters (ANSI and
+/// OSC sequences start with them) and the invisible characters that
+/// reorder or hide text are shown escaped; newlines are kept.
+fn shown(text: &str) -> String {
+    crate::plugins::sanitize(text, MAX_SHOWN)
+}
+
+/// As [`shown`], and newlines escaped too, for text printed inside a line
+/// of ours: a description must not be able to start lines that look like
+/// the host's own.
+fn one_line(text: &str) -> String {
+    shown(text).replace('\n', "\\n")
+}
+
+/// JSON text made safe to print: DEL, the C1 controls (U+0080–U+009F; a
+/// terminal reads U+009B as the start of a control sequence) and the
+/// invisible format characters that reorder or hide text are rewritten as
+/// `\uXXXX` escapes. JSON strings may hold all of them raw, so the result is
+/// the same JSON. The C0 controls cannot appear raw in valid JSON; should
+/// the text not be valid, they are escaped the same way, except that a
+/// carriage return, which in valid JSON can only be whitespace between
+/// tokens, becomes a space.
+pub fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c == '\r' {
+            out.push(' ');
+        } else if crate::plugins::manifest::is_disguising(c) {
+            // Every such character is in the Basic Multilingual Plane.
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What `hearth plugin invoke` prints on stderr when the call fails: the
+/// error (which may quote the plugin) made safe for a terminal.
+pub fn render_invoke_error(tool: &str, error: &crate::plugins::InvokeError) -> String {
+    format!("error: {}: {}", one_line(tool), shown(&error.to_string()))
+}
+
+/// What `hearth plugin check` prints for `resolution`. In text, problem
+/// messages (which may quote a plugin) are made safe for a terminal; in
+/// JSON, the whole document goes through [`json_for_terminal`].
+pub fn render_check(resolution: &manager::Resolution, format: Format) -> anyhow::Result<String> {
+    let r = resolution;
+    let mut out = String::new();
+    match format {
+        Format::Json => {
+            let json = serde_json::to_string_pretty(&serde_json::json!({
+                "consistent": r.is_consistent(),
+                "order": r.order,
+                "problems": r.problems.iter().map(|p| {
+                    let mut v = serde_json::to_value(p).unwrap_or_default();
+                    v["message"] = serde_json::Value::String(p.to_string());
+                    v
+                }).collect::<Vec<_>>(),
+            }))?;
+            out.push_str(&json_for_terminal(&json));
+            out.push('\n');
+        }
+        Format::Text => {
+            let order = one_line(&r.order.join(", "));
+            if r.is_consistent() {
+                out.push_str(&format!(
+                    "ok: {} plugins, activation order: {order}\n",
+                    r.order.len()
+                ));
+            } else {
+                out.push_str(&format!("{} problem(s):\n", r.problems.len()));
+                for p in &r.problems {
+                    out.push_str(&format!("  - {}\n", one_line(&p.to_string())));
+                }
+                out.push_str(&format!(
+                    "would activate: {}\n",
+                    if r.order.is_empty() { "nothing" } else { &order }
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `hearth plugin list` prints for `loaded`, marking which are active
+/// in `runtime`. In text, every string a plugin controls (descriptions,
+/// names, grants, origin) is made safe for a terminal and kept on its line;
+/// in JSON, the whole document goes through [`json_for_terminal`].
+pub fn render_list(
+    runtime: &Runtime,
+    loaded: &[(std::sync::Arc<crate::plugins::LoadedPlugin>, manager::Origin)],
+    format: Format,
+) -> anyhow::Result<String> {
     let is_active = |p: &std::sync::Arc<crate::plugins::LoadedPlugin>| {
         runtime
             .active(p.manifest.namespace.as_str())
             .is_some_and(|a| std::sync::Arc::ptr_eq(&a, p))
     };
+    let mut out = String::new();
     match format {
         Format::Json => {
-            let list: Vec<serde_json::Value> = set
-                .loaded
+            let list: Vec<serde_json::Value> = loaded
                 .iter()
                 .map(|(p, origin)| {
                     let mut v = p.summary();
@@ -919,20 +1023,26 @@ fn print_list(runtime: &Runtime, set: &ActiveSet, format: Format) -> anyhow::Res
                     v
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            out.push_str(&json_for_terminal(&serde_json::to_string_pretty(&list)?));
+            out.push('\n');
         }
         Format::Text => {
-            for (p, origin) in &set.loaded {
+            for (p, origin) in loaded {
                 let m = &p.manifest;
-                println!(
-                    "{} {}{} — {}\n  from: {origin}",
-                    m.namespace,
-                    m.version,
+                let namespace = one_line(m.namespace.as_str());
+                out.push_str(&format!(
+                    "{namespace} {}{} — {}\n  from: {}\n",
+                    one_line(&m.version.to_string()),
                     if is_active(p) { "" } else { " (not active)" },
-                    m.description,
-                );
+                    one_line(&m.description),
+                    one_line(&origin.to_string()),
+                ));
                 for t in &p.tools {
-                    println!("  tool {}.{}: {}", m.namespace, t.name, t.description);
+                    out.push_str(&format!(
+                        "  tool {namespace}.{}: {}\n",
+                        one_line(&t.name),
+                        one_line(&t.description)
+                    ));
                 }
                 let perms = &m.permissions;
                 let mut granted = vec![
@@ -966,9 +1076,12 @@ fn print_list(runtime: &Runtime, set: &ActiveSet, format: Format) -> anyhow::Res
                             .join(", ")
                     ));
                 }
-                println!("  permissions: {}", granted.join("; "));
+                out.push_str(&format!(
+                    "  permissions: {}\n",
+                    one_line(&granted.join("; "))
+                ));
             }
         }
     }
-    Ok(())
+    Ok(out)
 }

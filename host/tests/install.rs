@@ -254,7 +254,7 @@ fn bad_installs_fail_at_the_named_step_and_change_nothing() {
                 let source = i.entries[0].source.clone();
                 i.entries[0] = registry::signed_entry(&i.key, &m, notes, &source);
             },
-            "failed at step `validate`: component imports `hearth:plugin/kv@0.1.0`, which plugin `mathx` was not granted",
+            "failed at step `validate`: component imports what plugin `mathx` was not granted: `hearth:plugin/kv@0.1.0` (needs [permissions] kv = true)",
         ),
     ];
     for (name, spoil, expected) in cases {
@@ -522,9 +522,9 @@ fn a_publisher_signs_with_the_cli_and_a_user_installs() {
     std::fs::write(dir.join("plugin.toml"), "name = \"mathx\"\nnamespace = \"mathx\"\nversion = \"1.0.0\"\ncontract = \"0.1.0\"\npriority = 3\ndescription = \"math\"\n").unwrap();
     std::fs::write(dir.join("mathx.wasm"), component("plugins/calc")).unwrap();
     let index = dir.join("index.toml");
-    let out = hearth(
-        dir,
-        &[
+    let (manifest_path, component_path) = (dir.join("plugin.toml"), dir.join("mathx.wasm"));
+    let add = |extra: &[&str]| {
+        let mut args = vec![
             "registry",
             "add",
             "--index",
@@ -532,16 +532,38 @@ fn a_publisher_signs_with_the_cli_and_a_user_installs() {
             "--key",
             key.to_str().unwrap(),
             "--manifest",
-            dir.join("plugin.toml").to_str().unwrap(),
+            manifest_path.to_str().unwrap(),
             "--component",
-            dir.join("mathx.wasm").to_str().unwrap(),
+            component_path.to_str().unwrap(),
             "--source",
             "mathx.wasm",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        hearth(dir, &args)
+    };
+    let out = add(&[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout).contains("added mathx@1.0.0"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The same version again is refused, and the index is left as it was.
+    let before = std::fs::read(&index).unwrap();
+    let out = add(&[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("mathx@1.0.0 is already listed")
+            && text(&out.stderr).contains("--replace"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&index).unwrap(), before);
+    // With --replace, it takes the old entry's place: still one entry.
+    let out = add(&["--replace"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("(1 entries)"),
         "{}",
         text(&out.stdout)
     );

@@ -784,3 +784,46 @@ async fn a_sparse_multi_gigabyte_component_is_refused_without_reading_it() {
     );
     assert!(grown < 64 << 20, "resident memory grew by {grown} bytes");
 }
+
+// One-off commands load only what they call.
+
+#[tokio::test]
+async fn a_one_off_call_loads_only_the_plugin_and_its_dependencies() {
+    let s = Scratch::isolated();
+    let home = home_of(&s);
+    install_hostile(&s).await;
+    // A fresh runtime over the same data, as a new `hearth plugin invoke`.
+    let s = s.restart();
+    let discovery = hearth::manager::discover_installed(&home).unwrap();
+    let set = hearth::manager::load_for(&s.runtime, &home, discovery, "calc").await;
+    let loaded: Vec<&str> = set
+        .loaded
+        .iter()
+        .map(|(p, _)| p.manifest.namespace.as_str())
+        .collect();
+    assert_eq!(loaded, ["calc"]);
+    assert!(s.runtime.active("hostile").is_none());
+    // The rest of the set is still known to the resolver.
+    assert!(
+        set.candidates
+            .iter()
+            .any(|c| c.manifest.namespace.as_str() == "hostile")
+    );
+    let discovery = hearth::manager::discover_installed(&home).unwrap();
+    let set = hearth::manager::load_for(&s.runtime, &home, discovery, "hostile").await;
+    let mut loaded: Vec<&str> = set
+        .loaded
+        .iter()
+        .map(|(p, _)| p.manifest.namespace.as_str())
+        .collect();
+    loaded.sort();
+    assert_eq!(loaded, ["calc", "hostile"], "{:?}", set.resolution);
+    let v = s
+        .call(
+            "hostile.call_tool",
+            json!({"name": "calc.eval", "args": {"expression": "6*7"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["value"], 42, "{v}");
+}

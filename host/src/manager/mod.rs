@@ -16,5 +16,5 @@ pub mod store;
 pub use resolve::{Candidate, Problem, Resolution, dot, resolve};
 pub use set::{
     ActiveSet, Discovery, Found, Origin, discover_dir, discover_installed, load_and_activate,
-    reload,
+    load_for, reload,
 };

@@ -375,6 +375,79 @@ pub async fn load_all(
 /// after install, update, enable or disable.
 pub async fn load_and_activate(runtime: &Runtime, home: &Home, discovery: Discovery) -> ActiveSet {
     let (loaded, candidates, problems) = load_all(runtime, home, discovery).await;
+    activate(runtime, loaded, candidates, problems)
+}
+
+/// Loads and activates only what a call to `namespace` needs: that plugin
+/// and its dependencies, transitively. The rest of the set is still
+/// resolved — from manifests, and from the tools and events installed
+/// plugins recorded at install — so a declared conflict or a dependency
+/// problem keeps the plugin inactive exactly as in the whole set; but none
+/// of it is read, compiled or instantiated. This is what a one-off command
+/// (`hearth plugin invoke`) uses; a server loads the whole set.
+pub async fn load_for(
+    runtime: &Runtime,
+    home: &Home,
+    discovery: Discovery,
+    namespace: &str,
+) -> ActiveSet {
+    let mut needed = std::collections::BTreeSet::from([namespace.to_string()]);
+    let mut queue = vec![namespace.to_string()];
+    while let Some(ns) = queue.pop() {
+        for found in discovery
+            .found
+            .iter()
+            .filter(|f| f.manifest.namespace.as_str() == ns)
+        {
+            for dep in found.manifest.dependencies.keys() {
+                if needed.insert(dep.to_string()) {
+                    queue.push(dep.to_string());
+                }
+            }
+        }
+    }
+    let (load, rest): (Vec<Found>, Vec<Found>) = discovery
+        .found
+        .into_iter()
+        .partition(|f| needed.contains(f.manifest.namespace.as_str()));
+    let invalid = discovery
+        .invalid
+        .into_iter()
+        .filter(|p| p.blocks().iter().any(|ns| needed.contains(*ns)))
+        .collect();
+    let (loaded, mut candidates, problems) = load_all(
+        runtime,
+        home,
+        Discovery {
+            found: load,
+            invalid,
+        },
+    )
+    .await;
+    for found in rest {
+        let mut c = Candidate::from_manifest(found.manifest, found.origin.to_string());
+        if let Some(declared) = found.declared {
+            c.tools = declared.tools;
+            c.events = declared
+                .events
+                .iter()
+                .filter_map(|e| crate::plugins::event_from_name(e))
+                .collect();
+        }
+        c.rank = found.rank;
+        candidates.push(c);
+    }
+    activate(runtime, loaded, candidates, problems)
+}
+
+/// Resolves `candidates` and makes the loaded plugins the resolution
+/// activates the active set, in one swap.
+fn activate(
+    runtime: &Runtime,
+    loaded: Vec<(Arc<LoadedPlugin>, Origin)>,
+    candidates: Vec<Candidate>,
+    problems: Vec<Problem>,
+) -> ActiveSet {
     let mut resolution = resolve(&candidates);
     resolution.problems.extend(problems);
     resolution.problems.sort();

@@ -23,6 +23,10 @@ pub const MAX_LLM_TOKENS: u32 = 1_000_000;
 /// Longest manifest file read, in bytes; a larger file is refused from its
 /// metadata before it is read.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+/// Deepest nesting of tables and arrays in `[config]`: deep enough for any
+/// real configuration, and far enough below the TOML reader's own limit
+/// that the manifest hearth writes into its store always reads back.
+pub const MAX_CONFIG_DEPTH: usize = 32;
 /// Longest plugin or tool description, in bytes.
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
 
@@ -466,6 +470,21 @@ impl RawManifest {
         let conflicts = deps(self.conflicts, "conflicts")?;
         let config = serde_json::to_value(&self.config)
             .map_err(|e| err("config", format!("cannot be represented as JSON: {e}")))?;
+        fn depth(value: &serde_json::Value) -> usize {
+            match value {
+                serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        // The table itself is one level.
+        let config_depth = depth(&config).saturating_sub(1);
+        if config_depth > MAX_CONFIG_DEPTH {
+            return Err(err(
+                "config",
+                format!("nests {config_depth} levels deep; the limit is {MAX_CONFIG_DEPTH}"),
+            ));
+        }
         Ok(Manifest {
             name,
             namespace,
