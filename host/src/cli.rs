@@ -373,7 +373,8 @@ async fn load_index(location: Option<&str>) -> anyhow::Result<registry::Index> {
 /// terminal says so.
 fn confirm(summary: &str, yes: bool) -> bool {
     use std::io::{BufRead, IsTerminal};
-    print!("{summary}");
+    // It quotes the plugin's manifest: descriptions, hosts, names.
+    print!("{}", shown(summary));
     if yes {
         return true;
     }
@@ -389,10 +390,10 @@ fn confirm(summary: &str, yes: bool) -> bool {
 
 fn print_install(report: &install::Report) {
     if let Some(already) = &report.already {
-        println!("{already} is already installed");
+        println!("{} is already installed", one_line(already));
     }
     for id in &report.installed {
-        println!("installed {id}");
+        println!("installed {}", one_line(id));
     }
 }
 
@@ -511,7 +512,7 @@ async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     );
     let (runtime, set) = serving_plugins(&home, std::sync::Arc::new(scheduler.clone())).await?;
     for problem in &set.resolution.problems {
-        eprintln!("warning: {problem}");
+        eprintln!("warning: {}", one_line(&problem.to_string()));
     }
     eprintln!(
         "hearth: plugins active: {}",
@@ -578,9 +579,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Plugin(PluginCommand::List { format }) => {
             let (runtime, set) = active_set(&home, None).await?;
-            print_list(&runtime, &set, format)?;
+            print!("{}", render_list(&runtime, &set.loaded, format)?);
             for problem in &set.resolution.problems {
-                eprintln!("warning: {problem}");
+                eprintln!("warning: {}", one_line(&problem.to_string()));
             }
             Ok(0)
         }
@@ -607,7 +608,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                         known.join(", ")
                     );
                 }
-                let reasons: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                let reasons: Vec<String> =
+                    problems.iter().map(|p| one_line(&p.to_string())).collect();
                 bail!(
                     "plugin `{namespace}` is not active:\n  {}",
                     reasons.join("\n  ")
@@ -619,11 +621,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await
             {
                 Ok(out) => {
-                    println!("{out}");
+                    // The plugin's own JSON text.
+                    println!("{}", json_for_terminal(&out));
                     Ok(0)
                 }
                 Err(e) => {
-                    eprintln!("error: {tool}: {e}");
+                    eprintln!("{}", render_invoke_error(&tool, &e));
                     Ok(1)
                 }
             }
@@ -632,47 +635,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let (_runtime, set) = match active_set(&home, dir.as_deref()).await {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", shown(&format!("{e:#}")));
                     return Ok(2);
                 }
             };
             let r = &set.resolution;
-            match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "consistent": r.is_consistent(),
-                        "order": r.order,
-                        "problems": r.problems.iter().map(|p| {
-                            let mut v = serde_json::to_value(p).unwrap_or_default();
-                            v["message"] = serde_json::Value::String(p.to_string());
-                            v
-                        }).collect::<Vec<_>>(),
-                    }))?
-                ),
-                Format::Text => {
-                    if r.is_consistent() {
-                        println!(
-                            "ok: {} plugins, activation order: {}",
-                            r.order.len(),
-                            r.order.join(", ")
-                        );
-                    } else {
-                        println!("{} problem(s):", r.problems.len());
-                        for p in &r.problems {
-                            println!("  - {p}");
-                        }
-                        println!(
-                            "would activate: {}",
-                            if r.order.is_empty() {
-                                "nothing".to_string()
-                            } else {
-                                r.order.join(", ")
-                            }
-                        );
-                    }
-                }
-            }
+            print!("{}", render_check(r, format)?);
             Ok(if r.is_consistent() { 0 } else { 1 })
         }
         Command::Plugin(PluginCommand::Install {
@@ -989,7 +957,11 @@ pub fn render_check(resolution: &manager::Resolution, format: Format) -> anyhow:
                 }
                 out.push_str(&format!(
                     "would activate: {}\n",
-                    if r.order.is_empty() { "nothing" } else { &order }
+                    if r.order.is_empty() {
+                        "nothing"
+                    } else {
+                        &order
+                    }
                 ));
             }
         }
@@ -1003,7 +975,10 @@ pub fn render_check(resolution: &manager::Resolution, format: Format) -> anyhow:
 /// in JSON, the whole document goes through [`json_for_terminal`].
 pub fn render_list(
     runtime: &Runtime,
-    loaded: &[(std::sync::Arc<crate::plugins::LoadedPlugin>, manager::Origin)],
+    loaded: &[(
+        std::sync::Arc<crate::plugins::LoadedPlugin>,
+        manager::Origin,
+    )],
     format: Format,
 ) -> anyhow::Result<String> {
     let is_active = |p: &std::sync::Arc<crate::plugins::LoadedPlugin>| {
@@ -1065,6 +1040,9 @@ pub fn render_list(
                 }
                 if perms.llm_tokens > 0 {
                     granted.push(format!("model: {} tokens per call", perms.llm_tokens));
+                }
+                if let Some(access) = perms.conversation.as_manifest() {
+                    granted.push(format!("conversations: {access}"));
                 }
                 if !m.dependencies.is_empty() {
                     granted.push(format!(

@@ -52,7 +52,11 @@ fn main() {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors can quote a plugin (its manifest, a load failure).
+            eprintln!(
+                "error: {}",
+                hearth::plugins::sanitize(&format!("{e:#}"), 64 << 10)
+            );
             1
         }
     };

@@ -10,14 +10,18 @@
 //! - `golden`: exact errors for broken `plugin.toml` and `registry.toml` files.
 //! - `install`: installing over HTTP from a loopback index.
 //! - `registry`: `registry.toml` matches the reproducible build.
+//! - `kv_quota`: the key-value quota holds under concurrent calls (class 9).
+//! - `terminal`: nothing a plugin controls reaches a terminal raw (class 10).
 
 mod escapes;
 mod first_party;
 mod golden;
 mod install;
+mod kv_quota;
 mod loading;
 mod registry;
 mod sandbox;
+mod terminal;
 
 /// Tests that measure this process's resident memory run one at a time.
 pub static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

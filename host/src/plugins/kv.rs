@@ -5,6 +5,13 @@
 //! commit only when the call returns normally (with a result or a typed tool
 //! error). A trap, timeout or limit hit drops the buffer: a failed call has
 //! no side effects on the store.
+//!
+//! The namespace quota is checked twice: when a write is buffered (against
+//! the committed usage, to refuse early) and again at commit, inside redb's
+//! write transaction against the usage read there. redb runs one write
+//! transaction at a time, so that second check is what holds when several
+//! calls of one plugin run at once: each may fit alone, but only those that
+//! still fit when their turn to commit comes are saved.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
@@ -12,16 +19,42 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 const DATA: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("kv");
-const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage");
+/// Counted bytes per namespace, [`ENTRY_OVERHEAD`] included. Databases from
+/// before that overhead was counted kept theirs in a table named `usage`;
+/// this one is new so that such counts are recomputed (see
+/// [`namespace_usage`]) rather than mixed with the new ones.
+const USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("usage-v2");
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 512;
 /// Largest value, in bytes.
 pub const MAX_VALUE: usize = 1 << 20;
-/// Most bytes one namespace may store (keys plus values).
+/// Most bytes one namespace may store, counted as its keys and values plus,
+/// per entry, the namespace's name and [`ENTRY_OVERHEAD`].
 pub const NAMESPACE_QUOTA: u64 = 64 << 20;
 /// Most distinct keys one call may write.
 pub const MAX_WRITES_PER_CALL: usize = 1024;
+/// Most bytes of keys and values one call may have pending at once: the
+/// buffer lives in host memory until the call returns, so without this cap
+/// concurrent calls could each hold up to the whole quota.
+pub const MAX_CALL_BUFFER: usize = 8 << 20;
+/// Bytes charged per entry on top of its key, value and namespace name (the
+/// database stores the name in every key), for redb's per-entry bookkeeping
+/// and B-tree page slack. Without it a short key with an empty value counted
+/// a few bytes but cost about 18 times that on disk.
+///
+/// Measured with redb 4.6: 100,000 entries with distinct 1–4-byte keys and
+/// empty values, written 1,024 per transaction in sorted and in scattered
+/// order, into a fresh file. The B-tree pages came to 12–34 bytes per entry
+/// beyond the bytes stored (more with longer namespaces, as fuller entries
+/// leave more slack per page), and the file, which redb grows in steps and
+/// which keeps pages freed by copy-on-write, to 23–49 bytes per entry for a
+/// 1–7-byte namespace and 83–168 for a 40-byte one (the longest allowed;
+/// 84 at a million entries). With 64 charged, such an entry counts 66–108
+/// bytes, so counted usage is within about 1.6× of the file at that worst
+/// case; entries with values of 100 B to 1 MiB measured 1.7–3× (page slack
+/// and freed pages, proportional to the value).
+pub const ENTRY_OVERHEAD: u64 = 64;
 
 /// Errors as the guest sees them.
 pub use super::contract::latest::hearth::plugin::kv::Error as KvError;
@@ -77,6 +110,8 @@ impl KvStore {
             namespace: namespace.to_string(),
             writes: BTreeMap::new(),
             delta: 0,
+            buffered: 0,
+            committed: None,
         }
     }
 
@@ -112,19 +147,54 @@ impl KvStore {
         Ok(out)
     }
 
-    /// Bytes currently stored by `namespace`.
+    /// Bytes `namespace` is counted as storing (see [`NAMESPACE_QUOTA`]).
     pub fn usage(&self, namespace: &str) -> Result<u64, KvError> {
         let txn = self.db()?.begin_read().map_err(io)?;
+        let data = match txn.open_table(DATA) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(io(e)),
+        };
         match txn.open_table(USAGE) {
-            Ok(t) => Ok(t
-                .get(namespace)
-                .map_err(io)?
-                .map(|v| v.value())
-                .unwrap_or(0)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Ok(usage) => namespace_usage(&usage, &data, namespace),
+            Err(redb::TableError::TableDoesNotExist(_)) => sum_entries(&data, namespace),
             Err(e) => Err(io(e)),
         }
     }
+}
+
+/// What one entry is counted as: see [`ENTRY_OVERHEAD`].
+fn entry_size(namespace: &str, key: &str, value: &[u8]) -> u64 {
+    (namespace.len() + key.len() + value.len()) as u64 + ENTRY_OVERHEAD
+}
+
+/// The recorded usage of `namespace`, or, when none is recorded (a database
+/// written before the overhead was counted), its entries summed.
+fn namespace_usage(
+    usage: &impl ReadableTable<&'static str, u64>,
+    data: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    namespace: &str,
+) -> Result<u64, KvError> {
+    match usage.get(namespace).map_err(io)? {
+        Some(v) => Ok(v.value()),
+        None => sum_entries(data, namespace),
+    }
+}
+
+fn sum_entries(
+    data: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    namespace: &str,
+) -> Result<u64, KvError> {
+    let mut total = 0;
+    for entry in data.range((namespace, "")..).map_err(io)? {
+        let (k, v) = entry.map_err(io)?;
+        let (ns, key) = k.value();
+        if ns != namespace {
+            break;
+        }
+        total += entry_size(ns, key, v.value());
+    }
+    Ok(total)
 }
 
 /// One call's view of its namespace: reads see its own pending writes.
@@ -136,10 +206,16 @@ pub struct KvTxn {
     writes: BTreeMap<String, Option<Vec<u8>>>,
     /// How many bytes the pending writes add to the namespace (may be negative).
     delta: i128,
+    /// Bytes of keys and values pending (see [`MAX_CALL_BUFFER`]).
+    buffered: usize,
+    /// The namespace's committed usage, read at the first write that grows
+    /// it: the early check needs no fresher figure, as commit checks again.
+    committed: Option<u64>,
 }
 
-fn entry_size(key: &str, value: &[u8]) -> u64 {
-    (key.len() + value.len()) as u64
+/// Host memory a pending write holds.
+fn pending_size(key: &str, value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
 }
 
 impl KvTxn {
@@ -168,18 +244,28 @@ impl KvTxn {
                 "one call may write at most {MAX_WRITES_PER_CALL} keys"
             )));
         }
-        let old = self.get(key)?.map(|v| entry_size(key, &v)).unwrap_or(0) as i128;
-        let new = value.as_ref().map(|v| entry_size(key, v)).unwrap_or(0) as i128;
+        let buffered = self.buffered - self.writes.get(key).map_or(0, |v| pending_size(key, v))
+            + pending_size(key, &value);
+        if buffered > MAX_CALL_BUFFER {
+            return Err(KvError::TooLarge(format!(
+                "one call may have at most {MAX_CALL_BUFFER} bytes of keys and values pending; this write would make {buffered}"
+            )));
+        }
+        let ns = self.namespace.as_str();
+        let old = self.get(key)?.map(|v| entry_size(ns, key, &v)).unwrap_or(0) as i128;
+        let new = value.as_ref().map(|v| entry_size(ns, key, v)).unwrap_or(0) as i128;
         if new > old {
-            let projected = self.store.usage(&self.namespace)? as i128 + self.delta + new - old;
+            let committed = match self.committed {
+                Some(c) => c,
+                None => *self.committed.insert(self.store.usage(ns)?),
+            };
+            let projected = committed as i128 + self.delta + new - old;
             if projected > NAMESPACE_QUOTA as i128 {
-                return Err(KvError::QuotaExceeded(format!(
-                    "namespace `{}` would hold {projected} bytes; the quota is {NAMESPACE_QUOTA}",
-                    self.namespace
-                )));
+                return Err(quota_exceeded(ns, projected));
             }
         }
         self.delta += new - old;
+        self.buffered = buffered;
         self.writes.insert(key.to_string(), value);
         Ok(())
     }
@@ -227,40 +313,56 @@ impl KvTxn {
         self.writes.is_empty()
     }
 
-    /// Applies every buffered write in one atomic transaction. Blocking:
-    /// call from a blocking thread.
+    /// Applies every buffered write in one atomic transaction, or none of
+    /// them when the namespace would then pass its quota (other calls may
+    /// have committed since these writes were buffered). Blocking: call
+    /// from a blocking thread.
     pub fn commit(self) -> Result<(), KvError> {
         if self.writes.is_empty() {
             return Ok(());
         }
+        let ns = self.namespace.as_str();
+        // redb admits one write transaction at a time: from here to the
+        // commit this call holds the namespace, and the usage read below
+        // includes every call that committed before it.
         let txn = self.store.db()?.begin_write().map_err(io)?;
         {
             let mut data = txn.open_table(DATA).map_err(io)?;
             let mut usage_table = txn.open_table(USAGE).map_err(io)?;
-            let mut usage = usage_table
-                .get(self.namespace.as_str())
-                .map_err(io)?
-                .map(|v| v.value())
-                .unwrap_or(0) as i128;
+            let before = namespace_usage(&usage_table, &data, ns)? as i128;
+            let mut usage = before;
             for (key, value) in &self.writes {
-                let old = match value {
-                    Some(v) => data.insert((self.namespace.as_str(), key.as_str()), v.as_slice()),
-                    None => data.remove((self.namespace.as_str(), key.as_str())),
-                }
-                .map_err(io)?;
-                if let Some(old) = old {
-                    usage -= entry_size(key, old.value()) as i128;
+                if let Some(old) = data.get((ns, key.as_str())).map_err(io)? {
+                    usage -= entry_size(ns, key, old.value()) as i128;
                 }
                 if let Some(v) = value {
-                    usage += entry_size(key, v) as i128;
+                    usage += entry_size(ns, key, v) as i128;
                 }
             }
-            usage_table
-                .insert(self.namespace.as_str(), usage.max(0) as u64)
+            // A call that only shrinks the namespace is let through even
+            // if it stays over (a quota lowered since, say).
+            if usage > NAMESPACE_QUOTA as i128 && usage > before {
+                drop((data, usage_table));
+                txn.abort().map_err(io)?;
+                return Err(quota_exceeded(ns, usage));
+            }
+            for (key, value) in &self.writes {
+                match value {
+                    Some(v) => data.insert((ns, key.as_str()), v.as_slice()),
+                    None => data.remove((ns, key.as_str())),
+                }
                 .map_err(io)?;
+            }
+            usage_table.insert(ns, usage.max(0) as u64).map_err(io)?;
         }
         txn.commit().map_err(io)
     }
+}
+
+fn quota_exceeded(namespace: &str, bytes: i128) -> KvError {
+    KvError::QuotaExceeded(format!(
+        "namespace `{namespace}` would hold {bytes} bytes; the quota is {NAMESPACE_QUOTA}"
+    ))
 }
 
 #[cfg(test)]
@@ -317,7 +419,11 @@ mod tests {
             store.begin("a").list_keys("").unwrap(),
             vec!["note:2", "note:3", "other"]
         );
-        assert_eq!(store.usage("a").unwrap(), (6 + 1) * 2 + 5 + 1);
+        let charged = |key: &str| 1 + key.len() as u64 + 1 + ENTRY_OVERHEAD;
+        assert_eq!(
+            store.usage("a").unwrap(),
+            charged("note:2") + charged("note:3") + charged("other")
+        );
     }
 
     #[test]
@@ -345,7 +451,7 @@ mod tests {
     fn quota_is_enforced_across_calls() {
         let (_dir, store) = store();
         let chunk = vec![0u8; MAX_VALUE];
-        let per_call = 16;
+        let per_call = MAX_CALL_BUFFER / MAX_VALUE - 1;
         let mut stored = 0u64;
         'outer: for call in 0.. {
             let mut t = store.begin("a");
@@ -364,5 +470,137 @@ mod tests {
         }
         assert!(store.usage("a").unwrap() <= NAMESPACE_QUOTA);
         assert!(stored > NAMESPACE_QUOTA - 2 * MAX_VALUE as u64);
+    }
+
+    /// Commits 1 MiB values to `namespace` until it holds at least `bytes`.
+    fn fill(store: &KvStore, namespace: &str, bytes: u64) {
+        let chunk = vec![0u8; MAX_VALUE];
+        let mut i = 0;
+        while store.usage(namespace).unwrap() < bytes {
+            let mut t = store.begin(namespace);
+            for _ in 0..4 {
+                t.set(&format!("fill{i}"), chunk.clone()).unwrap();
+                i += 1;
+            }
+            t.commit().unwrap();
+        }
+    }
+
+    #[test]
+    fn transactions_that_fit_alone_but_not_together_commit_one() {
+        let (_dir, store) = store();
+        fill(&store, "a", NAMESPACE_QUOTA - 8 * MAX_VALUE as u64);
+        let room = NAMESPACE_QUOTA - store.usage("a").unwrap();
+        // Each writes three quarters of the room left: both pass the check
+        // made while buffering, as neither has committed yet.
+        let value = vec![1u8; (room * 3 / 4 / 8) as usize];
+        let (mut first, mut second) = (store.begin("a"), store.begin("a"));
+        for i in 0..8 {
+            first.set(&format!("first{i}"), value.clone()).unwrap();
+            second.set(&format!("second{i}"), value.clone()).unwrap();
+        }
+        first.commit().unwrap();
+        let before = store.usage("a").unwrap();
+        match second.commit() {
+            Err(KvError::QuotaExceeded(m)) => {
+                assert!(
+                    m.contains("`a`") && m.contains(&NAMESPACE_QUOTA.to_string()),
+                    "{m}"
+                )
+            }
+            other => panic!("the second commit should pass the quota: {other:?}"),
+        }
+        assert_eq!(store.usage("a").unwrap(), before);
+        assert!(before <= NAMESPACE_QUOTA);
+        let t = store.begin("a");
+        assert!(t.get("first0").unwrap().is_some());
+        assert!(t.get("second0").unwrap().is_none(), "nothing of it written");
+        // Deleting is always let through, and frees room for the rest.
+        let mut t = store.begin("a");
+        for i in 0..8 {
+            t.delete(&format!("first{i}")).unwrap();
+        }
+        t.commit().unwrap();
+        let mut t = store.begin("a");
+        for i in 0..8 {
+            t.set(&format!("second{i}"), value.clone()).unwrap();
+        }
+        t.commit().unwrap();
+        assert!(store.usage("a").unwrap() <= NAMESPACE_QUOTA);
+    }
+
+    #[test]
+    fn entries_are_charged_their_overhead() {
+        let (dir, store) = store();
+        let calls = 20;
+        for call in 0..calls {
+            let mut t = store.begin("a");
+            for i in 0..MAX_WRITES_PER_CALL {
+                t.set(&format!("{call}.{i}"), vec![]).unwrap();
+            }
+            t.commit().unwrap();
+        }
+        let keys = store.begin("a").list_keys("").unwrap();
+        assert_eq!(keys.len(), calls * MAX_WRITES_PER_CALL);
+        let counted = store.usage("a").unwrap();
+        let expected: u64 = keys
+            .iter()
+            .map(|k| 1 + k.len() as u64 + ENTRY_OVERHEAD)
+            .sum();
+        assert_eq!(counted, expected);
+        // Short keys with empty values: the file stays within a small
+        // factor of what is counted (it was ~18x before the overhead).
+        let file = std::fs::metadata(dir.path().join("kv.redb")).unwrap().len();
+        assert!(
+            file <= 3 * counted,
+            "file {file} bytes for {counted} counted"
+        );
+        // The early check counts the overhead too: a namespace near its
+        // quota cannot take an empty value.
+        let mut t = store.begin("b");
+        t.committed = Some(NAMESPACE_QUOTA - ENTRY_OVERHEAD);
+        assert!(matches!(t.set("x", vec![]), Err(KvError::QuotaExceeded(_))));
+    }
+
+    #[test]
+    fn a_call_cannot_buffer_more_than_its_cap() {
+        let (_dir, store) = store();
+        let mut t = store.begin("a");
+        let chunk = vec![0u8; MAX_VALUE];
+        let fit = MAX_CALL_BUFFER / MAX_VALUE - 1;
+        for i in 0..fit {
+            t.set(&format!("k{i}"), chunk.clone()).unwrap();
+        }
+        match t.set("one-more", chunk.clone()) {
+            Err(KvError::TooLarge(m)) => assert!(m.contains("pending"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Rewriting a pending key replaces its bytes rather than adding;
+        // deleting one frees them.
+        t.set("k0", chunk.clone()).unwrap();
+        t.delete("k0").unwrap();
+        t.set("one-more", chunk.clone()).unwrap();
+        assert!(t.buffered <= MAX_CALL_BUFFER);
+        t.commit().unwrap();
+        assert_eq!(store.begin("a").list_keys("").unwrap().len(), fit);
+    }
+
+    #[test]
+    fn usage_without_a_record_is_recomputed() {
+        let (_dir, store) = store();
+        // As a database from before the overhead was counted: entries, no
+        // record in the current usage table.
+        let txn = store.db().unwrap().begin_write().unwrap();
+        txn.open_table(DATA)
+            .unwrap()
+            .insert(("a", "key"), &b"value"[..])
+            .unwrap();
+        txn.commit().unwrap();
+        let one = 1 + 3 + 5 + ENTRY_OVERHEAD;
+        assert_eq!(store.usage("a").unwrap(), one);
+        let mut t = store.begin("a");
+        t.set("k2", vec![]).unwrap();
+        t.commit().unwrap();
+        assert_eq!(store.usage("a").unwrap(), one + 1 + 2 + ENTRY_OVERHEAD);
     }
 }

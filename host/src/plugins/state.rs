@@ -308,8 +308,11 @@ impl tokio::io::AsyncWrite for CappedOutput {
     }
 }
 
-/// Makes guest text safe for a terminal or log: control characters
-/// (ANSI escapes included) are shown escaped, and the length is capped.
+/// Makes guest text safe for a terminal or log: control characters (C0,
+/// DEL and C1, so ANSI and OSC escapes included; not newline and tab) and
+/// the invisible format characters that reorder or hide text (see
+/// [`is_disguising`](super::manifest::is_disguising)) are shown escaped,
+/// and the length is capped.
 pub fn sanitize(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     for c in text.chars() {
@@ -317,7 +320,7 @@ pub fn sanitize(text: &str, max: usize) -> String {
             out.push_str("…[truncated]");
             break;
         }
-        if c.is_control() && c != '\n' && c != '\t' {
+        if super::manifest::is_disguising(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -549,5 +552,43 @@ impl tools::Host for HostState {
         };
         let result = Box::pin(self.runtime.invoke(&callee, tool, &arguments, scope)).await;
         Ok(result.map_err(|e| e.into_tool_error(&qualified_name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::manifest::is_disguising;
+    use super::*;
+
+    #[test]
+    fn sanitize_escapes_terminal_controls_and_disguising_characters() {
+        let hostile = "\x1b[2J\x1b]0;title\x07\x1b]52;c;aGVsbG8=\x07\u{9b}31m\u{7f}\u{202e}gnp.exe\u{200b}\u{2066}\u{feff}\u{61c}";
+        let safe = sanitize(hostile, 1024);
+        for c in safe.chars() {
+            assert!(
+                !c.is_control() && !is_disguising(c),
+                "{c:?} passed through: {safe}"
+            );
+        }
+        assert!(safe.contains(r"\u{1b}]52;c;aGVsbG8="), "{safe}");
+        assert!(
+            safe.contains(r"\u{9b}31m") && safe.contains(r"\u{202e}gnp.exe"),
+            "{safe}"
+        );
+        assert!(
+            safe.contains(r"\u{7}") && safe.contains(r"\u{feff}"),
+            "{safe}"
+        );
+        // Ordinary text, newlines, tabs and other scripts are left alone.
+        let plain = "line one\n\tcafé — 日本語 עברית";
+        assert_eq!(sanitize(plain, 1024), plain);
+    }
+
+    #[test]
+    fn sanitize_keeps_its_length_cap() {
+        let safe = sanitize(&"\u{202e}".repeat(10_000), 100);
+        assert!(safe.len() < 100 + 20, "{}", safe.len());
+        assert!(safe.ends_with("…[truncated]"));
+        assert_eq!(sanitize(&"x".repeat(50), 100), "x".repeat(50));
     }
 }
