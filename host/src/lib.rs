@@ -22,6 +22,7 @@ pub mod bundled;
 pub mod cli;
 pub mod engine;
 pub mod home;
+pub mod kits;
 pub mod manager;
 pub mod plugins;
 pub mod scheduler;

@@ -37,8 +37,9 @@ fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(body);
 }
 
-/// The custom section every hearth component carries; without it a
-/// component is refused before compiling.
+/// What makes bytes a hearth plugin before compiling: the export of a
+/// `hearth:plugin/guest@0.1.0` instance (here an empty one; the compile is
+/// what these tests are about) and, as older SDKs wrote, the contract stamp.
 fn stamp(out: &mut Vec<u8>) {
     let name = b"hearth:contract-version";
     let mut body = Vec::new();
@@ -46,6 +47,15 @@ fn stamp(out: &mut Vec<u8>) {
     body.extend_from_slice(name);
     body.extend_from_slice(b"0.1.0");
     section(0, &body, out);
+    // One instance made of no exports...
+    section(5, &[1, 0x01, 0x00], out);
+    // ...exported under the guest interface's name.
+    let export = b"hearth:plugin/guest@0.1.0";
+    let mut body = vec![1, 0x00];
+    leb(export.len() as u64, &mut body);
+    body.extend_from_slice(export);
+    body.extend_from_slice(&[0x05, 0x00, 0x00]);
+    section(11, &body, out);
 }
 
 /// A stamped component `depth` components deep, each the only component
