@@ -355,6 +355,37 @@ pub enum PluginCommand {
         /// Its namespace.
         namespace: String,
     },
+    /// Create a plugin folder for a language: manifest, generated world, one
+    /// example tool, and a README with the build command.
+    New {
+        /// Its name (and namespace), e.g. `greeter`.
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: crate::kits::Lang,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a plugin folder into its plugin.wasm with the language's own
+    /// toolchain, then load it as the host would to check it.
+    Build {
+        /// The plugin folder (default: the current one).
+        dir: Option<PathBuf>,
+    },
+    /// Install a local build (plugin.toml and plugin.wasm) for development:
+    /// no key or index needed; it is marked unsigned and local, and its
+    /// permissions are asked for like any install's.
+    Dev {
+        /// The plugin folder.
+        dir: PathBuf,
+        /// Let it take over the namespace of a bundled plugin.
+        #[arg(long)]
+        replace_bundled: bool,
+        /// Grant the requested permissions without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
     /// Invoke a tool and print its JSON result.
     Invoke {
         /// The tool, as namespace.tool (e.g. calc.eval).
@@ -583,6 +614,73 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             for problem in &set.resolution.problems {
                 eprintln!("warning: {}", one_line(&problem.to_string()));
             }
+            Ok(0)
+        }
+        Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+            crate::plugins::manifest::Ident::parse(&name)
+                .map_err(|m| anyhow::anyhow!("plugin name: {m}"))?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            crate::kits::scaffold(lang, &name, &dir)?;
+            println!("created {} ({lang})", dir.display());
+            println!(
+                "next: hearth plugin build {0} && hearth plugin dev {0} && hearth plugin invoke {name}.greet --args '{{\"name\":\"Ada\"}}'",
+                dir.display()
+            );
+            Ok(0)
+        }
+        Command::Plugin(PluginCommand::Build { dir }) => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            let manifest = crate::plugins::Manifest::from_file(&dir.join("plugin.toml"))?;
+            let lang = crate::kits::Lang::detect(&dir)?;
+            let (build_dir, build_manifest) = (dir.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || lang.build(&build_dir, &build_manifest)).await??;
+            // Load it as the host will, so a build that could never be
+            // activated fails here, with the reason.
+            let bytes =
+                crate::home::read_capped(&dir.join("plugin.wasm"), registry::MAX_COMPONENT_SIZE)
+                    .with_context(|| format!("reading {}", dir.join("plugin.wasm").display()))?;
+            let runtime = runtime_for(&home)?;
+            let plugin = runtime
+                .load(manifest, &bytes, None)
+                .await
+                .with_context(|| format!("{} was built but does not load", dir.display()))?;
+            println!(
+                "built {} ({lang}, {} bytes): tools {}",
+                dir.join("plugin.wasm").display(),
+                bytes.len(),
+                plugin
+                    .tools
+                    .iter()
+                    .map(|t| format!("{}.{}", plugin.manifest.namespace, t.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(0)
+        }
+        Command::Plugin(PluginCommand::Dev {
+            dir,
+            replace_bundled,
+            yes,
+        }) => {
+            let index = registry::Index::local(&dir).map_err(anyhow::Error::msg)?;
+            let name = index.entries[0].manifest.namespace.to_string();
+            let options = install::Options {
+                allow_unsigned: true,
+                replace_bundled,
+                ..install::Options::default()
+            };
+            let runtime = runtime_for(&home)?;
+            let report = install::install(
+                &home,
+                &runtime,
+                &index,
+                &name,
+                &semver::VersionReq::STAR,
+                &options,
+                &mut |s| confirm(s, yes),
+            )
+            .await?;
+            print_install(&report);
             Ok(0)
         }
         Command::Plugin(PluginCommand::Invoke { tool, args }) => {

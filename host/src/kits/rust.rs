@@ -93,7 +93,10 @@ impl Kit for Rust {
                     .into(),
             });
         }
-        let target = dir.join("target");
+        // The plugin's own target folder, unless the author shares one.
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| dir.join("target"));
         run(
             Lang::Rust,
             dir,

@@ -345,6 +345,13 @@ pub async fn install(
         if let Some(takeover) = takeovers.get(ns) {
             summary.push_str(&format!("{} {takeover}\n", e.id()));
         }
+        if e.publisher.is_none() && e.source.needs_signature() {
+            summary.push_str(&format!(
+                "{} is UNSIGNED: nobody vouches for {}\n",
+                e.id(),
+                e.source
+            ));
+        }
         match lock.get(ns).and(manifest_of(&current, ns)) {
             Some(old) => {
                 let added = added_permissions(old, &e.manifest);

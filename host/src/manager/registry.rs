@@ -210,6 +210,53 @@ impl Index {
         }
     }
 
+    /// A one-entry index for the plugin folder `dir` (its `plugin.toml`
+    /// and `plugin.wasm`), unsigned: what `hearth plugin dev` installs.
+    pub fn local(dir: &Path) -> Result<Index, String> {
+        let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let manifest_path = dir.join("plugin.toml");
+        let text = crate::home::read_text_capped(
+            &manifest_path,
+            crate::plugins::manifest::MAX_MANIFEST_BYTES,
+        )
+        .map_err(|e| format!("cannot read {}: {e}", manifest_path.display()))?;
+        let raw: RawManifest =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+        let component = dir.join("plugin.wasm");
+        let bytes = crate::home::read_capped(&component, MAX_COMPONENT_SIZE).map_err(|e| {
+            format!(
+                "cannot read {}: {e} (build it first with `hearth plugin build {}`)",
+                component.display(),
+                dir.display()
+            )
+        })?;
+        let location = format!("local folder {}", dir.display());
+        let entry = RawEntry {
+            name: raw.name.clone(),
+            namespace: raw.namespace.clone(),
+            version: raw.version.clone(),
+            contract: raw.contract.clone(),
+            description: raw.description.clone(),
+            source: component.display().to_string(),
+            publisher: None,
+            sha256: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            signature: None,
+            priority: raw.priority,
+            permissions: raw.permissions.clone(),
+            dependencies: raw.dependencies.clone(),
+            conflicts: raw.conflicts.clone(),
+            config: raw.config.clone(),
+        };
+        let entry = Entry::validate(entry, None, &manifest_path.display().to_string())
+            .map_err(|m| format!("{}: {m}", manifest_path.display()))?;
+        Ok(Index {
+            location,
+            toolchain: None,
+            entries: vec![entry],
+        })
+    }
+
     /// Loads an index from a path or an `http(s)://` URL.
     pub async fn load(location: &str) -> Result<Index, IndexError> {
         let err = |message: String| IndexError {

@@ -217,24 +217,37 @@ pub fn discover_installed(home: &Home) -> Result<Discovery, String> {
     Ok(discovery)
 }
 
-/// The bundled plugins and the plugin folders in `dir` (each subfolder
-/// with a `plugin.toml`), as `plugin check --dir` sees them. Fails only when
-/// `dir` itself cannot be read.
+/// The bundled plugins and the plugins of `dir`, as `plugin check --dir`
+/// sees them: `dir` is one plugin folder (with a `plugin.toml`) or a
+/// folder of plugin folders. A subfolder without a `plugin.toml` is
+/// reported, never skipped in silence (hidden folders aside). Fails only
+/// when `dir` itself cannot be read.
 pub fn discover_dir(dir: &Path) -> std::io::Result<Discovery> {
     let mut discovery = Discovery {
         found: bundled(|_| false),
         invalid: Vec::new(),
     };
-    let mut entries = match std::fs::read_dir(dir) {
-        Ok(e) => e.collect::<Result<Vec<_>, _>>()?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
+    let folders: Vec<PathBuf> = if dir.join("plugin.toml").is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        entries
+            .into_iter()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect()
     };
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let folder = entry.path();
+    for folder in folders {
         let manifest_path = folder.join("plugin.toml");
         if !manifest_path.is_file() {
+            discovery.invalid.push(Problem::InvalidPlugin {
+                plugin: None,
+                origin: folder.display().to_string(),
+                error: "no plugin.toml here: --dir takes a plugin folder, or a folder of plugin folders"
+                    .into(),
+            });
             continue;
         }
         match Manifest::from_file(&manifest_path) {

