@@ -967,16 +967,8 @@ static BUNDLED_STAMP: LazyLock<semver::Version> = LazyLock::new(|| {
         .expect("the bundled component is stamped")
 });
 
-fn leb(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+fn leb(n: u64, out: &mut Vec<u8>) {
+    wasm_encoder::Encode::encode(&n, out);
 }
 
 /// Bytes a hostile registry or plugin folder might hand over.

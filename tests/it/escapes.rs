@@ -639,21 +639,12 @@ fn with_helper_memories(component: &[u8], extra: usize, mib: u32) -> Vec<u8> {
             _ => {}
         }
     }
-    fn leb(mut v: u32, out: &mut Vec<u8>) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+    fn leb(v: u32, out: &mut Vec<u8>) {
+        wasm_encoder::Encode::encode(&v, out);
     }
     fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
         out.push(id);
-        leb(body.len() as u32, out);
-        out.extend_from_slice(body);
+        wasm_encoder::Encode::encode(body, out);
     }
     let mut module = b"\0asm\x01\0\0\0".to_vec();
     let mut memory = vec![1, 0x00];

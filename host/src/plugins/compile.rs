@@ -610,16 +610,8 @@ mod tests {
     const COMPONENT_PREAMBLE: &[u8] = b"\0asm\x0d\x00\x01\x00";
     const MODULE_PREAMBLE: &[u8] = b"\0asm\x01\x00\x00\x00";
 
-    fn leb(mut n: u64, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
+    fn leb(n: u64, out: &mut Vec<u8>) {
+        wasm_encoder::Encode::encode(&n, out);
     }
 
     fn leb_len(n: u64) -> u64 {
@@ -630,8 +622,7 @@ mod tests {
 
     fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
         out.push(id);
-        leb(body.len() as u64, out);
-        out.extend_from_slice(body);
+        wasm_encoder::Encode::encode(body, out);
     }
 
     /// `depth` components, each the only section of the one around it,
