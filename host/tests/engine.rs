@@ -275,6 +275,20 @@ fn the_context_window_is_enforced() {
         err.to_string().contains("context window is 48 tokens"),
         "{err}"
     );
+    // Far too long in bytes to fit: refused before it is tokenised, so a
+    // tool result or hook rewrite of megabytes costs no tokenising work.
+    let started = std::time::Instant::now();
+    let err = small
+        .generate(GenerateRequest::chat(vec![ChatMessage::new(
+            Role::User,
+            "x".repeat(16 << 20),
+        )]))
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::PromptTooLong { context: 48, .. }),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
     // A prompt that fits stops at the window with `length`.
     let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hi")]);
     req.params = SamplingParams::greedy(500);
