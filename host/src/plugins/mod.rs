@@ -1388,7 +1388,10 @@ impl Inner {
                 InvokeError::Trap { plugin, message } if !stderr_tail.is_empty() => {
                     InvokeError::Trap {
                         plugin,
-                        message: format!("{message}\nstderr: {stderr_tail}"),
+                        // The guest's own account first (a Python traceback,
+                        // a Rust panic message): it says what went wrong,
+                        // and a long wasm backtrace after it must not bury it.
+                        message: format!("{stderr_tail}\n{message}"),
                     }
                 }
                 other => other,
@@ -1535,7 +1538,9 @@ impl Inner {
                 let micros = started.elapsed().as_micros() as u64;
                 match &result {
                     Ok(out) => tracing::debug!(micros, bytes = out.len(), "plugin call"),
-                    Err(e) => tracing::warn!(micros, error = %e, "plugin call failed"),
+                    // info, not warn: the caller reports the error itself (a one-shot
+                    // command prints it once), and a server logs hearth at info.
+                    Err(e) => tracing::info!(micros, error = %e, "plugin call failed"),
                 }
                 result
             }
