@@ -380,9 +380,8 @@ pub fn worker_main(args: &[OsString]) -> i32 {
 
 /// The load error for a compiler's error message.
 pub(crate) fn compile_error(message: String) -> LoadError {
-    if message.contains("magic header") || message.contains("failed to parse") {
-        LoadError::Invalid(message)
-    } else if message.contains("async feature") || message.contains("async` feature") {
+    // Checked first: the validator reports async features as a parse error.
+    if message.contains("async feature") || message.contains("async` feature") {
         // What a toolchain that emits component-model async code (QuickJS
         // through componentize-qjs without `--sync`) runs into: say what
         // to do, not only what the validator saw.
@@ -390,6 +389,8 @@ pub(crate) fn compile_error(message: String) -> LoadError {
             "{message}; the component uses the component model's async features, which hearth does not enable for plugins: \
              build it synchronously (componentize-qjs: pass --sync, as `hearth plugin build` does)"
         ))
+    } else if message.contains("magic header") || message.contains("failed to parse") {
+        LoadError::Invalid(message)
     } else {
         LoadError::Compile(message)
     }
