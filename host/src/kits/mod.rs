@@ -15,6 +15,7 @@
 pub mod c;
 pub mod go;
 pub mod js;
+pub mod native;
 pub mod python;
 pub mod rust;
 pub mod zig;

