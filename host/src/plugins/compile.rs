@@ -578,6 +578,9 @@ fn worker_failure(status: ExitStatus, stderr: &str, limits: &WorkerLimits) -> Lo
         "failed to allocate",
         // A thread whose stack cannot be mapped (rayon's pool, at start).
         "Resource temporarily unavailable",
+        // A cap so small that the dynamic loader cannot even map the
+        // worker's shared libraries.
+        "failed to map segment",
     ]
     .iter()
     .any(|marker| stderr.contains(marker));
