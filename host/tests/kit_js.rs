@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{Toolchain, text};
+use common::{Toolchain, build_and_install, hearth_at, ok, scaffold, text};
 
 /// The componentize-qjs release the kit is written for.
 const COMPONENTIZE_QJS: &str = "componentize-qjs@0.4.5";
@@ -30,58 +30,9 @@ fn toolchain_path() -> OsString {
     common::path_with(&[toolchain_bin()])
 }
 
-/// `hearth <args>` in `cwd` with `HEARTH_HOME` and `PATH` set.
-fn hearth_in(cwd: &Path, home: &Path, path: &OsString, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HEARTH_HOME", home)
-        .env("PATH", path)
-        .env_remove("HEARTH_LOG")
-        .output()
-        .expect("run hearth")
-}
-
-/// Asserts that `out` succeeded and returns its stdout.
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Builds and installs the plugin in `dir` (inside `work`); returns what
-/// `build` printed.
-fn build_and_install(work: &Path, dir: &Path, home: &Path, path: &OsString) -> String {
-    let built = ok(hearth_in(dir, home, path, &["plugin", "build"]));
-    assert!(dir.join("plugin.wasm").is_file());
-    let dev = ok(hearth_in(
-        work,
-        home,
-        path,
-        &["plugin", "dev", dir.to_str().unwrap(), "--yes"],
-    ));
-    assert!(dev.contains("UNSIGNED"), "{dev}");
-    built
-}
-
-/// A new plugin named `name` scaffolded in `work`.
-fn scaffold(work: &Path, home: &Path, path: &OsString, name: &str) -> PathBuf {
-    ok(hearth_in(
-        work,
-        home,
-        path,
-        &["plugin", "new", name, "--lang", "js"],
-    ));
-    work.join(name)
-}
-
 /// `hearth plugin invoke <tool> --args <args>` in `work`.
 fn invoke(work: &Path, home: &Path, path: &OsString, tool: &str, args: &str) -> Output {
-    hearth_in(
+    hearth_at(
         work,
         home,
         path,
@@ -94,7 +45,7 @@ fn a_new_js_plugin_builds_installs_and_answers() {
     let path = toolchain_path();
     let work = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let dir = scaffold(work.path(), home.path(), &path, "greeter");
+    let dir = scaffold(work.path(), home.path(), &path, "greeter", "js");
     for file in [
         "plugin.toml",
         "app.js",
@@ -249,8 +200,8 @@ fn building_without_componentize_qjs_names_it_and_how_to_install_it() {
     // runs anything.
     let empty = tempfile::tempdir().unwrap();
     let path = OsString::from(empty.path());
-    let dir = scaffold(work.path(), home.path(), &path, "lonely");
-    let out = hearth_in(&dir, home.path(), &path, &["plugin", "build"]);
+    let dir = scaffold(work.path(), home.path(), &path, "lonely", "js");
+    let out = hearth_at(&dir, home.path(), &path, &["plugin", "build"]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -275,7 +226,7 @@ fn building_without_componentize_qjs_names_it_and_how_to_install_it() {
     std::os::unix::fs::symlink(&installed, dir.join("node_modules")).unwrap();
     // Built from the folder above, so the program's path is relative to
     // where hearth runs, not to where the tool runs.
-    let built = ok(hearth_in(
+    let built = ok(hearth_at(
         work.path(),
         home.path(),
         &node_dir.into_os_string(),
@@ -289,9 +240,9 @@ fn a_component_built_without_sync_is_refused_naming_sync() {
     let path = toolchain_path();
     let work = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let dir = scaffold(work.path(), home.path(), &path, "eager");
+    let dir = scaffold(work.path(), home.path(), &path, "eager", "js");
     // The kit's build writes wit/ (and a good plugin.wasm) ...
-    ok(hearth_in(&dir, home.path(), &path, &["plugin", "build"]));
+    ok(hearth_at(&dir, home.path(), &path, &["plugin", "build"]));
     // ... which a build by hand, with componentize-qjs's default
     // (component-model async) runtime, replaces.
     let out = Command::new(toolchain_bin().join("componentize-qjs"))
@@ -308,7 +259,7 @@ fn a_component_built_without_sync_is_refused_naming_sync() {
         text(&out.stderr)
     );
 
-    let out = hearth_in(
+    let out = hearth_at(
         work.path(),
         home.path(),
         &path,
@@ -333,7 +284,7 @@ fn a_thrown_exception_shows_its_message_and_stack_once_and_a_tool_error_reaches_
     let path = toolchain_path();
     let work = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let dir = scaffold(work.path(), home.path(), &path, "fragile");
+    let dir = scaffold(work.path(), home.path(), &path, "fragile", "js");
     // The template plus a tool whose helper throws and one that fails the
     // way a tool should.
     let app = std::fs::read_to_string(dir.join("app.js")).unwrap();

@@ -8,11 +8,10 @@
 //! build's load check caches in `HEARTH_HOME` for `dev` and `invoke`.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 mod common;
-use common::{Toolchain, text};
+use common::{Toolchain, build_and_install, hearth_at, ok, scaffold, text};
 
 /// The componentize-py release the kit is written for.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
@@ -23,61 +22,12 @@ fn toolchain_path() -> OsString {
     common::path_with(&[venv.join("bin")])
 }
 
-/// `hearth <args>` in `cwd` with `HEARTH_HOME` and `PATH` set.
-fn hearth_in(cwd: &Path, home: &Path, path: &OsString, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HEARTH_HOME", home)
-        .env("PATH", path)
-        .env_remove("HEARTH_LOG")
-        .output()
-        .expect("run hearth")
-}
-
-/// Asserts that `out` succeeded and returns its stdout.
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Builds and installs the plugin in `dir` (inside `work`); returns what
-/// `build` printed.
-fn build_and_install(work: &Path, dir: &Path, home: &Path, path: &OsString) -> String {
-    let built = ok(hearth_in(dir, home, path, &["plugin", "build"]));
-    assert!(dir.join("plugin.wasm").is_file());
-    let dev = ok(hearth_in(
-        work,
-        home,
-        path,
-        &["plugin", "dev", dir.to_str().unwrap(), "--yes"],
-    ));
-    assert!(dev.contains("UNSIGNED"), "{dev}");
-    built
-}
-
-/// A new plugin named `name` scaffolded in `work`.
-fn scaffold(work: &Path, home: &Path, path: &OsString, name: &str) -> PathBuf {
-    ok(hearth_in(
-        work,
-        home,
-        path,
-        &["plugin", "new", name, "--lang", "python"],
-    ));
-    work.join(name)
-}
-
 #[test]
 fn a_new_python_plugin_builds_installs_and_answers() {
     let path = toolchain_path();
     let work = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let dir = scaffold(work.path(), home.path(), &path, "greeter");
+    let dir = scaffold(work.path(), home.path(), &path, "greeter", "python");
     for file in ["plugin.toml", "app.py", "README.md", ".gitignore"] {
         assert!(dir.join(file).is_file(), "{file} was not written");
     }
@@ -103,7 +53,7 @@ fn a_new_python_plugin_builds_installs_and_answers() {
         assert!(!world.contains(optional), "{world}");
     }
 
-    let out = ok(hearth_in(
+    let out = ok(hearth_at(
         work.path(),
         home.path(),
         &path,
@@ -119,7 +69,7 @@ fn a_new_python_plugin_builds_installs_and_answers() {
     assert_eq!(answer, serde_json::json!({"greeting": "Hello, Ada!"}));
 
     // The schema the template declares is enforced by the host.
-    let out = hearth_in(
+    let out = hearth_at(
         work.path(),
         home.path(),
         &path,
@@ -163,7 +113,7 @@ fn the_python_example_keeps_counts_across_processes() {
     // Every `invoke` is its own process and every call a fresh instance:
     // the totals can only come from the store.
     let call = |tool: &str, args: &str| -> serde_json::Value {
-        let out = ok(hearth_in(
+        let out = ok(hearth_at(
             work.path(),
             home.path(),
             &path,
@@ -205,8 +155,8 @@ fn building_without_componentize_py_names_it_and_how_to_install_it() {
     // runs anything.
     let empty = tempfile::tempdir().unwrap();
     let path = OsString::from(empty.path());
-    let dir = scaffold(work.path(), home.path(), &path, "lonely");
-    let out = hearth_in(&dir, home.path(), &path, &["plugin", "build"]);
+    let dir = scaffold(work.path(), home.path(), &path, "lonely", "python");
+    let out = hearth_at(&dir, home.path(), &path, &["plugin", "build"]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
@@ -222,7 +172,7 @@ fn an_uncaught_exception_shows_its_traceback_once_before_the_wasm_backtrace() {
     let path = toolchain_path();
     let work = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
-    let dir = scaffold(work.path(), home.path(), &path, "fragile");
+    let dir = scaffold(work.path(), home.path(), &path, "fragile", "python");
     // The template plus a tool whose helper raises.
     let app = std::fs::read_to_string(dir.join("app.py")).unwrap();
     let raising = "def explode(args: dict) -> dict:\n    \
@@ -240,7 +190,7 @@ fn an_uncaught_exception_shows_its_traceback_once_before_the_wasm_backtrace() {
     std::fs::write(dir.join("app.py"), app).unwrap();
     build_and_install(work.path(), &dir, home.path(), &path);
 
-    let out = hearth_in(
+    let out = hearth_at(
         work.path(),
         home.path(),
         &path,
@@ -269,7 +219,7 @@ fn an_uncaught_exception_shows_its_traceback_once_before_the_wasm_backtrace() {
         assert!(traceback < backtrace, "{stderr}");
     }
     // A trapped call is contained: the other tool still answers.
-    let out = ok(hearth_in(
+    let out = ok(hearth_at(
         work.path(),
         home.path(),
         &path,

@@ -116,13 +116,7 @@ mod tests {
     #[test]
     fn the_scaffold_is_a_loadable_manifest_and_a_filled_in_source() {
         let files = Go::files("greeter");
-        let file = |name: &str| {
-            files
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, text)| text.as_str())
-                .unwrap_or_else(|| panic!("{name} is not scaffolded"))
-        };
+        let file = |name: &str| super::super::scaffolded(&files, name);
         let manifest = Manifest::parse(file("plugin.toml"), "plugin.toml").unwrap();
         assert_eq!(manifest.namespace.as_str(), "greeter");
         assert!(file("main.go").starts_with("// greeter: "));

@@ -302,3 +302,13 @@ pub fn run(lang: Lang, dir: &Path, command: &mut std::process::Command) -> Resul
         output: text[start..].trim().to_string(),
     })
 }
+
+/// The text of the scaffolded file `name`, for the kits' tests.
+#[cfg(test)]
+pub(crate) fn scaffolded<'a>(files: &'a [(String, String)], name: &str) -> &'a str {
+    files
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, text)| text.as_str())
+        .unwrap_or_else(|| panic!("{name} is not scaffolded"))
+}

@@ -96,3 +96,63 @@ pub fn path_with(dirs: &[std::path::PathBuf]) -> std::ffi::OsString {
     }
     std::env::join_paths(all).unwrap()
 }
+
+/// `hearth <args>` in `cwd`, with `HEARTH_HOME` and `PATH` set.
+pub fn hearth_at(
+    cwd: &Path,
+    home: &Path,
+    path: &std::ffi::OsStr,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HEARTH_HOME", home)
+        .env("PATH", path)
+        .env_remove("HEARTH_LOG")
+        .output()
+        .expect("run hearth")
+}
+
+/// Asserts that `out` succeeded and returns its stdout.
+pub fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `hearth plugin new NAME --lang LANG` in `work`; returns the new folder.
+pub fn scaffold(
+    work: &Path,
+    home: &Path,
+    path: &std::ffi::OsStr,
+    name: &str,
+    lang: &str,
+) -> std::path::PathBuf {
+    ok(hearth_at(
+        work,
+        home,
+        path,
+        &["plugin", "new", name, "--lang", lang],
+    ));
+    work.join(name)
+}
+
+/// Builds the plugin in `dir` and installs it with `plugin dev` (which must
+/// say it is unsigned); returns what `build` printed.
+pub fn build_and_install(work: &Path, dir: &Path, home: &Path, path: &std::ffi::OsStr) -> String {
+    let built = ok(hearth_at(dir, home, path, &["plugin", "build"]));
+    assert!(dir.join("plugin.wasm").is_file());
+    let dev = ok(hearth_at(
+        work,
+        home,
+        path,
+        &["plugin", "dev", dir.to_str().unwrap(), "--yes"],
+    ));
+    assert!(dev.contains("UNSIGNED"), "{dev}");
+    built
+}
