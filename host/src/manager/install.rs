@@ -452,18 +452,17 @@ fn takeover(
             }
         )));
     }
-    let Some(bundled) = crate::bundled::BUNDLED
-        .iter()
-        .find(|b| Manifest::parse(b.manifest, b.source).is_ok_and(|m| m.namespace.as_str() == ns))
-    else {
+    let Some((bundled, version)) = crate::bundled::BUNDLED.iter().find_map(|b| {
+        Manifest::parse(b.manifest, b.source)
+            .ok()
+            .filter(|m| m.namespace.as_str() == ns)
+            .map(|m| (b, m.version))
+    }) else {
         return Ok(None);
     };
     if e.source == super::registry::Source::Repo(bundled.source) {
         return Ok(None);
     }
-    let version = Manifest::parse(bundled.manifest, bundled.source)
-        .map(|m| m.version.to_string())
-        .unwrap_or_default();
     if !options.replace_bundled {
         return Err(format!(
             "`{ns}` is the namespace of the plugin bundled with hearth ({} {version}); {} from {} would replace it. \

@@ -279,6 +279,8 @@ pub struct LoadedPlugin {
     pub cache: CacheOutcome,
     pre: PluginPre<HostState>,
     http_policy: http::HttpPolicy,
+    /// The namespace, shared by every store's share of the memory budget.
+    budget_key: Arc<str>,
 }
 
 impl LoadedPlugin {
@@ -539,6 +541,7 @@ impl Runtime {
         }
         let http_policy =
             http::HttpPolicy::new(manifest.namespace.as_str(), &manifest.permissions.http);
+        let budget_key: Arc<str> = manifest.namespace.as_str().into();
         let mut plugin = LoadedPlugin {
             manifest,
             digest,
@@ -550,6 +553,7 @@ impl Runtime {
             cache: cache_outcome,
             pre,
             http_policy,
+            budget_key,
         };
 
         // Describe and validate in throwaway instances, under the same limits
@@ -1308,7 +1312,7 @@ impl Inner {
             http_policy: plugin.http_policy.clone(),
             table,
             limiter: Limiter::new(
-                plugin.manifest.namespace.as_str().into(),
+                plugin.budget_key.clone(),
                 permissions.memory_bytes,
                 MAX_TABLE_ELEMENTS,
                 self.budget.clone(),

@@ -45,7 +45,7 @@ pub struct MemoryBudget {
 #[derive(Debug, Default)]
 struct Held {
     total: usize,
-    by_plugin: std::collections::HashMap<String, usize>,
+    by_plugin: std::collections::HashMap<Arc<str>, usize>,
 }
 
 /// Why a reservation was refused.
@@ -81,7 +81,7 @@ impl MemoryBudget {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 
-    fn try_reserve(&self, plugin: &str, bytes: usize) -> Result<(), Refusal> {
+    fn try_reserve(&self, plugin: &Arc<str>, bytes: usize) -> Result<(), Refusal> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let mine = held.by_plugin.get(plugin).copied().unwrap_or(0);
         if mine.saturating_add(bytes) > self.plugin_share() {
@@ -91,7 +91,9 @@ impl MemoryBudget {
             return Err(Refusal::Host);
         }
         held.total += bytes;
-        *held.by_plugin.entry(plugin.to_string()).or_default() += bytes;
+        // Every call reserves when its memories are created: the key is the
+        // store's shared name, so this allocates nothing per call.
+        *held.by_plugin.entry(plugin.clone()).or_default() += bytes;
         Ok(())
     }
 
