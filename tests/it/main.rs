@@ -21,6 +21,7 @@ mod kv_quota;
 mod loading;
 mod registry;
 mod sandbox;
+mod spares;
 mod terminal;
 
 /// Tests that measure this process's resident memory run one at a time.

@@ -24,7 +24,7 @@ pub struct Scratch {
 
 /// One compiled-component cache shared by the tests of this process, so
 /// each fixture is compiled once rather than once per test.
-fn shared_cache() -> std::path::PathBuf {
+pub fn shared_cache() -> std::path::PathBuf {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().unwrap())
         .path()

@@ -47,7 +47,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -60,6 +60,15 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 const WALL_CLOCK_GRACE: Duration = Duration::from_millis(200);
 /// Bytes of each pooled memory kept resident between instances.
 const KEEP_RESIDENT: usize = 8 << 20;
+/// A plugin whose instances take at least this long to create gets a
+/// spare: a fresh instance made in the background after each call, so the
+/// next call skips instantiation (a componentize-py component wires ~2,000
+/// imports across 14 core modules, about 1.5 ms, on every instance).
+pub const SPARE_AFTER: Duration = Duration::from_micros(400);
+/// Instantiations on the call path measured before deciding on spares:
+/// the quickest of them counts, so one slow start on a busy machine does
+/// not give a quick plugin a spare (and the memory one holds).
+pub const SPARE_SAMPLES: u32 = 3;
 /// Elements a table may grow to.
 const MAX_TABLE_ELEMENTS: usize = 20_000;
 /// Live resource handles one store may hold.
@@ -139,6 +148,10 @@ pub struct RuntimeOptions {
     /// Most compilations running at once, in either mode: each may use
     /// every core and gigabytes of memory.
     pub max_concurrent_compiles: usize,
+    /// Plugins whose instantiation takes at least this long keep one spare
+    /// instance ready (see [`SPARE_AFTER`]); `Duration::MAX` turns spares
+    /// off.
+    pub spare_after: Duration,
 }
 
 /// Half of the machine's memory (4 GiB where it cannot be read): the
@@ -171,6 +184,7 @@ impl RuntimeOptions {
             compile_worker: None,
             compile_memory_bytes: 4 << 30,
             max_concurrent_compiles: 2,
+            spare_after: SPARE_AFTER,
         }
     }
 }
@@ -281,6 +295,53 @@ pub struct LoadedPlugin {
     http_policy: http::HttpPolicy,
     /// The namespace, shared by every store's share of the memory budget.
     budget_key: Arc<str>,
+    /// Whether it is worth keeping a spare instance of.
+    spares: SparePolicy,
+}
+
+/// What decides whether a plugin gets spare instances (see [`SPARE_AFTER`]).
+struct SparePolicy {
+    /// Instantiations on the call path measured so far.
+    samples: AtomicU32,
+    /// The quickest of them, in microseconds.
+    quickest_micros: AtomicU64,
+    /// Set when making a spare failed: the plugin is instantiated on the
+    /// call path from then on, where failures are reported to a caller.
+    disabled: AtomicBool,
+}
+
+impl Default for SparePolicy {
+    fn default() -> Self {
+        SparePolicy {
+            samples: AtomicU32::new(0),
+            quickest_micros: AtomicU64::new(u64::MAX),
+            disabled: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Clone for SparePolicy {
+    fn clone(&self) -> Self {
+        SparePolicy {
+            samples: self.samples.load(Ordering::Relaxed).into(),
+            quickest_micros: self.quickest_micros.load(Ordering::Relaxed).into(),
+            disabled: self.disabled.load(Ordering::Relaxed).into(),
+        }
+    }
+}
+
+impl SparePolicy {
+    fn measured(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.quickest_micros.fetch_min(micros, Ordering::Relaxed);
+        self.samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn worth_it(&self, threshold: Duration) -> bool {
+        !self.disabled.load(Ordering::Relaxed)
+            && self.samples.load(Ordering::Relaxed) >= SPARE_SAMPLES
+            && Duration::from_micros(self.quickest_micros.load(Ordering::Relaxed)) >= threshold
+    }
 }
 
 impl LoadedPlugin {
@@ -343,6 +404,22 @@ pub(crate) struct Inner {
     budget: Arc<state::MemoryBudget>,
     /// One permit per compilation allowed at once.
     compile_permits: Arc<tokio::sync::Semaphore>,
+    /// Spare instances by namespace (see [`SPARE_AFTER`]).
+    spares: std::sync::Mutex<BTreeMap<String, SpareSlot>>,
+}
+
+/// A fresh instance made ahead of a call: never called, used once.
+struct Spare {
+    store: Store<HostState>,
+    bindings: PluginBindings,
+}
+
+/// What a namespace's spare slot holds.
+enum SpareSlot {
+    /// A spare is being made.
+    Filling,
+    /// A spare of this plugin (compared by pointer at take time).
+    Ready(Box<Spare>),
 }
 
 impl Drop for Inner {
@@ -457,6 +534,7 @@ impl Runtime {
                 ticker_stop,
                 budget,
                 compile_permits,
+                spares: Default::default(),
             }),
         })
     }
@@ -554,6 +632,7 @@ impl Runtime {
             pre,
             http_policy,
             budget_key,
+            spares: SparePolicy::default(),
         };
 
         // Describe and validate in throwaway instances, under the same limits
@@ -703,6 +782,8 @@ impl Runtime {
     /// Makes `plugin` the active plugin of its namespace; returns the one it
     /// replaced. Calls in flight finish on the plugin they started with.
     pub fn activate(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
+        self.inner
+            .drop_spares(|ns| ns == plugin.manifest.namespace.as_str());
         let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
         active.insert(plugin.manifest.namespace.to_string(), plugin)
     }
@@ -716,12 +797,14 @@ impl Runtime {
             .into_iter()
             .map(|p| (p.manifest.namespace.to_string(), p))
             .collect();
+        self.inner.drop_spares(|_| true);
         let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
         *active = next;
     }
 
     /// Removes a namespace from the active set.
     pub fn deactivate(&self, namespace: &str) -> Option<Arc<LoadedPlugin>> {
+        self.inner.drop_spares(|ns| ns == namespace);
         let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
         active.remove(namespace)
     }
@@ -729,6 +812,15 @@ impl Runtime {
     /// The active plugin of a namespace.
     pub fn active(&self, namespace: &str) -> Option<Arc<LoadedPlugin>> {
         self.inner.active(namespace)
+    }
+
+    /// Whether a spare instance of `plugin` is ready for its next call.
+    pub fn spare_ready(&self, plugin: &Arc<LoadedPlugin>) -> bool {
+        let spares = self.inner.spares.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(
+            spares.get(plugin.manifest.namespace.as_str()),
+            Some(SpareSlot::Ready(spare)) if Arc::ptr_eq(&spare.store.data().plugin, plugin)
+        )
     }
 
     /// Every active plugin, by namespace.
@@ -1283,6 +1375,18 @@ impl Inner {
         active.get(namespace).cloned()
     }
 
+    /// Drops the spare instances of the namespaces `which` picks (the
+    /// plugins they belong to are leaving the active set).
+    fn drop_spares(&self, which: impl Fn(&str) -> bool) {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<SpareSlot> = {
+            let names: Vec<String> = spares.keys().filter(|ns| which(ns)).cloned().collect();
+            names.iter().filter_map(|ns| spares.remove(ns)).collect()
+        };
+        drop(spares);
+        drop(gone);
+    }
+
     fn new_store(
         self: &Arc<Self>,
         plugin: &Arc<LoadedPlugin>,
@@ -1320,7 +1424,7 @@ impl Inner {
             stdout,
             stderr,
             plugin: plugin.clone(),
-            runtime: self.clone(),
+            runtime: Arc::downgrade(self),
             kv: permissions
                 .kv
                 .then(|| self.kv.begin(plugin.manifest.namespace.as_str())),
@@ -1353,12 +1457,33 @@ impl Inner {
             }
             Op::OnEvent(_) | Op::Invoke { .. } => plugin.manifest.permissions.time_limit,
         };
-        let mut store = self.new_store(plugin, scope, limit);
+        // Calls (not load-time questions) may use a spare instance.
+        let hot = matches!(op, Op::OnEvent(_) | Op::Invoke { .. });
+        let (mut store, spare_bindings) = match hot.then(|| self.take_spare(plugin)).flatten() {
+            Some(spare) => {
+                let Spare {
+                    mut store,
+                    bindings,
+                } = *spare;
+                self.ready_spare(plugin, &mut store, scope, limit);
+                (store, Some(bindings))
+            }
+            None => (self.new_store(plugin, scope, limit), None),
+        };
         let started = Instant::now();
         let outcome = {
             let store = &mut store;
             let call = async move {
-                let bindings = plugin.pre.instantiate_async(&mut *store).await?;
+                let bindings = match spare_bindings {
+                    Some(bindings) => bindings,
+                    None => {
+                        let bindings = plugin.pre.instantiate_async(&mut *store).await?;
+                        if hot {
+                            plugin.spares.measured(started.elapsed());
+                        }
+                        bindings
+                    }
+                };
                 let guest = bindings.hearth_plugin_guest();
                 wasmtime::Result::Ok(match op {
                     Op::Describe => OpResult::Describe(guest.call_describe(&mut *store).await?),
@@ -1382,7 +1507,8 @@ impl Inner {
             tokio::time::timeout(limit + WALL_CLOCK_GRACE, call).await
         };
         let stderr_tail = self.flush_output(plugin, &mut store);
-        match outcome {
+        let kv_txn = store.data_mut().kv.take();
+        let result = match outcome {
             Err(_) => Err(InvokeError::Timeout {
                 plugin: plugin.manifest.namespace.to_string(),
                 limit,
@@ -1400,9 +1526,21 @@ impl Inner {
                 }
                 other => other,
             }),
-            Ok(Ok(value)) => {
+            Ok(Ok(value)) => Ok(value),
+        };
+        if hot && self.refill(plugin) {
+            // Tearing an instance down resets the pages it dirtied; for a
+            // plugin slow enough to keep a spare that is worth doing off
+            // the caller's path too.
+            tokio::task::spawn_blocking(move || drop(store));
+        } else {
+            drop(store);
+        }
+        match result {
+            Err(e) => Err(e),
+            Ok(value) => {
                 tracing::trace!(plugin = %plugin.manifest.namespace, elapsed = ?started.elapsed(), "call finished");
-                if let Some(txn) = store.data_mut().kv.take()
+                if let Some(txn) = kv_txn
                     && !txn.is_empty()
                 {
                     tokio::task::spawn_blocking(move || txn.commit())
@@ -1427,6 +1565,102 @@ impl Inner {
                 Ok(value)
             }
         }
+    }
+
+    /// Takes the spare instance of `plugin`, if one is ready.
+    fn take_spare(&self, plugin: &Arc<LoadedPlugin>) -> Option<Box<Spare>> {
+        let ns = plugin.manifest.namespace.as_str();
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        match spares.get(ns) {
+            Some(SpareSlot::Ready(spare)) if Arc::ptr_eq(&spare.store.data().plugin, plugin) => {}
+            _ => return None,
+        }
+        match spares.remove(ns) {
+            Some(SpareSlot::Ready(spare)) => Some(spare),
+            _ => None,
+        }
+    }
+
+    /// Makes a spare serve a call: the call's scope, a key-value
+    /// transaction of its own (anything the guest wrote while being
+    /// instantiated, with no caller, is dropped, never committed by the
+    /// call), and the call's deadline and host-call fuel.
+    fn ready_spare(
+        &self,
+        plugin: &LoadedPlugin,
+        store: &mut Store<HostState>,
+        scope: CallScope,
+        limit: Duration,
+    ) {
+        let state = store.data_mut();
+        state.scope = scope;
+        state.kv = plugin
+            .manifest
+            .permissions
+            .kv
+            .then(|| self.kv.begin(plugin.manifest.namespace.as_str()));
+        arm_deadline(store, limit);
+        store.set_hostcall_fuel(self.options.hostcall_fuel);
+    }
+
+    /// Starts making a spare instance of `plugin` in the background if it
+    /// is slow to instantiate, active, and has none ready or on the way.
+    /// Returns whether the plugin keeps spares.
+    fn refill(self: &Arc<Self>, plugin: &Arc<LoadedPlugin>) -> bool {
+        if !plugin.spares.worth_it(self.options.spare_after) {
+            return false;
+        }
+        let ns = plugin.manifest.namespace.to_string();
+        if !self.active(&ns).is_some_and(|a| Arc::ptr_eq(&a, plugin)) {
+            return true;
+        }
+        let stale = {
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            match spares.get(&ns) {
+                Some(SpareSlot::Filling) => return true,
+                Some(SpareSlot::Ready(spare))
+                    if Arc::ptr_eq(&spare.store.data().plugin, plugin) =>
+                {
+                    return true;
+                }
+                _ => spares.insert(ns.clone(), SpareSlot::Filling),
+            }
+        };
+        drop(stale);
+        let (inner, plugin) = (self.clone(), plugin.clone());
+        tokio::spawn(async move {
+            // Whatever the guest runs while instantiating runs under the
+            // load-time limit, with no caller: it can reach no more than
+            // on the call path.
+            let limit = LOAD_CALL_LIMIT.min(plugin.manifest.permissions.time_limit);
+            let mut store = inner.new_store(&plugin, CallScope::internal("spare"), limit);
+            let made = tokio::time::timeout(
+                limit + WALL_CLOCK_GRACE,
+                plugin.pre.instantiate_async(&mut store),
+            )
+            .await;
+            let _ = inner.flush_output(&plugin, &mut store);
+            let still_active = inner
+                .active(plugin.manifest.namespace.as_str())
+                .is_some_and(|a| Arc::ptr_eq(&a, &plugin));
+            let mut spares = inner.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let replaced = match made {
+                Ok(Ok(bindings)) if still_active => {
+                    spares.insert(ns, SpareSlot::Ready(Box::new(Spare { store, bindings })))
+                }
+                Ok(Ok(_)) => spares.remove(&ns),
+                _ => {
+                    // Failures are reported where someone is waiting: on
+                    // the call path, which this plugin now always takes.
+                    tracing::debug!(plugin = %ns, "making a spare instance failed; calls instantiate inline");
+                    plugin.spares.disabled.store(true, Ordering::Relaxed);
+                    spares.remove(&ns)
+                }
+            };
+            drop(spares);
+            drop(replaced);
+        });
+        true
     }
 
     /// Logs what the guest printed; returns the end of its stderr, which

@@ -11,7 +11,7 @@ use super::http::HttpPolicy;
 use super::kv::KvTxn;
 use super::{Inner, LoadedPlugin};
 use crate::engine::MAX_BYTES_PER_TOKEN;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -352,7 +352,9 @@ pub struct HostState {
     pub(crate) stdout: CappedOutput,
     pub(crate) stderr: CappedOutput,
     pub(crate) plugin: Arc<LoadedPlugin>,
-    pub(crate) runtime: Arc<Inner>,
+    /// Weak, because a spare instance waiting in the runtime holds this
+    /// state: a strong reference would keep the runtime alive forever.
+    pub(crate) runtime: Weak<Inner>,
     pub(crate) scope: CallScope,
     pub(crate) kv: Option<KvTxn>,
     pub(crate) logs_written: u32,
@@ -490,7 +492,7 @@ impl llm::Host for HostState {
                 self.llm_tokens_left
             ))));
         }
-        let Some(backend) = self.runtime.llm.clone() else {
+        let Some(backend) = self.runtime.upgrade().and_then(|r| r.llm.clone()) else {
             return Ok(Err(llm::Error::Unavailable(
                 "no language model is attached to this host".into(),
             )));
@@ -536,7 +538,12 @@ impl tools::Host for HostState {
                 "plugin call chain deeper than {MAX_CALL_DEPTH}"
             ))));
         }
-        let Some(callee) = self.runtime.active(namespace) else {
+        let Some(runtime) = self.runtime.upgrade() else {
+            return Ok(Err(types::ToolError::Unavailable(
+                "the host is shutting down".into(),
+            )));
+        };
+        let Some(callee) = runtime.active(namespace) else {
             return Ok(Err(types::ToolError::Unavailable(format!(
                 "dependency `{namespace}` is not active"
             ))));
@@ -552,7 +559,7 @@ impl tools::Host for HostState {
             caller: Some(caller),
             depth: self.scope.depth + 1,
         };
-        let result = Box::pin(self.runtime.invoke(&callee, tool, &arguments, scope)).await;
+        let result = Box::pin(runtime.invoke(&callee, tool, &arguments, scope)).await;
         Ok(result.map_err(|e| e.into_tool_error(&qualified_name)))
     }
 }
