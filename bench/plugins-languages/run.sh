@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # What a plugin costs by language, with the bundled Rust calc as the
 # baseline of the same run: component size, cold load (compile), cached
-# load, and p50/p99 of a call on a fresh instance, in-process.
+# load, and p50/p99 of a call on a fresh instance, in-process (back to back
+# and spaced); then the same calls through `POST /v1/plugins/{ns}/{tool}` of
+# a running server, and the server's resident memory with the set loaded.
 #
-#   bash bench/plugins-languages/run.sh
+#   bash bench/plugins-languages/run.sh [MODEL.gguf]
 #
+# MODEL defaults to the default model as `hearth model pull` stores it; the
+# server part is skipped, saying so, when it is missing.
 # Needs the kits' toolchains on PATH (componentize-py, componentize-qjs, zig
 # or `python3 -m ziglang`); a language whose toolchain is missing is
 # skipped, saying so. Run nothing else meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-cargo build --release --locked -p hearth --example plugin_languages
+model="${1:-${HEARTH_HOME:-$HOME/.local/share/hearth}/models/SmolLM2-135M-Instruct.Q8_0.gguf}"
+
+cargo build --release --locked -p hearth --example plugin_languages --example plugin_http
 HEARTH=target/release/hearth
 [ -x "$HEARTH" ] || cargo build --release --locked -p hearth
 
@@ -38,3 +44,9 @@ for s in "${subjects[@]}"; do
 done
 
 target/release/examples/plugin_languages "${args[@]}"
+echo
+if [ -f "$model" ]; then
+    target/release/examples/plugin_http "$HEARTH" "$model" "${args[@]}"
+else
+    echo "skipping the server benchmark: no model at $model (hearth model pull)" >&2
+fi
