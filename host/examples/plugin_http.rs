@@ -82,7 +82,12 @@ fn main() {
         let lang = hearth::kits::Lang::detect(dir).unwrap();
         hearth(&bin, &home, &["plugin", "dev", &chunk[0], "--yes"]);
         let ns = manifest.namespace.to_string();
-        subjects.push((format!("{lang} ({ns})"), ns, chunk[1].clone(), chunk[2].clone()));
+        subjects.push((
+            format!("{lang} ({ns})"),
+            ns,
+            chunk[1].clone(),
+            chunk[2].clone(),
+        ));
     }
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 mod generate;
 mod remote;
-pub use generate::{ModelArgs, SamplingArgs};
+pub use generate::{AssistantArgs, ModelArgs, SamplingArgs};
 
 /// hearth: a local AI assistant host with sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -58,6 +58,9 @@ pub enum Command {
         /// Sampling.
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// Plugins and tools.
+        #[command(flatten)]
+        assistant: AssistantArgs,
     },
     /// Talk with the model: one line per turn, the conversation kept.
     Chat {
@@ -67,6 +70,9 @@ pub enum Command {
         /// Sampling.
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// Plugins and tools.
+        #[command(flatten)]
+        assistant: AssistantArgs,
     },
     /// Measure speed.
     #[command(subcommand)]
@@ -471,7 +477,7 @@ fn positive_env(name: &str, unit: &str) -> anyhow::Result<Option<u64>> {
 
 /// The installed plugin set, activated, with the model behind their `llm`
 /// import.
-async fn serving_plugins(
+pub(crate) async fn serving_plugins(
     home: &Home,
     llm: std::sync::Arc<dyn crate::plugins::LlmBackend>,
 ) -> anyhow::Result<(Runtime, ActiveSet)> {
@@ -558,12 +564,16 @@ async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
             .collect(),
         ..Default::default()
     };
+    crate::manager::watch_installed(
+        runtime.clone(),
+        home.clone(),
+        std::time::Duration::from_secs(2),
+    );
     let state = std::sync::Arc::new(
         crate::server::AppState::new(scheduler, model_id.clone(), options)
             .with_plugins(runtime)
             .with_home(home),
     );
-    crate::server::watch_installed(state.clone(), std::time::Duration::from_secs(2));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
@@ -916,16 +926,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             prompt,
             model,
             sampling,
-        } => {
-            tokio::task::spawn_blocking(move || {
-                generate::run_once(&home, &model, &sampling, &prompt)
-            })
-            .await?
-        }
+            assistant,
+        } => generate::run_once(&home, &model, &sampling, &assistant, &prompt).await,
         Command::Serve(args) => serve(home, args).await,
-        Command::Chat { model, sampling } => {
-            tokio::task::spawn_blocking(move || generate::chat(&home, &model, &sampling)).await?
-        }
+        Command::Chat {
+            model,
+            sampling,
+            assistant,
+        } => generate::chat(&home, &model, &sampling, &assistant).await,
         Command::Bench(BenchCommand::Model {
             model,
             prompt_tokens,
@@ -988,7 +996,7 @@ fn shown(text: &str) -> String {
 /// As [`shown`], and newlines escaped too, for text printed inside a line
 /// of ours: a description must not be able to start lines that look like
 /// the host's own.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     shown(text).replace('\n', "\\n")
 }
 

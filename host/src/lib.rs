@@ -7,6 +7,8 @@
 //! - [`engine`]: the model: provisioning, GGUF loading, tokenizer and chat
 //!   template from the file, sampling, constrained output, generation on its
 //!   own thread.
+//! - [`assistant`]: the conversation loop every front end uses: hooks, the
+//!   model through the scheduler, tool calls into plugins, the step limit.
 //! - [`server`]: the OpenAI-compatible HTTP API and health checks.
 //! - [`scheduler`]: the bounded, prioritised queue in front of the engine:
 //!   admission, deadlines, cancellation.
@@ -18,10 +20,12 @@
 
 #![deny(missing_docs)]
 
+pub mod assistant;
 pub mod bundled;
 pub mod cli;
 pub mod engine;
 pub mod home;
+pub mod http_client;
 pub mod kits;
 pub mod manager;
 pub mod plugins;

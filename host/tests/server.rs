@@ -43,7 +43,9 @@ fn start_with(
         },
     );
     let mut state = AppState::new(scheduler.clone(), "smollm2".into(), options);
+    let mut watch = None;
     if let Some((runtime, home)) = plugins {
+        watch = Some((runtime.clone(), home.clone()));
         state = state.with_plugins(runtime).with_home(home);
     }
     let state = Arc::new(state);
@@ -56,7 +58,9 @@ fn start_with(
             .unwrap();
         rt.block_on(async move {
             // Another process changing the installed set shows up quickly.
-            hearth::server::watch_installed(state.clone(), Duration::from_millis(100));
+            if let Some((runtime, home)) = watch {
+                hearth::manager::watch_installed(runtime, home, Duration::from_millis(100));
+            }
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             hearth::server::serve(
@@ -566,7 +570,11 @@ fn admins_install_from_the_registry_after_granting_the_permissions_shown() {
     );
     // First ask: the permissions to grant, nothing installed.
     let (status, _, body) = install(json!({"plugin": "weather"}));
-    assert_eq!(error_of(status, &body, 409)["code"], "permissions_required");
+    assert_eq!(
+        error_of(status, &body, 409)["code"],
+        "permissions_required",
+        "{body}"
+    );
     let permissions = json_of(&body)["permissions"].as_str().unwrap().to_string();
     assert!(permissions.contains("http to"), "{permissions}");
     let lock = home.root.join("installed.toml");

@@ -76,6 +76,51 @@ async fn index_and_component_are_fetched_over_http() {
     assert!(s.runtime.active("calc").is_some());
 }
 
+#[tokio::test]
+async fn downloads_stop_at_the_declared_size_and_do_not_follow_redirects() {
+    let calc = hearth::bundled::BUNDLED
+        .iter()
+        .find(|b| b.source == "plugins/calc")
+        .unwrap()
+        .component;
+    // The server sends 100 bytes more than the signed entry declares.
+    let mut padded = calc.to_vec();
+    padded.extend_from_slice(&[0; 100]);
+    let padded = bytes::Bytes::from(padded);
+    let server = MockServer::routes(200, move |path| {
+        (path == "/mathx.wasm").then(|| padded.clone())
+    })
+    .await;
+    let manifest: RawManifest = toml::from_str(
+        "name = \"mathx\"\nnamespace = \"mathx\"\nversion = \"1.0.0\"\ncontract = \"0.1.0\"\ndescription = \"math\"\n",
+    )
+    .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let url = format!("http://{}/mathx.wasm", server.addr);
+    let entry = registry::signed_entry(&key, &manifest, calc, &url);
+    let text = format!("format = 1\n\n{}", registry::entry_toml(&entry));
+    let index = Index::parse(&text, "test index", None).unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let err = registry::fetch(&index.entries[0], staging.path())
+        .await
+        .unwrap_err();
+    assert!(err.contains("larger than its declared size"), "{err}");
+    assert!(err.contains(&url), "{err}");
+
+    // An index behind a redirect: the 302 and where it points are
+    // reported, and the target is never asked.
+    let target = MockServer::start(200, "format = 1\n").await;
+    let redirector = MockServer::redirect(format!("http://{}/index.toml", target.addr)).await;
+    let location = format!("http://{}/index.toml", redirector.addr);
+    let err = Index::load(&location).await.unwrap_err().to_string();
+    assert!(err.contains("302"), "{err}");
+    assert!(
+        err.contains(&format!("http://{}/index.toml", target.addr)),
+        "{err}"
+    );
+    assert_eq!(target.hits(), 0, "redirects are not followed");
+}
+
 fn hex_public(key: &ed25519_dalek::SigningKey) -> String {
     key.verifying_key()
         .as_bytes()

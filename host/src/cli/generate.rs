@@ -1,12 +1,13 @@
-//! `hearth run`, `hearth chat`, `hearth bench model` and the model
-//! commands that look inside files.
+//! `hearth run` and `hearth chat` (front ends of [`crate::assistant`]),
+//! `hearth bench model` and the model commands that look inside files.
 
+use crate::assistant::{Assistant, ToolChoice, Turn, TurnEvent};
 use crate::engine::provision::{self, Spec};
 use crate::engine::{
-    Backend, ChatMessage, Engine, EngineOptions, GenerateRequest, ModelFile, OutputFormat, Prompt,
-    Role, SamplingParams,
+    Backend, ChatMessage, Engine, EngineOptions, ModelFile, OutputFormat, Role, SamplingParams,
 };
 use crate::home::Home;
+use crate::scheduler::{Scheduler, SchedulerOptions};
 use anyhow::Context;
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
@@ -183,92 +184,182 @@ fn load(home: &Home, args: &ModelArgs) -> anyhow::Result<Engine> {
     Ok(Engine::load(&path, &args.options())?)
 }
 
-/// `hearth run`: one answer, streamed to stdout.
-pub fn run_once(
+/// How `hearth run` and `hearth chat` use the assistant.
+#[derive(Debug, Clone, Args)]
+pub struct AssistantArgs {
+    /// Answer without plugins: no tools, no hooks.
+    #[arg(long)]
+    pub no_plugins: bool,
+    /// `auto` (the model decides), `none`, `required` (the first step must
+    /// call a plugin tool) or a tool's qualified name (it must call that
+    /// one, e.g. `calc.eval`).
+    #[arg(long, default_value = "auto")]
+    pub tool_choice: String,
+}
+
+impl AssistantArgs {
+    fn choice(&self) -> ToolChoice {
+        match self.tool_choice.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            name => ToolChoice::Function(name.to_string()),
+        }
+    }
+}
+
+/// `hearth run`: one answer, streamed to stdout; plugin tool calls shown
+/// on stderr as they run.
+pub async fn run_once(
     home: &Home,
     model: &ModelArgs,
     sampling: &SamplingArgs,
+    assistant: &AssistantArgs,
     prompt: &str,
 ) -> anyhow::Result<i32> {
-    let target = Target::new(home, model, sampling)?;
+    let target = Target::new(home, model, sampling, assistant).await?;
     let mut messages = Vec::new();
     if let Some(system) = &sampling.system {
         messages.push(ChatMessage::new(Role::System, system.clone()));
     }
     messages.push(ChatMessage::new(Role::User, prompt));
-    answer(&target, sampling, messages)?;
+    answer(&target, sampling, assistant, messages).await?;
     Ok(0)
 }
 
-/// What answers: the model loaded here, or a server.
+/// What answers: the assistant here (the model loaded in this process,
+/// the installed plugins unless `--no-plugins`), or a server.
 enum Target {
-    Local(Engine),
-    Remote(super::remote::Remote, tokio::runtime::Handle),
+    Local(Box<Assistant>),
+    Remote(super::remote::Remote),
 }
 
 impl Target {
-    fn new(home: &Home, model: &ModelArgs, sampling: &SamplingArgs) -> anyhow::Result<Target> {
-        Ok(match &sampling.url {
-            Some(url) => Target::Remote(
-                super::remote::Remote::new(url, sampling.api_key.clone())?,
-                tokio::runtime::Handle::current(),
-            ),
-            None => Target::Local(load(home, model)?),
-        })
+    async fn new(
+        home: &Home,
+        model: &ModelArgs,
+        sampling: &SamplingArgs,
+        assistant: &AssistantArgs,
+    ) -> anyhow::Result<Target> {
+        if let Some(url) = &sampling.url {
+            return Ok(Target::Remote(super::remote::Remote::new(
+                url,
+                sampling.api_key.clone(),
+            )?));
+        }
+        let (loaded_home, model) = (home.clone(), model.clone());
+        let engine = tokio::task::spawn_blocking(move || load(&loaded_home, &model)).await??;
+        let scheduler = Scheduler::new(engine, SchedulerOptions::default());
+        let plugins = if assistant.no_plugins {
+            None
+        } else {
+            let (runtime, set) =
+                super::serving_plugins(home, std::sync::Arc::new(scheduler.clone())).await?;
+            for problem in &set.resolution.problems {
+                eprintln!("warning: {}", super::one_line(&problem.to_string()));
+            }
+            Some(runtime)
+        };
+        Ok(Target::Local(Box::new(Assistant::new(scheduler, plugins))))
     }
 
     fn name(&self) -> String {
         match self {
-            Target::Local(engine) => engine
-                .info()
-                .name
-                .clone()
-                .unwrap_or_else(|| "the model".into()),
+            Target::Local(assistant) => {
+                let engine = assistant.scheduler().engine();
+                let name = engine.info().name.clone();
+                let name = name.unwrap_or_else(|| "the model".into());
+                match assistant.plugins() {
+                    Some(runtime) => {
+                        let tools: usize =
+                            runtime.active_plugins().iter().map(|p| p.tools.len()).sum();
+                        format!("{name} and {tools} plugin tools")
+                    }
+                    None => name,
+                }
+            }
             Target::Remote(..) => "the server".into(),
         }
     }
 }
 
-/// Generates one assistant turn, printing it as it comes; returns it.
-fn answer(
+/// Writes answer text to stdout as it comes, made safe for a terminal
+/// (the model may repeat what a plugin returned).
+fn print_text(piece: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(crate::plugins::sanitize(piece, usize::MAX).as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Shows a plugin tool call on stderr: which plugin, the arguments, then
+/// the result or the error.
+fn show_tool(event: &TurnEvent) {
+    match event {
+        TurnEvent::ToolCall { call } => eprintln!(
+            "[tool] {} {}",
+            super::one_line(&call.name),
+            super::one_line(&call.arguments.to_string())
+        ),
+        TurnEvent::ToolResult { call, result, took } => match result {
+            Ok(json) => eprintln!(
+                "[tool] {} -> {} ({:.1} ms)",
+                super::one_line(&call.name),
+                super::one_line(json),
+                took.as_secs_f64() * 1e3
+            ),
+            Err(failure) => eprintln!(
+                "[tool] {} failed: {}",
+                super::one_line(&call.name),
+                super::one_line(&failure.message)
+            ),
+        },
+        _ => {}
+    }
+}
+
+/// Runs one turn, printing it as it comes; returns the answer.
+async fn answer(
     target: &Target,
     sampling: &SamplingArgs,
+    options: &AssistantArgs,
     messages: Vec<ChatMessage>,
 ) -> anyhow::Result<String> {
-    let engine = match target {
-        Target::Local(engine) => engine,
-        Target::Remote(remote, handle) => {
-            let text = handle.block_on(remote.answer(sampling, &messages, &mut |piece| {
-                let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            }))?;
+    let assistant = match target {
+        Target::Local(assistant) => assistant,
+        Target::Remote(remote) => {
+            let text = remote
+                .answer(sampling, &messages, &mut |piece| print_text(piece))
+                .await?;
             println!();
             return Ok(text);
         }
     };
-    let request = GenerateRequest {
-        prompt: Prompt::Chat {
-            messages,
-            tools: Vec::new(),
-        },
-        params: sampling.params(),
-        format: sampling.format()?,
-        cancel: Default::default(),
-    };
-    let generation = engine.generate(request)?;
-    let mut stdout = std::io::stdout().lock();
-    let completion = generation.wait(&mut |text| {
-        let _ = stdout.write_all(text.as_bytes());
-        let _ = stdout.flush();
-    })?;
-    let _ = writeln!(stdout);
-    Ok(completion.text)
+    let mut turn = Turn::new(messages, assistant.plugin_tools());
+    turn.params = sampling.params();
+    turn.format = sampling.format()?;
+    turn.choice = options.choice();
+    let conversation = assistant.start(turn)?;
+    let outcome = conversation
+        .finish(|event| match event {
+            TurnEvent::Text(piece) => print_text(piece),
+            other => show_tool(other),
+        })
+        .await?;
+    println!();
+    if outcome.finish == crate::assistant::Finish::ContentFilter {
+        eprintln!("(the answer was withheld by a plugin)");
+    }
+    Ok(outcome.content)
 }
 
 /// `hearth chat`: a conversation on stdin/stdout.
-pub fn chat(home: &Home, model: &ModelArgs, sampling: &SamplingArgs) -> anyhow::Result<i32> {
-    let target = Target::new(home, model, sampling)?;
+pub async fn chat(
+    home: &Home,
+    model: &ModelArgs,
+    sampling: &SamplingArgs,
+    assistant: &AssistantArgs,
+) -> anyhow::Result<i32> {
+    let target = Target::new(home, model, sampling, assistant).await?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
@@ -281,13 +372,22 @@ pub fn chat(home: &Home, model: &ModelArgs, sampling: &SamplingArgs) -> anyhow::
         history.push(ChatMessage::new(Role::System, system.clone()));
     }
     let base = history.len();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    // Lines are read on a blocking thread, handed over one at a time.
+    let (tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
     loop {
         if interactive {
             eprint!("> ");
         }
-        let Some(line) = lines.next() else { break };
+        let Some(line) = lines.recv().await else {
+            break;
+        };
         let line = line.context("reading stdin")?;
         let line = line.trim();
         match line {
@@ -301,7 +401,7 @@ pub fn chat(home: &Home, model: &ModelArgs, sampling: &SamplingArgs) -> anyhow::
             _ => {}
         }
         history.push(ChatMessage::new(Role::User, line));
-        match answer(&target, sampling, history.clone()) {
+        match answer(&target, sampling, assistant, history.clone()).await {
             Ok(reply) => history.push(ChatMessage::new(Role::Assistant, reply)),
             Err(e) => {
                 // The turn failed (say, the context is full): say why and

@@ -127,7 +127,7 @@ impl TokenVocab {
 }
 
 /// What the output must be.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OutputFormat {
     /// Any JSON object.
     JsonObject,

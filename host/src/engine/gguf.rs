@@ -335,9 +335,81 @@ pub fn parse_type(name: &str) -> Result<GgmlDType, EngineError> {
     })
 }
 
+/// The metadata key llama.cpp and hearth's `model info` read a file's
+/// overall type from.
+pub const FILE_TYPE_KEY: &str = "general.file_type";
+
+/// The `general.file_type` value (llama.cpp's `llama_ftype`, include/llama.h)
+/// for a file whose weights are mostly `dtype`; `None` for types with no
+/// file type of their own (Q8_1 and Q8_K only exist as dot-product
+/// intermediates), where the key is better left out: llama.cpp then
+/// guesses from the tensors instead of trusting a wrong label.
+///
+/// `llama_ftype`: ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2,
+/// MOSTLY_Q4_1 = 3, MOSTLY_Q8_0 = 7, MOSTLY_Q5_0 = 8, MOSTLY_Q5_1 = 9,
+/// MOSTLY_Q2_K = 10, MOSTLY_Q3_K_S = 11, MOSTLY_Q4_K_S = 14,
+/// MOSTLY_Q5_K_S = 16, MOSTLY_Q6_K = 18, MOSTLY_BF16 = 32 (the same numbers
+/// as gguf-py's `LlamaFileType`). The k-quants map to their `_S` variants:
+/// hearth writes every matrix in the one type, and the `_M`/`_L` mixes
+/// promise some tensors in a wider type that such a file does not have.
+pub fn llama_ftype(dtype: GgmlDType) -> Option<u32> {
+    Some(match dtype {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 => 7,
+        GgmlDType::Q5_0 => 8,
+        GgmlDType::Q5_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 14,
+        GgmlDType::Q5K => 16,
+        GgmlDType::Q6K => 18,
+        GgmlDType::BF16 => 32,
+        GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
+    })
+}
+
+/// The type holding the most weights among `tensors` (type, element
+/// count), ties broken by name so the answer never depends on the order
+/// tensors are listed in.
+fn dominant_type(tensors: impl IntoIterator<Item = (GgmlDType, u64)>) -> Option<GgmlDType> {
+    let mut totals: Vec<(GgmlDType, u64)> = Vec::new();
+    for (dtype, n) in tensors {
+        match totals.iter_mut().find(|(t, _)| *t == dtype) {
+            Some((_, total)) => *total += n,
+            None => totals.push((dtype, n)),
+        }
+    }
+    totals
+        .into_iter()
+        .max_by(|(a, n), (b, m)| {
+            n.cmp(m)
+                .then_with(|| format!("{b:?}").cmp(&format!("{a:?}")))
+        })
+        .map(|(t, _)| t)
+}
+
+impl ModelFile {
+    /// The `general.file_type` the file's tensors call for (see
+    /// [`llama_ftype`]), which [`quantize`] writes.
+    pub fn tensor_file_type(&self) -> Option<u32> {
+        dominant_type(
+            self.content
+                .tensor_infos
+                .values()
+                .map(|i| (i.ggml_dtype, i.shape.elem_count() as u64)),
+        )
+        .and_then(llama_ftype)
+    }
+}
+
 /// Re-quantises every weight matrix of `input` to `to` and writes `output`
 /// (through a temporary file and a rename). Norms and other vectors stay
 /// f32; matrices whose rows do not divide into `to`'s blocks keep their type.
+/// `general.file_type` is set to what the written tensors hold (copied
+/// as is, it would keep naming the input's type).
 pub fn quantize(
     input: &Path,
     output: &Path,
@@ -375,11 +447,20 @@ pub fn quantize(
         tensors.push((name.as_str(), qt));
         progress(i + 1, names.len());
     }
+    let file_type = dominant_type(
+        tensors
+            .iter()
+            .map(|(_, t)| (t.dtype(), t.shape().elem_count() as u64)),
+    )
+    .and_then(llama_ftype)
+    .map(gguf_file::Value::U32);
     let mut metadata: Vec<(&str, &gguf_file::Value)> = model
         .content
         .metadata
         .iter()
+        .filter(|(k, _)| k.as_str() != FILE_TYPE_KEY)
         .map(|(k, v)| (k.as_str(), v))
+        .chain(file_type.as_ref().map(|v| (FILE_TYPE_KEY, v)))
         .collect();
     metadata.sort_by_key(|(k, _)| *k);
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty());
@@ -400,4 +481,78 @@ pub fn quantize(
         reason: e.error.to_string(),
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    /// A two-tensor llama-shaped GGUF in `dir`: a Q4_1 matrix and an F32
+    /// norm vector, labelled `general.file_type` = 3 (MOSTLY_Q4_1) like the
+    /// default model as shipped.
+    fn small_q4_1_model(dir: &Path) -> PathBuf {
+        let cpu = Device::Cpu;
+        let weights: Vec<f32> = (0..8 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let matrix = Tensor::from_vec(weights, (8, 64), &cpu).unwrap();
+        let matrix = QTensor::quantize(&matrix, GgmlDType::Q4_1).unwrap();
+        let norm = Tensor::ones(64, DType::F32, &cpu).unwrap();
+        let norm = QTensor::quantize(&norm, GgmlDType::F32).unwrap();
+        let arch = gguf_file::Value::String("llama".into());
+        let file_type = gguf_file::Value::U32(3);
+        let path = dir.join("small.Q4_1.gguf");
+        let mut w = BufWriter::new(File::create(&path).unwrap());
+        gguf_file::write(
+            &mut w,
+            &[("general.architecture", &arch), (FILE_TYPE_KEY, &file_type)],
+            &[
+                ("blk.0.attn_q.weight", &matrix),
+                ("blk.0.attn_norm.weight", &norm),
+            ],
+        )
+        .unwrap();
+        std::io::Write::flush(&mut w).unwrap();
+        path
+    }
+
+    #[test]
+    fn quantize_writes_the_file_type_its_tensors_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = small_q4_1_model(dir.path());
+        assert_eq!(ModelFile::open(&input).unwrap().int(FILE_TYPE_KEY), Some(3));
+        for (to, expected) in [
+            (GgmlDType::Q8_0, 7),
+            (GgmlDType::Q4_0, 2),
+            (GgmlDType::F16, 1),
+            (GgmlDType::F32, 0),
+        ] {
+            let output = dir.path().join(format!("small.{to:?}.gguf"));
+            quantize(&input, &output, to, &mut |_, _| {}).unwrap();
+            let made = ModelFile::open(&output).unwrap();
+            assert_eq!(
+                made.content.tensor_infos["blk.0.attn_q.weight"].ggml_dtype,
+                to
+            );
+            assert_eq!(
+                made.content.metadata[FILE_TYPE_KEY].to_u32().unwrap(),
+                expected,
+                "{to:?}"
+            );
+            assert_eq!(made.tensor_file_type(), Some(expected), "{to:?}");
+            // Everything else is copied.
+            assert_eq!(made.str("general.architecture"), Some("llama"));
+        }
+    }
+
+    #[test]
+    fn file_types_follow_llama_cpp_numbering() {
+        assert_eq!(llama_ftype(GgmlDType::Q8_0), Some(7));
+        assert_eq!(llama_ftype(GgmlDType::Q4_1), Some(3));
+        assert_eq!(llama_ftype(GgmlDType::Q6K), Some(18));
+        assert_eq!(llama_ftype(GgmlDType::Q8K), None);
+        // Ties do not depend on listing order.
+        let a = [(GgmlDType::Q8_0, 10), (GgmlDType::F32, 10)];
+        let b = [(GgmlDType::F32, 10), (GgmlDType::Q8_0, 10)];
+        assert_eq!(dominant_type(a), dominant_type(b));
+    }
 }

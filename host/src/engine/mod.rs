@@ -28,7 +28,7 @@ pub use error::EngineError;
 pub use gguf::{ModelFile, ModelInfo};
 pub use model::Backend;
 pub use sample::SamplingParams;
-pub use template::{ChatMessage, Role, ToolSpec};
+pub use template::{ChatMessage, Role, ToolSpec, UnknownRole};
 pub use tools::{ToolCall, parse_tool_calls};
 
 use constrain::{Constraint, TokenVocab};
@@ -110,6 +110,9 @@ pub enum Prompt {
     },
     /// Raw text, tokenized as is.
     Text(String),
+    /// Token ids, already made (a plugin's `llm` call is tokenised once,
+    /// to count it against its budget, and generated from those tokens).
+    Tokens(Vec<u32>),
 }
 
 /// Fired to stop a generation between two tokens.
@@ -414,6 +417,11 @@ impl Engine {
                 worker.serve(&jobs_rx);
             })
             .map_err(|e| EngineError::Model(format!("starting the engine thread: {e}")))?;
+        // The token vocabulary for output constraints is built once, here,
+        // while the engine thread loads the weights: built on the first
+        // constrained request instead, it would stall that request.
+        let vocab = OnceLock::new();
+        let _ = vocab.set(build_vocab(&tokenizer));
         loaded_rx.recv().map_err(|_| EngineError::Stopped)??;
         let slots = slots_rx.recv().map_err(|_| EngineError::Stopped)?;
         Ok(Engine {
@@ -424,7 +432,7 @@ impl Engine {
                 template,
                 context,
                 slots,
-                vocab: OnceLock::new(),
+                vocab,
             }),
         })
     }
@@ -479,6 +487,7 @@ impl Engine {
                 self.render(messages, tools)?
             }
             Prompt::Text(t) => t.clone(),
+            Prompt::Tokens(tokens) => return Ok(tokens.clone()),
         };
         if text.len() > max_bytes {
             return Err(too_long(text.len()));
@@ -561,14 +570,9 @@ impl Engine {
     }
 
     fn vocab(&self) -> Result<&TokenVocab, EngineError> {
-        let t = &self.shared.tokenizer;
         self.shared
             .vocab
-            .get_or_init(|| {
-                let eos = t.eos_ids()[0];
-                TokenVocab::new(t.all_token_bytes(), &t.special_ids(), eos)
-                    .map_err(|e| e.to_string())
-            })
+            .get_or_init(|| build_vocab(&self.shared.tokenizer))
             .as_ref()
             .map_err(|e| EngineError::Constraint(e.clone()))
     }
@@ -938,6 +942,12 @@ impl Worker {
 
 /// `slots[a]` and `slots[b]` (`a != b`), both mutably: sharing a prefix
 /// freezes the source's positions.
+/// The vocabulary output constraints work over.
+fn build_vocab(t: &Tokenizer) -> Result<TokenVocab, String> {
+    let eos = t.eos_ids()[0];
+    TokenVocab::new(t.all_token_bytes(), &t.special_ids(), eos).map_err(|e| e.to_string())
+}
+
 fn two(slots: &mut [Slot], a: usize, b: usize) -> (&mut Slot, &mut Slot) {
     if a < b {
         let (x, y) = slots.split_at_mut(b);

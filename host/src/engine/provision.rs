@@ -112,8 +112,22 @@ pub fn pull_prepared(
         return Ok(pulled);
     }
     let target = pulled.with_file_name(quantized_name(&pulled, ty));
-    if target.exists() && super::gguf::ModelFile::open(&target).is_ok() {
-        return Ok(target);
+    if target.exists()
+        && let Ok(made) = super::gguf::ModelFile::open(&target)
+    {
+        // Files quantised by earlier hearths kept the input's
+        // `general.file_type` (the default model said Q4_1 while holding
+        // Q8_0). Such a file is made again, once: for the default model
+        // that takes seconds, and for any model no longer than preparing
+        // it did the first time. A file that already agrees is kept.
+        let labelled = made.int(super::gguf::FILE_TYPE_KEY);
+        if labelled == made.tensor_file_type().map(u64::from) {
+            return Ok(target);
+        }
+        tracing::info!(
+            "{}: re-making it, since its general.file_type ({labelled:?}) does not name the type its tensors hold",
+            target.display()
+        );
     }
     super::gguf::quantize(&pulled, &target, ty, &mut |done, total| {
         progress(done as u64, total as u64)

@@ -24,6 +24,25 @@ pub enum Role {
     Tool,
 }
 
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(role: &str) -> Result<Role, UnknownRole> {
+        match role {
+            "system" => Ok(Role::System),
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            "tool" => Ok(Role::Tool),
+            other => Err(UnknownRole(other.to_string())),
+        }
+    }
+}
+
+/// A role name that is not system, user, assistant or tool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("role `{0}` is not system, user, assistant or tool")]
+pub struct UnknownRole(pub String);
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {

@@ -6,15 +6,19 @@
 //! - [`registry`]: the index, publisher keys, signatures, capped downloads.
 //! - [`store`]: the content-addressed store and the crash-safe lock file.
 //! - [`install`]: install, update, remove, enable and disable.
+//! - [`watch`]: reloading a running host's active set when the installed
+//!   set changes on disk.
 
 pub mod install;
 pub mod registry;
 pub mod resolve;
 pub mod set;
 pub mod store;
+pub mod watch;
 
 pub use resolve::{Candidate, Problem, Resolution, dot, resolve};
 pub use set::{
     ActiveSet, Discovery, Found, Origin, discover_dir, discover_installed, load_and_activate,
     load_for, reload,
 };
+pub use watch::watch_installed;

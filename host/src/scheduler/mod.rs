@@ -170,7 +170,33 @@ impl Scheduler {
         priority: Priority,
         deadline: Option<Instant>,
     ) -> Result<Generation, SchedulerError> {
-        let mut prepared = self.inner.engine.prepare(request)?;
+        let prepared = self.inner.engine.prepare(request)?;
+        self.enqueue(prepared, priority, deadline)
+    }
+
+    /// Like [`submit`](Self::submit), from async code: the preparation
+    /// (chat template, tokenizer, output constraint), which grows with the
+    /// conversation, runs on a blocking thread, never on an async worker.
+    pub async fn submit_async(
+        &self,
+        request: GenerateRequest,
+        priority: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<Generation, SchedulerError> {
+        let engine = self.inner.engine.clone();
+        let prepared = tokio::task::spawn_blocking(move || engine.prepare(request))
+            .await
+            .map_err(|_| SchedulerError::ShuttingDown)??;
+        self.enqueue(prepared, priority, deadline)
+    }
+
+    /// Queues a prepared request, or refuses it when the queue is full.
+    fn enqueue(
+        &self,
+        mut prepared: Prepared,
+        priority: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<Generation, SchedulerError> {
         prepared.set_deadline(deadline);
         let prompt_tokens = prepared.prompt_tokens();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -343,17 +369,10 @@ impl Scheduler {
         use crate::plugins::LlmError;
         let mut messages = Vec::with_capacity(request.messages.len());
         for m in request.messages {
-            let role = match m.role.as_str() {
-                "system" => Role::System,
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
-                "tool" => Role::Tool,
-                other => {
-                    return Err(LlmError::Invalid(format!(
-                        "role `{other}` is not system, user, assistant or tool"
-                    )));
-                }
-            };
+            let role: Role = m
+                .role
+                .parse()
+                .map_err(|e: crate::engine::UnknownRole| LlmError::Invalid(e.to_string()))?;
             messages.push(ChatMessage::new(role, m.content));
         }
         let prompt = Prompt::Chat {
@@ -361,16 +380,16 @@ impl Scheduler {
             tools: Vec::new(),
         };
         // Tokenising is CPU work proportional to the prompt: it runs on a
-        // blocking thread, never on the async workers. (The runtime has
-        // already refused prompts too long in bytes for the budget.)
+        // blocking thread, never on the async workers, and once: the tokens
+        // counted against the budget are the ones generated from. (The
+        // runtime has already refused prompts too long in bytes for the
+        // budget.)
         let engine = self.engine().clone();
-        let (prompt, tokens) = tokio::task::spawn_blocking(move || {
-            let tokens = engine.tokenize(&prompt);
-            (prompt, tokens)
-        })
-        .await
-        .map_err(|e| LlmError::Unavailable(e.to_string()))?;
-        let prompt_tokens = tokens.map_err(|e| LlmError::Invalid(e.to_string()))?.len() as u32;
+        let tokens = tokio::task::spawn_blocking(move || engine.tokenize(&prompt))
+            .await
+            .map_err(|e| LlmError::Unavailable(e.to_string()))?
+            .map_err(|e| LlmError::Invalid(e.to_string()))?;
+        let prompt_tokens = tokens.len() as u32;
         if prompt_tokens >= budget {
             return Err(LlmError::BudgetExceeded(format!(
                 "the prompt is {prompt_tokens} tokens but only {budget} of this call's budget are left"
@@ -384,7 +403,7 @@ impl Scheduler {
             params.temperature = t;
         }
         let generate = GenerateRequest {
-            prompt,
+            prompt: Prompt::Tokens(tokens),
             params,
             format: None,
             cancel: CancelToken::default(),

@@ -2,9 +2,8 @@
 //! stream chunks out, mapped to and from the engine's types.
 
 use super::ApiError;
-use crate::engine::{
-    ChatMessage, OutputFormat, Role, SamplingParams, ToolCall, ToolSpec, parse_tool_calls,
-};
+use crate::assistant::{ToolChoice, Turn};
+use crate::engine::{ChatMessage, OutputFormat, Role, SamplingParams, ToolCall, ToolSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -137,30 +136,15 @@ pub struct InTool {
     pub function: ToolSpec,
 }
 
-/// What the engine needs, taken from a request.
-#[derive(Debug)]
-pub struct Mapped {
-    /// The conversation.
-    pub messages: Vec<ChatMessage>,
-    /// Tools offered in the prompt.
-    pub tools: Vec<ToolSpec>,
-    /// Sampling.
-    pub params: SamplingParams,
-    /// Output constraint.
-    pub format: Option<OutputFormat>,
-    /// Whether the output is a forced tool call (constrained JSON).
-    pub forced_call: bool,
-}
-
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(message, Some(param))
 }
 
 impl ChatRequest {
-    /// Checks every field and maps the request to the engine's terms.
-    /// `plugin_tools` are offered beside the client's own (and may be
-    /// named by `tool_choice`).
-    pub fn map(self, plugin_tools: &[ToolSpec]) -> Result<Mapped, ApiError> {
+    /// Checks every field and maps the request to a [`Turn`] of the
+    /// assistant. `plugin_tools` are offered beside the client's own (and
+    /// may be named by `tool_choice`).
+    pub fn map(self, plugin_tools: Vec<ToolSpec>, request_id: &str) -> Result<Turn, ApiError> {
         if self.messages.is_empty() {
             return Err(invalid(
                 "messages",
@@ -218,7 +202,7 @@ impl ChatRequest {
             }
             other => ApiError::invalid(other.to_string(), None),
         })?;
-        let mut format = match &self.response_format {
+        let format = match &self.response_format {
             None => None,
             Some(v) => match v.get("type").and_then(Value::as_str) {
                 Some("text") => None,
@@ -240,7 +224,7 @@ impl ChatRequest {
                 }
             },
         };
-        let mut tools: Vec<ToolSpec> = Vec::new();
+        let mut client_tools: Vec<ToolSpec> = Vec::new();
         for (i, t) in self.tools.unwrap_or_default().into_iter().enumerate() {
             if t.kind != "function" {
                 return Err(invalid(
@@ -248,87 +232,66 @@ impl ChatRequest {
                     format!("tools[{i}].type must be `function`"),
                 ));
             }
-            tools.push(t.function);
+            client_tools.push(t.function);
         }
-        tools.extend(plugin_tools.iter().cloned());
-        let mut forced_call = false;
-        match &self.tool_choice {
-            None => {}
-            Some(Value::String(s)) if s == "auto" => {}
-            Some(Value::String(s)) if s == "none" => tools.clear(),
+        let offered = |name: &str| {
+            client_tools
+                .iter()
+                .chain(&plugin_tools)
+                .any(|t| t.name == name)
+        };
+        let choice = match &self.tool_choice {
+            None => ToolChoice::Auto,
+            Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
+            Some(Value::String(s)) if s == "none" => ToolChoice::None,
             Some(Value::String(s)) if s == "required" => {
-                if tools.is_empty() {
+                if client_tools.is_empty() && plugin_tools.is_empty() {
                     return Err(invalid(
                         "tool_choice",
                         "`tool_choice` is `required` but no tools were given",
                     ));
                 }
-                format = Some(OutputFormat::JsonSchema(call_schema(&tools)));
-                forced_call = true;
+                ToolChoice::Required
             }
             Some(v) => {
                 let name = v
                     .pointer("/function/name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| invalid("tool_choice", "`tool_choice` must be none, auto, required or {\"type\":\"function\",\"function\":{\"name\":…}}"))?;
-                let Some(tool) = tools.iter().find(|t| t.name == name).cloned() else {
+                if !offered(name) {
                     return Err(invalid(
                         "tool_choice",
                         format!("`tool_choice` names `{name}`, which is not in `tools`"),
                     ));
-                };
-                format = Some(OutputFormat::JsonSchema(call_schema(std::slice::from_ref(
-                    &tool,
-                ))));
-                forced_call = true;
+                }
+                ToolChoice::Function(name.to_string())
             }
-        }
-        Ok(Mapped {
+        };
+        Ok(Turn {
             messages,
-            tools,
+            client_tools,
+            plugin_tools,
+            choice,
             params,
             format,
-            forced_call,
+            deadline: None,
+            request_id: request_id.to_string(),
         })
-    }
-}
-
-/// The JSON Schema of a call to one of `tools`.
-fn call_schema(tools: &[ToolSpec]) -> Value {
-    let one = |t: &ToolSpec| {
-        let params = if t.parameters.is_object() {
-            t.parameters.clone()
-        } else {
-            json!({"type": "object"})
-        };
-        json!({
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": params},
-            "required": ["name", "arguments"],
-            "additionalProperties": false
-        })
-    };
-    if tools.len() == 1 {
-        one(&tools[0])
-    } else {
-        json!({"anyOf": tools.iter().map(one).collect::<Vec<_>>()})
     }
 }
 
 fn message(i: usize, m: InMessage) -> Result<ChatMessage, ApiError> {
+    // `developer` is OpenAI's newer name for the system role.
     let role = match m.role.as_str() {
-        "system" | "developer" => Role::System,
-        "user" => Role::User,
-        "assistant" => Role::Assistant,
-        "tool" => Role::Tool,
-        other => {
-            return Err(invalid(
+        "developer" => Role::System,
+        other => other.parse::<Role>().map_err(|_| {
+            invalid(
                 "messages",
                 format!(
                     "messages[{i}].role `{other}` is not system, developer, user, assistant or tool"
                 ),
-            ));
-        }
+            )
+        })?,
     };
     let content = match m.content {
         None | Some(Value::Null) => String::new(),
@@ -383,35 +346,6 @@ fn message(i: usize, m: InMessage) -> Result<ChatMessage, ApiError> {
         tool_call_id: m.tool_call_id,
         name: m.name,
     })
-}
-
-/// The answer's text and calls, from the model's raw output.
-pub fn answer(text: &str, tools_offered: bool, forced_call: bool) -> (String, Vec<ToolCall>) {
-    if forced_call {
-        if let Ok(Value::Object(mut call)) = serde_json::from_str::<Value>(text) {
-            let name = call
-                .remove("name")
-                .and_then(|n| n.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let arguments = call.remove("arguments").unwrap_or(json!({}));
-            return (
-                String::new(),
-                vec![ToolCall {
-                    id: "call_0".into(),
-                    name,
-                    arguments,
-                }],
-            );
-        }
-        return (text.to_string(), Vec::new());
-    }
-    if tools_offered {
-        let parsed = parse_tool_calls(text);
-        if !parsed.calls.is_empty() {
-            return (parsed.content, parsed.calls);
-        }
-    }
-    (text.to_string(), Vec::new())
 }
 
 /// Calls in the API's shape (arguments as a JSON string).

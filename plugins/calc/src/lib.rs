@@ -32,7 +32,12 @@ impl Plugin for Calc {
                 "properties": {
                     "expression": {
                         "type": "string",
-                        "description": "The expression, for example 2*(3+4) or 1/3 + 1/6"
+                        "description": "The expression, for example 2*(3+4) or 1/3 + 1/6",
+                        // Numbers, operators, parentheses and spaces, with
+                        // at least one digit: a model constrained by this
+                        // schema cannot send an empty or wordy expression.
+                        "pattern": "^[-+*/%^(). 0-9]*[0-9][-+*/%^(). 0-9]*$",
+                        "maxLength": 1000
                     }
                 },
                 "required": ["expression"],

@@ -1,0 +1,224 @@
+//! `POST /v1/chat/completions`: the request mapped to a turn of the
+//! assistant, and the turn's events rendered as one JSON answer or as
+//! server-sent chunks.
+
+use super::body::{json_body, json_response};
+use super::openai;
+use super::sse::{Gone, Sse};
+use super::{ApiError, AppState, Body_};
+use crate::assistant::{Conversation, Outcome, TurnEvent};
+use crate::engine::{ToolCall, Usage};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Answers a chat request.
+pub(super) async fn chat(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    started: Instant,
+    request_id: &str,
+) -> Result<Response<Body_>, ApiError> {
+    let body = json_body(state, req).await?;
+    let request: openai::ChatRequest = serde_path_to_error::deserialize(&body).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid(
+            format!("`{path}`: {}", e.inner()),
+            Some(path.split('.').next().unwrap_or(&path)),
+        )
+    })?;
+    if let Some(model) = &request.model
+        && !model.is_empty()
+        && model != &state.model_id
+    {
+        let mut e = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "model `{model}` does not exist; this server serves `{}`",
+                state.model_id
+            ),
+        );
+        e.param = Some("model".into());
+        e.code = Some("model_not_found");
+        return Err(e);
+    }
+    let stream = request.stream;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let mut turn = request.map(state.assistant.plugin_tools(), request_id)?;
+    turn.deadline = Some(Instant::now() + state.options.request_timeout);
+    let conversation = state.assistant.start(turn)?;
+    let answer = Answer {
+        id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
+        created: super::unix_now(),
+        model: state.model_id.clone(),
+    };
+    if stream {
+        let (sse, response) = Sse::open();
+        let state = state.clone();
+        let work = async move {
+            let _ = stream_turn(&state, conversation, &answer, &sse, started, include_usage).await;
+        };
+        tokio::spawn(work.instrument(tracing::Span::current()));
+        return Ok(response);
+    }
+    let mut metrics = Observed::new(state, started, false);
+    let outcome = conversation.finish(|e| metrics.see(e)).await?;
+    let mut message = json!({"role": "assistant", "content": outcome.content});
+    if !outcome.calls.is_empty() {
+        message["tool_calls"] = Value::Array(answer.calls(&outcome.calls));
+        if outcome.content.is_empty() {
+            message["content"] = Value::Null;
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": outcome.finish.as_str(), "logprobs": null}],
+            "usage": usage(&outcome.usage),
+        }),
+    ))
+}
+
+/// What every chunk of one answer repeats.
+struct Answer {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Answer {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        })
+    }
+
+    /// Calls in the API's shape (arguments as a JSON string), with ids
+    /// unique to this answer.
+    fn calls(&self, calls: &[ToolCall]) -> Vec<Value> {
+        openai::tool_calls_json(calls, &self.id.replace("chatcmpl", "call"))
+    }
+}
+
+/// Streams a turn: a role chunk, content deltas as the assistant releases
+/// them, then tool calls, the finish reason, usage if asked, `[DONE]`.
+async fn stream_turn(
+    state: &AppState,
+    mut conversation: Conversation,
+    answer: &Answer,
+    sse: &Sse,
+    started: Instant,
+    include_usage: bool,
+) -> Result<(), Gone> {
+    sse.send(&answer.chunk(json!({"role": "assistant", "content": ""}), None))
+        .await?;
+    let mut metrics = Observed::new(state, started, true);
+    loop {
+        // Watch for the client going away even while nothing is being
+        // sent (a queued request, a plugin call): dropping the
+        // conversation stops the turn and frees its place in the queue.
+        let event = tokio::select! {
+            event = conversation.next() => event,
+            () = sse.closed() => return Err(Gone),
+        };
+        let event = match event {
+            Some(Ok(event)) => event,
+            Some(Err(e)) => {
+                sse.send(&ApiError::from(e).body()).await?;
+                sse.done().await;
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        metrics.see(&event);
+        match event {
+            TurnEvent::Text(text) => {
+                sse.send(&answer.chunk(json!({ "content": text }), None))
+                    .await?;
+            }
+            TurnEvent::Done(Outcome {
+                calls,
+                finish,
+                usage: used,
+                ..
+            }) => {
+                for call in answer.calls(&calls) {
+                    sse.send(&answer.chunk(json!({ "tool_calls": [call] }), None))
+                        .await?;
+                }
+                sse.send(&answer.chunk(json!({}), Some(finish.as_str())))
+                    .await?;
+                if include_usage {
+                    let mut last = answer.chunk(json!({}), None);
+                    last["choices"] = json!([]);
+                    last["usage"] = usage(&used);
+                    sse.send(&last).await?;
+                }
+                sse.done().await;
+                return Ok(());
+            }
+            TurnEvent::ToolCall { .. }
+            | TurnEvent::ToolResult { .. }
+            | TurnEvent::Generated { .. } => {}
+        }
+    }
+}
+
+/// Records a turn's events in the server's metrics.
+struct Observed<'a> {
+    state: &'a AppState,
+    started: Instant,
+    /// Time to first token is measured for streamed answers only.
+    first_token: bool,
+}
+
+impl<'a> Observed<'a> {
+    fn new(state: &'a AppState, started: Instant, streamed: bool) -> Observed<'a> {
+        Observed {
+            state,
+            started,
+            first_token: streamed,
+        }
+    }
+
+    fn see(&mut self, event: &TurnEvent) {
+        let metrics = &self.state.metrics;
+        match event {
+            TurnEvent::Text(_) if self.first_token => {
+                self.first_token = false;
+                metrics.time_to_first_token(self.started.elapsed().as_secs_f64());
+            }
+            TurnEvent::Generated {
+                completion_tokens,
+                decode_time,
+            } => {
+                let secs = decode_time.as_secs_f64();
+                if *completion_tokens > 1 && secs > 0.0 {
+                    metrics.tokens_per_second((completion_tokens - 1) as f64 / secs);
+                }
+            }
+            TurnEvent::ToolResult { call, result, .. } => {
+                let namespace = call.name.split('.').next().unwrap_or_default();
+                let outcome = match result {
+                    Ok(_) => "ok",
+                    Err(f) => f.outcome,
+                };
+                metrics.plugin_call(namespace, outcome);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn usage(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
