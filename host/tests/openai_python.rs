@@ -103,6 +103,25 @@ fn the_official_python_client_chats_streams_and_calls_tools() {
         .env("HEARTH_HOME", home.path())
         .output()
         .unwrap();
+    // The assistant in this process, with the bundled plugins: the
+    // calculator call is forced (the small default model rarely picks a
+    // tool by itself) and shown with its result.
+    let calculator = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--tool-choice",
+            "calc.eval",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "40",
+            "Use the calculator: what is 12345*6789?",
+        ])
+        .env("HEARTH_HOME", home.path())
+        .output()
+        .unwrap();
     let wrong_key = Command::new(env!("CARGO_BIN_EXE_hearth"))
         .args(["run", "--url", &url, "--api-key", "nope", "Hi"])
         .env("HEARTH_HOME", home.path())
@@ -125,6 +144,10 @@ fn the_official_python_client_chats_streams_and_calls_tools() {
         "{}",
         common::text(&run.stdout)
     );
+    let shown = common::text(&calculator.stderr);
+    assert!(calculator.status.success(), "{shown}");
+    assert!(shown.contains("[tool] calc.eval {\"expression\""), "{shown}");
+    assert!(shown.contains("83810205"), "{shown}");
     assert!(!wrong_key.status.success());
     assert!(
         common::text(&wrong_key.stderr).contains("401 Unauthorized: invalid API key"),

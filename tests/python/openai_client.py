@@ -90,6 +90,64 @@ for chunk in client.chat.completions.create(
 assert calls[0]["name"] == "get_weather", calls
 json.loads(calls[0]["arguments"])
 
+# The server runs with its bundled plugins active, so plugin tools are
+# offered beside the client's. Two answers that were once wrong, tried
+# TRIES times each with varied seeds.
+TRIES = int(os.environ.get("HEARTH_TRIES", "50"))
+
+# json_mode_never_turns_the_answer_into_a_tool_call: in JSON mode the JSON
+# is the answer, even when it has a "name" - never a call to a tool nobody
+# offered.
+for seed in range(TRIES):
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Give a JSON object with key name set to Ada."}],
+        response_format={"type": "json_object"},
+        temperature=1.0,
+        seed=seed,
+        max_tokens=40,
+    )
+    choice = reply.choices[0]
+    assert not choice.message.tool_calls, (seed, choice)
+    assert choice.finish_reason in ("stop", "length"), (seed, choice)
+    assert choice.message.content is not None, (seed, choice)
+
+# required_with_client_tools_forces_a_client_tool_call: with client tools,
+# `required` means one of the client's tools, streamed or not - a plugin
+# tool call run on the server must not turn the answer into plain text.
+get_time = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The current time",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    }
+]
+for seed in range(TRIES):
+    kwargs = dict(
+        model=model,
+        messages=[{"role": "user", "content": "What time is it?"}],
+        tools=get_time,
+        tool_choice="required",
+        temperature=1.0,
+        seed=seed,
+        max_tokens=60,
+    )
+    if seed % 2:
+        names, finish = [], None
+        for chunk in client.chat.completions.create(stream=True, **kwargs):
+            if chunk.choices:
+                names += [d.function.name for d in chunk.choices[0].delta.tool_calls or [] if d.function.name]
+                finish = chunk.choices[0].finish_reason or finish
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        names = [c.function.name for c in choice.message.tool_calls or []]
+        finish = choice.finish_reason
+    assert finish == "tool_calls", (seed, finish, names)
+    assert names == ["get_time"], (seed, names)
+
 # Errors come back as the client's typed exceptions.
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
