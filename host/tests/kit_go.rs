@@ -168,3 +168,118 @@ fn building_without_go_names_it_and_how_to_install_it() {
         "{err}"
     );
 }
+
+/// A tool that asks the model through the generated `LlmComplete`, with a
+/// prompt of `prompt_bytes` bytes, and reports an `*LlmError` as a tool
+/// failure naming its kind.
+const ASK_GO: &str = r#"package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+func describe() Description {
+	return Description{Tools: []Tool{{
+		Name:             "ask",
+		Description:      "Asks the model",
+		ParametersSchema: `{"type":"object","properties":{"max_tokens":{"type":"integer"},"prompt_bytes":{"type":"integer"}},"required":["max_tokens","prompt_bytes"]}`,
+	}}}
+}
+
+func validateConfig(config string) error { return nil }
+
+func invoke(tool, arguments string, ctx CallContext) (string, *ToolError) {
+	var args struct {
+		MaxTokens   uint32 `json:"max_tokens"`
+		PromptBytes int    `json:"prompt_bytes"`
+	}
+	if err := json.Unmarshal([]byte(arguments), &args); err != nil {
+		return "", &ToolError{Kind: InvalidArguments, Message: err.Error()}
+	}
+	temperature := float32(0.5)
+	done, err := LlmComplete(LlmRequest{
+		Messages:    []LlmMessage{{Role: "user", Content: strings.Repeat("x", args.PromptBytes)}},
+		MaxTokens:   args.MaxTokens,
+		Temperature: &temperature,
+	})
+	var failed *LlmError
+	if errors.As(err, &failed) {
+		return "", &ToolError{Kind: Failed, Message: fmt.Sprintf("llm error %d: %s", failed.Kind, failed.Message)}
+	}
+	out, _ := json.Marshal(map[string]any{
+		"text": done.Text, "prompt_tokens": done.PromptTokens, "completion_tokens": done.CompletionTokens,
+	})
+	return string(out), nil
+}
+
+func onEvent(event Event) EventOutcome { return EventOutcome{Kind: Proceed} }
+
+func main() {}
+"#;
+
+#[test]
+fn a_go_plugin_granted_llm_builds_imports_it_and_gets_the_hosts_answers() {
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let path = go_path();
+    let run = |cwd: &Path, args: &[&str]| hearth_in(cwd, home.path(), &path, args);
+    let dir = work.path().join("ask");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("go.mod"), "module ask\n\ngo 1.24\n").unwrap();
+    std::fs::write(dir.join("main.go"), ASK_GO).unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        "name = \"ask\"\nnamespace = \"ask\"\nversion = \"0.1.0\"\ncontract = \"0.1.0\"\n\
+         description = \"asks\"\n\n[permissions]\nllm-tokens = 100\nmemory-mb = 64\n",
+    )
+    .unwrap();
+    // `build` loads the component as the host will: the import is granted.
+    let built = ok(&run(&dir, &["plugin", "build"]));
+    assert!(built.contains("tools ask.ask"), "{built}");
+    let bytes = std::fs::read(dir.join("plugin.wasm")).unwrap();
+    let imports = hearth::plugins::contract::surface(&bytes).unwrap().imports;
+    assert!(
+        imports.iter().any(|i| i == "hearth:plugin/llm@0.1.0"),
+        "{imports:?}"
+    );
+    ok(&run(work.path(), &["plugin", "dev", "ask", "--yes"]));
+
+    // No model is needed for the host's own checks, which see the request
+    // the bindings lowered and answer with each kind of error.
+    let ask = |max_tokens: u32, prompt_bytes: usize| {
+        let args = format!(r#"{{"max_tokens":{max_tokens},"prompt_bytes":{prompt_bytes}}}"#);
+        let out = run(
+            work.path(),
+            &["plugin", "invoke", "ask.ask", "--args", &args],
+        );
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    let err = ask(0, 2);
+    assert!(
+        err.contains("llm error 2: max-tokens must be at least 1"),
+        "{err}"
+    );
+    let err = ask(500, 2);
+    assert!(
+        err.contains(
+            "llm error 0: asked for 500 tokens but only 100 of this call's budget of 100 are left"
+        ),
+        "{err}"
+    );
+    // The message list arrives whole: the host counts its bytes.
+    let err = ask(1, 7000);
+    let counted: usize = err
+        .split("llm error 0: the prompt is ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        (7004..7100).contains(&counted),
+        "the prompt of a 4-byte role and 7000 bytes of content was counted as {counted}: {err}"
+    );
+}

@@ -295,3 +295,226 @@ fn a_stack_larger_than_the_memory_limit_is_refused_at_build() {
         assert!(!dir.join("plugin.wasm").exists());
     }
 }
+
+/// What the C test adds to the scaffold's `plugin.c`: `http_get` over the
+/// generated wasi:http bindings, and a tool `fetch` (`{"authority", "path"}`
+/// → `{"status", "body"}`) reporting a refusal as a `denied` tool error.
+const C_HTTP_GET: &str = r#"
+// GET http://AUTHORITY/PATH through wasi:http: the status and the body
+// (malloc'd) on success; else false with the wasi:http error code's tag.
+static bool http_get(const char *authority, const char *path, int *status, buf_t *body,
+                     uint8_t *error_tag) {
+  wasi_http_types_own_outgoing_request_t request =
+      wasi_http_types_constructor_outgoing_request(wasi_http_types_constructor_fields());
+  wasi_http_types_borrow_outgoing_request_t r = wasi_http_types_borrow_outgoing_request(request);
+  wasi_http_types_scheme_t scheme = {.tag = WASI_HTTP_TYPES_SCHEME_HTTP};
+  plugin_string_t text;
+  wasi_http_types_method_outgoing_request_set_scheme(r, &scheme);
+  plugin_string_set(&text, authority);
+  wasi_http_types_method_outgoing_request_set_authority(r, &text);
+  plugin_string_set(&text, path);
+  wasi_http_types_method_outgoing_request_set_path_with_query(r, &text);
+
+  wasi_http_types_own_future_incoming_response_t future;
+  wasi_http_types_error_code_t code;
+  if (!wasi_http_outgoing_handler_handle(request, NULL, &future, &code)) {
+    *error_tag = code.tag;
+    wasi_http_types_error_code_free(&code);
+    return false;
+  }
+  wasi_http_types_borrow_future_incoming_response_t f =
+      wasi_http_types_borrow_future_incoming_response(future);
+  wasi_io_poll_own_pollable_t ready = wasi_http_types_method_future_incoming_response_subscribe(f);
+  wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(ready));
+  wasi_io_poll_pollable_drop_own(ready);
+  wasi_http_types_result_result_own_incoming_response_error_code_void_t outcome;
+  wasi_http_types_method_future_incoming_response_get(f, &outcome);
+  wasi_http_types_future_incoming_response_drop_own(future);
+  if (outcome.is_err || outcome.val.ok.is_err) {
+    *error_tag = outcome.val.ok.val.err.tag;
+    wasi_http_types_result_result_own_incoming_response_error_code_void_free(&outcome);
+    return false;
+  }
+  wasi_http_types_own_incoming_response_t response = outcome.val.ok.val.ok;
+  wasi_http_types_borrow_incoming_response_t resp = wasi_http_types_borrow_incoming_response(response);
+  *status = wasi_http_types_method_incoming_response_status(resp);
+  wasi_http_types_own_incoming_body_t incoming;
+  wasi_http_types_method_incoming_response_consume(resp, &incoming);
+  wasi_io_streams_own_input_stream_t stream;
+  wasi_http_types_method_incoming_body_stream(wasi_http_types_borrow_incoming_body(incoming), &stream);
+  for (;;) {
+    plugin_list_u8_t chunk;
+    wasi_io_streams_stream_error_t stream_error;
+    if (!wasi_io_streams_method_input_stream_blocking_read(
+            wasi_io_streams_borrow_input_stream(stream), 65536, &chunk, &stream_error)) {
+      if (stream_error.tag == WASI_IO_STREAMS_STREAM_ERROR_LAST_OPERATION_FAILED)
+        wasi_io_error_error_drop_own(stream_error.val.last_operation_failed);
+      break;
+    }
+    buf_push(body, (const char *)chunk.ptr, chunk.len);
+    plugin_list_u8_free(&chunk);
+  }
+  // Children before their parents: the stream, its body, their response.
+  wasi_io_streams_input_stream_drop_own(stream);
+  wasi_http_types_incoming_body_drop_own(incoming);
+  wasi_http_types_incoming_response_drop_own(response);
+  return true;
+}
+
+// {"authority": "host:port", "path": "/p"} -> {"status": 200, "body": "..."}
+static bool fetch(const plugin_string_t *arguments, plugin_string_t *ret,
+                  exports_hearth_plugin_guest_tool_error_t *err) {
+  buf_t authority = {0}, path = {0}, body = {0};
+  if (!json_get_string(arguments, "authority", &authority) ||
+      !json_get_string(arguments, "path", &path)) {
+    err->tag = HEARTH_PLUGIN_TYPES_TOOL_ERROR_INVALID_ARGUMENTS;
+    set_error(&err->val.invalid_arguments, "`authority` and `path` must be strings");
+    return false;
+  }
+  buf_push(&authority, "", 1);
+  buf_push(&path, "", 1);
+  int status = 0;
+  uint8_t tag = 0;
+  bool ok = http_get(authority.ptr, path.ptr, &status, &body, &tag);
+  if (ok) {
+    buf_t out = {0};
+    char number[16];
+    snprintf(number, sizeof number, "%d", status);
+    buf_str(&out, "{\"status\":");
+    buf_str(&out, number);
+    buf_str(&out, ",\"body\":");
+    buf_json_string(&out, body.ptr, body.len);
+    buf_str(&out, "}");
+    ret->ptr = (uint8_t *)out.ptr;
+    ret->len = out.len;
+  } else {
+    char message[64];
+    snprintf(message, sizeof message, "wasi:http error code %u", tag);
+    if (tag == WASI_HTTP_TYPES_ERROR_CODE_HTTP_REQUEST_DENIED) {
+      err->tag = HEARTH_PLUGIN_TYPES_TOOL_ERROR_DENIED;
+      set_error(&err->val.denied, message);
+    } else {
+      err->tag = HEARTH_PLUGIN_TYPES_TOOL_ERROR_FAILED;
+      set_error(&err->val.failed, message);
+    }
+  }
+  free(authority.ptr);
+  free(path.ptr);
+  free(body.ptr);
+  return ok;
+}
+"#;
+
+#[test]
+fn a_c_plugin_granted_http_fetches_from_its_origin_and_is_refused_others() {
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let path = zig_path();
+    let run = |cwd: &Path, args: &[&str]| hearth_in(cwd, home.path(), &path, &[], args);
+    let (port, seen) = common::serve_http("hello from the granted host");
+    ok(&run(work.path(), &["plugin", "new", "cx", "--lang", "c"]));
+    let dir = work.path().join("cx");
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        manifest.replacen(
+            "[permissions]\n",
+            &format!("[permissions]\nhttp = [\"http://127.0.0.1:{port}\"]\n"),
+            1,
+        ),
+    )
+    .unwrap();
+    // The scaffold, with a second tool.
+    let source = std::fs::read_to_string(dir.join("plugin.c")).unwrap();
+    let edits = [
+        (
+            "#include <stdlib.h>\n",
+            "#include <stdio.h>\n#include <stdlib.h>\n",
+        ),
+        ("calloc(1, sizeof *tools)", "calloc(2, sizeof *tools)"),
+        (
+            "  ret->tools = (hearth_plugin_types_list_tool_t){tools, 1};\n",
+            "  plugin_string_dup(&tools[1].name, \"fetch\");\n  \
+             plugin_string_dup(&tools[1].description, \"GETs http://authority/path\");\n  \
+             plugin_string_dup(&tools[1].parameters_schema, \"{\\\"type\\\":\\\"object\\\"}\");\n  \
+             ret->tools = (hearth_plugin_types_list_tool_t){tools, 2};\n",
+        ),
+        (
+            "bool exports_hearth_plugin_guest_invoke(",
+            &format!("{C_HTTP_GET}\nbool exports_hearth_plugin_guest_invoke("),
+        ),
+        (
+            "    ok = greet(arguments, ret, err);\n  } else {",
+            "    ok = greet(arguments, ret, err);\n  } else if (tool_is(tool, \"fetch\")) {\n    \
+             ok = fetch(arguments, ret, err);\n  } else {",
+        ),
+    ];
+    let mut edited = source.clone();
+    for (from, to) in edits {
+        assert!(edited.contains(from), "the template changed: no {from:?}");
+        edited = edited.replacen(from, to, 1);
+    }
+    std::fs::write(dir.join("plugin.c"), edited).unwrap();
+
+    let built = ok(&run(&dir, &["plugin", "build"]));
+    assert!(built.contains("tools cx.greet, cx.fetch"), "{built}");
+    let bytes = std::fs::read(dir.join("plugin.wasm")).unwrap();
+    let imports = hearth::plugins::contract::surface(&bytes).unwrap().imports;
+    assert!(
+        imports
+            .iter()
+            .any(|i| i == "wasi:http/outgoing-handler@0.2.12"),
+        "{imports:?}"
+    );
+    ok(&run(work.path(), &["plugin", "dev", "cx", "--yes"]));
+    let fetch = |authority: &str| {
+        let args = format!(r#"{{"authority":"{authority}","path":"/greeting?lang=en"}}"#);
+        run(
+            work.path(),
+            &["plugin", "invoke", "cx.fetch", "--args", &args],
+        )
+    };
+    let out = ok(&fetch(&format!("127.0.0.1:{port}")));
+    assert_eq!(
+        out.trim(),
+        r#"{"status":200,"body":"hello from the granted host"}"#
+    );
+    assert_eq!(*seen.lock().unwrap(), ["GET /greeting?lang=en HTTP/1.1"]);
+    // Another name for the same server: not granted, refused unsent.
+    let out = fetch(&format!("localhost:{port}"));
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error: cx.fetch: denied: wasi:http error code 15")
+            && err.contains("is not in [permissions] http"),
+        "{err}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_zig_plugin_granted_http_builds_with_wasi_http_in_its_bindings() {
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let path = zig_path();
+    let run = |cwd: &Path, args: &[&str]| hearth_in(cwd, home.path(), &path, &[], args);
+    ok(&run(work.path(), &["plugin", "new", "zx", "--lang", "zig"]));
+    let dir = work.path().join("zx");
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        manifest.replacen(
+            "[permissions]\n",
+            "[permissions]\nhttp = [\"https://api.example.com\"]\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let built = ok(&run(&dir, &["plugin", "build"]));
+    assert!(built.contains("tools zx.greet"), "{built}");
+    let module = std::fs::read_to_string(dir.join("bindings/plugin.zig")).unwrap();
+    assert!(
+        module.contains("wasi_http_outgoing_handler_handle"),
+        "the Zig module has no wasi:http"
+    );
+}

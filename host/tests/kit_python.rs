@@ -233,3 +233,147 @@ fn an_uncaught_exception_shows_its_traceback_once_before_the_wasm_backtrace() {
     ));
     assert!(out.contains("Hello, Ada!"), "{out}");
 }
+
+/// A plugin with one tool, `fetch` (`{"url"}` → `{"status", "body"}`),
+/// through the `http_get` of docs/plugins/python.md.
+const FETCH_PY: &str = r#""""fetcher: GETs from the origins plugin.toml grants."""
+
+import json
+from urllib.parse import urlsplit
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import outgoing_handler, streams, types
+from wit_world.imports import wasi_http_types as http
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """GETs `url`: its status and body. Raises Err(http.ErrorCode_...) when
+    the request fails: ErrorCode_HttpRequestDenied when plugin.toml does not
+    grant its origin."""
+    parts = urlsplit(url)
+    request = http.OutgoingRequest(http.Fields())
+    request.set_scheme(http.Scheme_Https() if parts.scheme == "https" else http.Scheme_Http())
+    request.set_authority(parts.netloc)
+    path = parts.path or "/"
+    request.set_path_with_query(f"{path}?{parts.query}" if parts.query else path)
+    with outgoing_handler.handle(request, None) as future:
+        with future.subscribe() as ready:
+            ready.block()
+        result = future.get().value  # Ok(response) or Err(error code)
+    if isinstance(result, Err):
+        raise result
+    # A stream before its body, a body before its response: `with` drops
+    # them in that order.
+    with result.value as response, response.consume() as body, body.stream() as stream:
+        data = bytearray()
+        while True:
+            try:
+                data += stream.blocking_read(65536)
+            except Err as e:
+                if isinstance(e.value, streams.StreamError_Closed):
+                    break
+                raise
+        return response.status(), bytes(data)
+
+
+class Guest(exports.Guest):
+    def describe(self) -> types.Description:
+        schema = {
+            "type": "object",
+            "properties": {"url": {"type": "string"}},
+            "required": ["url"],
+        }
+        tool = types.Tool(name="fetch", description="GETs a URL", parameters_schema=json.dumps(schema))
+        return types.Description(tools=[tool], events=[])
+
+    def validate_config(self, config: str) -> None:
+        pass
+
+    def invoke(self, tool: str, arguments: str, context: types.CallContext) -> str:
+        url = json.loads(arguments)["url"]
+        try:
+            status, body = http_get(url)
+        except Err as e:
+            if isinstance(e.value, http.ErrorCode_HttpRequestDenied):
+                raise Err(types.ToolError_Denied(f"{url}: {e.value}"))
+            raise Err(types.ToolError_Failed(f"{url}: {e.value}"))
+        return json.dumps({"status": status, "body": body.decode()})
+
+    def on_event(self, event: types.Event) -> types.EventOutcome:
+        return types.EventOutcome_Proceed()
+"#;
+
+#[test]
+fn a_python_plugin_granted_http_fetches_from_its_origin_and_is_refused_others() {
+    let path = toolchain_path();
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (port, seen) = common::serve_http("hello from the granted host");
+    let dir = scaffold(work.path(), home.path(), &path, "fetcher", "python");
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+    let granted = manifest.replacen(
+        "[permissions]\n",
+        &format!("[permissions]\nhttp = [\"http://127.0.0.1:{port}\"]\n"),
+        1,
+    );
+    assert_ne!(granted, manifest, "the template changed:\n{manifest}");
+    std::fs::write(dir.join("plugin.toml"), granted).unwrap();
+    std::fs::write(dir.join("app.py"), FETCH_PY).unwrap();
+
+    let built = build_and_install(work.path(), &dir, home.path(), &path);
+    assert!(built.contains("tools fetcher.fetch"), "{built}");
+    let world = std::fs::read_to_string(dir.join("wit/world.wit")).unwrap();
+    assert!(
+        world.contains("import wasi:http/outgoing-handler@0.2.12;"),
+        "{world}"
+    );
+    assert!(dir.join("wit/deps/wasi-http/http.wit").is_file());
+
+    let fetch = |url: &str| {
+        hearth_at(
+            work.path(),
+            home.path(),
+            &path,
+            &[
+                "plugin",
+                "invoke",
+                "fetcher.fetch",
+                "--args",
+                &serde_json::json!({ "url": url }).to_string(),
+            ],
+        )
+    };
+    let out = ok(fetch(&format!("http://127.0.0.1:{port}/greeting?lang=en")));
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"status": 200, "body": "hello from the granted host"})
+    );
+    assert_eq!(*seen.lock().unwrap(), ["GET /greeting?lang=en HTTP/1.1"]);
+
+    // Another name for the same server, and another port of the granted
+    // address: not granted, so hearth refuses them before connecting.
+    for url in [
+        format!("http://localhost:{port}/"),
+        format!("http://127.0.0.1:{}/", port.wrapping_add(1)),
+    ] {
+        let out = fetch(&url);
+        assert!(!out.status.success(), "{url}: {}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("error: fetcher.fetch: denied: ")
+                && stderr.contains("ErrorCode_HttpRequestDenied"),
+            "{url}: {stderr}"
+        );
+        assert!(
+            stderr.contains("is not in [permissions] http"),
+            "{url}: {stderr}"
+        );
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a refused request reached the server"
+    );
+}

@@ -146,7 +146,10 @@ fn the_official_python_client_chats_streams_and_calls_tools() {
     );
     let shown = common::text(&calculator.stderr);
     assert!(calculator.status.success(), "{shown}");
-    assert!(shown.contains("[tool] calc.eval {\"expression\""), "{shown}");
+    assert!(
+        shown.contains("[tool] calc.eval {\"expression\""),
+        "{shown}"
+    );
     assert!(shown.contains("83810205"), "{shown}");
     assert!(!wrong_key.status.success());
     assert!(

@@ -24,18 +24,22 @@ const MAIN_GO: &str = include_str!("templates/go/main.go");
 const BINDINGS_GO: &str = include_str!("templates/go/bindings.go");
 const KV_GO: &str = include_str!("templates/go/kv.go");
 const TOOLS_GO: &str = include_str!("templates/go/tools.go");
+const LLM_GO: &str = include_str!("templates/go/llm.go");
 
 /// What hearth generates in a Go plugin folder.
 const GITIGNORE: &str = "/wit/\n/build/\n/hearth_gen.go\n/plugin.wasm\n";
 
 /// The Go bindings of the world `manifest` grants: the exports, logging and
-/// config always; `kv` and `tools` only when granted, as a `//go:wasmimport`
-/// of an interface outside the world would be refused. (`llm` is not offered
-/// to Go yet.)
+/// config always; `kv`, `llm` and `tools` only when granted, as a
+/// `//go:wasmimport` of an interface outside the world would be refused.
+/// (`wasi:http` is not offered to Go yet; [`Go::build`] says so.)
 pub fn bindings(manifest: &Manifest) -> String {
     let mut out = BINDINGS_GO.to_string();
     if manifest.permissions.kv {
         out.push_str(KV_GO);
+    }
+    if manifest.permissions.llm_tokens > 0 {
+        out.push_str(LLM_GO);
     }
     if !manifest.dependencies.is_empty() {
         out.push_str(TOOLS_GO);
@@ -61,7 +65,8 @@ impl Kit for Go {
                      `hearth plugin build` writes `wit/` and `{BINDINGS_FILE}` from `plugin.toml`, runs \
                      `GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared` and makes `plugin.wasm`. \
                      Grant `kv = true` in `plugin.toml` and `KvGet`, `KvSet`, ... appear in \
-                     `{BINDINGS_FILE}`; add `[dependencies]` and `CallTool` does.\n"
+                     `{BINDINGS_FILE}`; `llm-tokens = N`, and `LlmComplete` does; add \
+                     `[dependencies]` and `CallTool` does.\n"
                 ),
             ),
             (".gitignore".into(), GITIGNORE.into()),
@@ -73,6 +78,18 @@ impl Kit for Go {
             let path = path.to_path_buf();
             move |source| KitError::Io { path, source }
         };
+        // The world would import wasi:http, but the hand-written bindings
+        // have nothing that calls it, so the component would silently lack
+        // what was granted: said here instead.
+        if super::grants_http(manifest) {
+            return Err(KitError::Unsupported {
+                lang: Lang::Go,
+                grant: "`http` (outgoing HTTP, wasi:http)".into(),
+                why: "the Go bindings hearth writes do not offer wasi:http yet; remove `http` \
+                      from [permissions], or write the plugin in Python, Rust or C"
+                    .into(),
+            });
+        }
         if find_program("go").is_none() {
             return Err(KitError::Missing {
                 lang: Lang::Go,
@@ -125,12 +142,32 @@ mod tests {
         // Only granted imports are bound.
         let plain = bindings(&manifest);
         assert!(plain.contains("hearth:plugin/config@0.1.0 get-all"));
-        assert!(!plain.contains("hearth:plugin/kv@") && !plain.contains("hearth:plugin/tools@"));
-        let text = file("plugin.toml").replace("[permissions]\n", "[permissions]\nkv = true\n")
-            + "\n[dependencies]\ntext = \"^0.1\"\n";
+        for optional in ["kv", "llm", "tools"] {
+            assert!(!plain.contains(&format!("hearth:plugin/{optional}@")));
+        }
+        let text = file("plugin.toml").replace(
+            "[permissions]\n",
+            "[permissions]\nkv = true\nllm-tokens = 100\n",
+        ) + "\n[dependencies]\ntext = \"^0.1\"\n";
         let granted = Manifest::parse(&text, "plugin.toml").unwrap();
         let all = bindings(&granted);
         assert!(all.contains("hearth:plugin/kv@0.1.0 list-keys"));
+        assert!(all.contains("hearth:plugin/llm@0.1.0 complete"));
         assert!(all.contains("hearth:plugin/tools@0.1.0 call"));
+    }
+
+    #[test]
+    fn granting_http_is_refused_at_build_saying_go_does_not_offer_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = super::super::manifest_toml("g", "http = [\"https://api.example.com\"]\n");
+        let manifest = Manifest::parse(&text, "plugin.toml").unwrap();
+        let err = Go::build(dir.path(), &manifest).unwrap_err().to_string();
+        assert!(
+            err.contains("plugin.toml grants `http`")
+                && err.contains("go plugins cannot use yet")
+                && err.contains("do not offer wasi:http"),
+            "{err}"
+        );
+        assert!(!dir.path().join(BINDINGS_FILE).exists());
     }
 }

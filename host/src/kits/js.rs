@@ -179,7 +179,22 @@ impl Kit for Js {
         ]
     }
 
-    fn build(dir: &Path, _manifest: &Manifest) -> Result<(), KitError> {
+    fn build(dir: &Path, manifest: &Manifest) -> Result<(), KitError> {
+        // Said before anything runs: componentize-qjs 0.4.5 pre-initializes
+        // the module in a wasmtime of its own that links no `wasi:http`
+        // matching WASI's streams, so it fails on such a world with a bare
+        // linker error.
+        if super::grants_http(manifest) {
+            return Err(KitError::Unsupported {
+                lang: Lang::Js,
+                grant: "`http` (outgoing HTTP, wasi:http)".into(),
+                why: format!(
+                    "{COMPONENTIZE_QJS} cannot build a component that imports wasi:http (its \
+                     build-time snapshot has no wasi:http to link); remove `http` from \
+                     [permissions], or write the plugin in Python, Rust or C"
+                ),
+            });
+        }
         // `npm install` in the plugin folder (the template's package.json
         // pins the tool) puts it here, without touching PATH.
         let local = dir.join("node_modules").join(".bin").join(PROGRAM);
@@ -286,5 +301,21 @@ mod tests {
         assert_eq!(entry(dir.path()).unwrap(), PathBuf::from("src/main.js"));
         std::fs::write(dir.path().join("package.json"), r#"{"main":3}"#).unwrap();
         assert!(entry(dir.path()).is_err());
+    }
+
+    #[test]
+    fn granting_http_is_refused_at_build_naming_the_toolchain() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = super::super::manifest_toml("j", "http = [\"https://api.example.com\"]\n");
+        let manifest = Manifest::parse(&text, "plugin.toml").unwrap();
+        let err = Js::build(dir.path(), &manifest).unwrap_err().to_string();
+        assert!(
+            err.contains("plugin.toml grants `http`")
+                && err.contains("js plugins cannot use yet")
+                && err.contains(
+                    "componentize-qjs@0.4.5 cannot build a component that imports wasi:http"
+                ),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! world hearth generates from `plugin.toml` — only what is granted — is what
 //! keeps a Python plugin's imports within its permissions.
 
-use super::{Kit, KitError, Lang, WORLD, find_program, run};
+use super::{CONTRACT_VERSION, Kit, KitError, Lang, WORLD, find_program, run};
 use crate::plugins::manifest::Manifest;
 use std::path::Path;
 
@@ -104,7 +104,9 @@ generated from `plugin.toml`) and runs componentize-py, which bundles the
 interpreter, the standard library and the modules beside `app.py` into
 `plugin.wasm`. Grant a permission in `plugin.toml` (`kv = true`) and, at the
 next build, its module (`wit_world.imports.kv`) appears; to read the bindings,
-run `componentize-py -d wit -w plugin bindings bindings/` after a build.
+run `componentize-py -d wit -w plugin --import-interface-name
+hearth:plugin/types@{{contract}}=types bindings bindings/` after a build (the option
+keeps the contract's module named `types` beside a granted `wasi:http/types`).
 
 A Python component starts at about 12.5 MiB of linear memory: keep
 `memory-mb` at 32 or more. An uncaught exception ends the call, and its
@@ -129,7 +131,8 @@ impl Kit for Python {
                 "README.md".into(),
                 README_MD
                     .replace("{{name}}", name)
-                    .replace("{{componentize_py}}", COMPONENTIZE_PY),
+                    .replace("{{componentize_py}}", COMPONENTIZE_PY)
+                    .replace("{{contract}}", CONTRACT_VERSION),
             ),
             (".gitignore".into(), GITIGNORE.into()),
         ]
@@ -145,12 +148,19 @@ impl Kit for Python {
         };
         // `-d wit -w plugin`: the generated world, never the contract's full
         // one. The app's folder is componentize-py's default Python path, so
-        // modules beside app.py are bundled too.
+        // modules beside app.py are bundled too. The contract's `types` keeps
+        // its module name `types` even when a granted `wasi:http/types`
+        // shares the name (componentize-py would qualify both, and the
+        // template's `from wit_world.imports import types` would break);
+        // the other is `wasi_http_types`.
         run(
             Lang::Python,
             dir,
             std::process::Command::new(program)
-                .args(["--quiet", "-d", "wit", "-w", WORLD, "componentize"])
+                .args(["--quiet", "-d", "wit", "-w", WORLD])
+                .arg("--import-interface-name")
+                .arg(format!("hearth:plugin/types@{CONTRACT_VERSION}=types"))
+                .arg("componentize")
                 .args([APP_MODULE, "-o", "plugin.wasm"])
                 // With RUST_BACKTRACE set, componentize-py appends its own
                 // Rust backtrace to an error, which would push the Python

@@ -156,3 +156,39 @@ pub fn build_and_install(work: &Path, dir: &Path, home: &Path, path: &std::ffi::
     assert!(dev.contains("UNSIGNED"), "{dev}");
     built
 }
+
+/// A one-thread HTTP/1.1 server on 127.0.0.1 answering every request with
+/// `200 OK` and `body`, for plugins granted HTTP to it; returns its port and
+/// the request lines it has read, in order. It lives until the test process
+/// ends.
+pub fn serve_http(body: &'static str) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            log.lock()
+                .unwrap()
+                .push(head.first().cloned().unwrap_or_default());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
