@@ -424,6 +424,30 @@ fn hostile_folder(namespaces: &[&str], extra: &str) -> tempfile::TempDir {
 }
 
 #[tokio::test]
+async fn a_plugin_being_loaded_cannot_call_tools() {
+    // What a plugin answers at load must not depend on other plugins: its
+    // describe runs before it is active, so its tool calls are refused.
+    let s = Scratch::new();
+    s.bundled("calc").await;
+    let plugin = load_hostile(&s.runtime, |t| t, json!({"describe_calls": "calc.eval"}))
+        .await
+        .unwrap();
+    let said = &plugin.tools[0].description;
+    assert!(said.starts_with("refused:"), "{said}");
+    assert!(said.contains("not active yet"), "{said}");
+    // Once active, the same call goes through.
+    s.runtime.activate(plugin);
+    let out = s
+        .call(
+            "hostile.call_tool",
+            json!({"name": "calc.eval", "args": {"expression": "1+1"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["exact"], "2", "{out}");
+}
+
+#[tokio::test]
 async fn a_slow_describe_gets_the_short_load_limit_whatever_the_manifest_asks() {
     let s = Scratch::new();
     let started = Instant::now();

@@ -7,12 +7,15 @@
 //! - `loading`: what the runtime accepts and refuses at load time, and the
 //!   compiled-component cache.
 //! - `first_party`: the bundled plugins through the real host.
+//! - `contract`: what the host passes plugins matches the WIT (the
+//!   `activated` event, `call-context.caller`).
 //! - `golden`: exact errors for broken `plugin.toml` and `registry.toml` files.
 //! - `install`: installing over HTTP from a loopback index.
 //! - `registry`: `registry.toml` matches the reproducible build.
 //! - `kv_quota`: the key-value quota holds under concurrent calls (class 9).
 //! - `terminal`: nothing a plugin controls reaches a terminal raw (class 10).
 
+mod contract;
 mod escapes;
 mod first_party;
 mod golden;

@@ -43,7 +43,7 @@ pub const CONTRACT_WIT: &[(&str, &str)] = &[
 ];
 
 /// The contract version kits build against.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = crate::plugins::contract::LATEST_VERSION;
 
 /// The version of the WASI 0.2 interfaces in [`WASI_WIT`]: the one
 /// `wasmtime-wasi-http` 48.0.8, which the host links, is generated from.

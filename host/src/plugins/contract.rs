@@ -23,6 +23,87 @@ pub mod v0_1 {
 /// The contract version the rest of the host is written against.
 pub use v0_1 as latest;
 
+/// The version of the contract [`latest`] is generated from, read at
+/// compile time from the package declaration (`package
+/// hearth:plugin@X.Y.Z;`) of its WIT, so that nothing typed by hand can
+/// drift from it. The path names the folder `latest`'s `bindgen!` reads.
+pub const LATEST_VERSION: &str = wit_package_version(
+    include_str!("../../../wit/v0.1.0/world.wit"),
+    "hearth:plugin",
+);
+
+/// The `X.Y.Z` of the first `package <package>@X.Y.Z;` declaration that
+/// starts a line of `wit`. A `const fn`, so a WIT text without it, or with
+/// a version that is not three dot-separated numbers, fails the build
+/// naming the problem. (The SDK has the same function for its own stamp;
+/// the host does not depend on the SDK.)
+pub const fn wit_package_version(wit: &'static str, package: &str) -> &'static str {
+    const KEYWORD: &[u8] = b"package ";
+    let (text, name) = (wit.as_bytes(), package.as_bytes());
+    let mut at = 0;
+    while at < text.len() {
+        let line_start = at == 0 || text[at - 1] == b'\n';
+        let version_at = at + KEYWORD.len() + name.len();
+        if line_start
+            && starts_with(text, at, KEYWORD)
+            && starts_with(text, at + KEYWORD.len(), name)
+            && version_at < text.len()
+            && text[version_at] == b'@'
+        {
+            let start = version_at + 1;
+            let mut end = start;
+            while end < text.len() && text[end] != b';' {
+                end += 1;
+            }
+            assert!(
+                end < text.len(),
+                "the WIT package declaration does not end with `;`"
+            );
+            let (_, rest) = wit.split_at(start);
+            let (version, _) = rest.split_at(end - start);
+            assert!(
+                is_plain_version(version.as_bytes()),
+                "the WIT package version is not of the form X.Y.Z"
+            );
+            return version;
+        }
+        at += 1;
+    }
+    panic!("the WIT text has no `package <name>@<version>;` declaration for this package")
+}
+
+/// Whether `text[at..]` starts with `prefix`.
+const fn starts_with(text: &[u8], at: usize, prefix: &[u8]) -> bool {
+    if at + prefix.len() > text.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < prefix.len() {
+        if text[at + i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether `v` is `X.Y.Z`: three non-empty runs of ASCII digits.
+const fn is_plain_version(v: &[u8]) -> bool {
+    let (mut dots, mut digits, mut i) = (0, 0, 0);
+    while i < v.len() {
+        match v[i] {
+            b'0'..=b'9' => digits += 1,
+            b'.' if digits > 0 => {
+                dots += 1;
+                digits = 0;
+            }
+            _ => return false,
+        }
+        i += 1;
+    }
+    dots == 2 && digits > 0
+}
+
 /// Name of the custom section the SDK writes the contract version into.
 pub const STAMP_SECTION: &str = "hearth:contract-version";
 
@@ -283,6 +364,32 @@ mod tests {
         assert!(check_supported(&Version::new(0, 1, 9)).is_ok());
         assert!(check_supported(&Version::new(0, 2, 0)).is_err());
         assert!(check_supported(&Version::new(1, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn the_latest_version_is_what_every_bound_wit_file_declares_and_is_supported() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/v0.1.0");
+        let declaration = format!("package hearth:plugin@{LATEST_VERSION};");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.lines().any(|l| l.trim() == declaration),
+                "{} does not declare `{declaration}`",
+                path.display()
+            );
+        }
+        assert!(dir.ends_with(format!("v{LATEST_VERSION}")));
+        assert!(check_supported(&Version::parse(LATEST_VERSION).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn package_versions_are_read_from_the_declaration_only() {
+        let wit = "// package hearth:plugin@9.9.9;\npackage hearth:plugin@1.22.333;\n";
+        assert_eq!(wit_package_version(wit, "hearth:plugin"), "1.22.333");
+        for bad in [&b"0.1"[..], b"0.1.0-rc1", b".1.0", b"0..0", b"0.1.", b""] {
+            assert!(!is_plain_version(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -406,6 +406,11 @@ pub(crate) struct Inner {
     compile_permits: Arc<tokio::sync::Semaphore>,
     /// Spare instances by namespace (see [`SPARE_AFTER`]).
     spares: std::sync::Mutex<BTreeMap<String, SpareSlot>>,
+    /// Counts changes of the active set by `activate` and
+    /// `replace_active`, bumped under the `active` write lock: an
+    /// `activated` event still waiting to go out when a newer set replaced
+    /// its own is dropped, since the newer set's announcement supersedes it.
+    activations: AtomicU64,
 }
 
 /// A fresh instance made ahead of a call: never called, used once.
@@ -535,6 +540,7 @@ impl Runtime {
                 budget,
                 compile_permits,
                 spares: Default::default(),
+                activations: AtomicU64::new(0),
             }),
         })
     }
@@ -781,25 +787,46 @@ impl Runtime {
 
     /// Makes `plugin` the active plugin of its namespace; returns the one it
     /// replaced. Calls in flight finish on the plugin they started with.
+    ///
+    /// Once the set is in place, every active plugin observing `activated`
+    /// is sent it in the background (see [`Runtime::replace_active`]).
     pub fn activate(&self, plugin: Arc<LoadedPlugin>) -> Option<Arc<LoadedPlugin>> {
         self.inner
             .drop_spares(|ns| ns == plugin.manifest.namespace.as_str());
-        let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
-        active.insert(plugin.manifest.namespace.to_string(), plugin)
+        let (replaced, announcement) = {
+            let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
+            let replaced = active.insert(plugin.manifest.namespace.to_string(), plugin);
+            (replaced, self.inner.activation_changed(&active))
+        };
+        self.inner.announce_activation(announcement);
+        replaced
     }
 
     /// Replaces the whole active set at once. Calls already running keep the
     /// plugins they started with; calls that start afterwards see only the
     /// new set. This is how a running host reloads after install, update,
     /// enable or disable.
+    ///
+    /// Once the set is in place, every active plugin observing `activated`
+    /// gets an `on-event` call with it, each in a task of its own on the
+    /// current tokio runtime, so a slow or failing observer never delays or
+    /// fails the activation (a failure is logged at info). The payload is
+    /// described by [`activated_payload`]; an observer's `modify` or `veto`
+    /// is ignored (there is nothing to change or refuse). An event still
+    /// waiting when a newer set replaces this one is dropped in favour of
+    /// the newer set's.
     pub fn replace_active(&self, plugins: Vec<Arc<LoadedPlugin>>) {
         let next: BTreeMap<String, Arc<LoadedPlugin>> = plugins
             .into_iter()
             .map(|p| (p.manifest.namespace.to_string(), p))
             .collect();
         self.inner.drop_spares(|_| true);
-        let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
-        *active = next;
+        let announcement = {
+            let mut active = self.inner.active.write().unwrap_or_else(|p| p.into_inner());
+            *active = next;
+            self.inner.activation_changed(&active)
+        };
+        self.inner.announce_activation(announcement);
     }
 
     /// Removes a namespace from the active set.
@@ -862,6 +889,11 @@ impl Runtime {
     /// highest priority first (the resolver refuses equal priorities). Each
     /// sees the payload as the ones before left it; a veto stops the chain.
     /// A hook that fails is skipped and reported, never fatal.
+    ///
+    /// This is for the conversation events. `activated` is sent by the
+    /// runtime itself whenever the active set changes
+    /// ([`Runtime::replace_active`]), to each observer on its own, so no
+    /// observer can change what another one sees or keep it from being told.
     pub async fn dispatch(&self, kind: EventKind, payload: &str, scope: CallScope) -> Dispatch {
         let mut observers: Vec<Arc<LoadedPlugin>> = self
             .active_plugins()
@@ -988,6 +1020,10 @@ impl WarmInstance {
     pub async fn invoke(&mut self, tool: &str, arguments: &str) -> Result<String, InvokeError> {
         let scope = CallScope::internal("warm");
         let ctx = wit_context(&scope);
+        self.store.data_mut().scope = CallScope {
+            tool: Some(tool.to_string()),
+            ..scope
+        };
         arm_deadline(&mut self.store, self.plugin.manifest.permissions.time_limit);
         let result = self
             .bindings
@@ -1330,12 +1366,58 @@ impl CallScope {
             request_id: request_id.into(),
             caller: None,
             depth: 0,
+            tool: None,
         }
     }
 
     fn internal(what: &str) -> CallScope {
         CallScope::new(format!("hearth:{what}"))
     }
+}
+
+/// A change of the active set, to announce to the observers of
+/// `activated`.
+struct Announcement {
+    /// The change's place in [`Inner::activations`].
+    generation: u64,
+    /// The new set, when some plugin in it observes `activated`.
+    set: Option<BTreeMap<String, Arc<LoadedPlugin>>>,
+}
+
+/// The payload of the `activated` event sent to `plugin` when `set` became
+/// the active set: a JSON object with the plugin's own `namespace` and
+/// `version`, and `dependencies`, mapping each namespace in its
+/// `[dependencies]` to the version now active there, or `null` if none is.
+///
+/// Nothing else about the set is included: a plugin may call only its
+/// dependencies, so which other plugins are installed is not its business
+/// (SECURITY.md, "What a plugin can reach"). It carries no conversation, so
+/// observing `activated` needs no `conversation` permission.
+///
+/// ```json
+/// {"namespace": "hostile", "version": "0.1.0", "dependencies": {"calc": "0.1.0"}}
+/// ```
+pub fn activated_payload(
+    plugin: &LoadedPlugin,
+    set: &BTreeMap<String, Arc<LoadedPlugin>>,
+) -> String {
+    let m = &plugin.manifest;
+    let dependencies: serde_json::Map<String, serde_json::Value> = m
+        .dependencies
+        .keys()
+        .map(|ns| {
+            let version = set
+                .get(ns.as_str())
+                .map(|p| serde_json::Value::String(p.manifest.version.to_string()));
+            (ns.to_string(), version.unwrap_or(serde_json::Value::Null))
+        })
+        .collect();
+    serde_json::json!({
+        "namespace": m.namespace.as_str(),
+        "version": m.version.to_string(),
+        "dependencies": dependencies,
+    })
+    .to_string()
 }
 
 /// What the observers of an event made of it.
@@ -1373,6 +1455,95 @@ impl Inner {
     pub(crate) fn active(&self, namespace: &str) -> Option<Arc<LoadedPlugin>> {
         let active = self.active.read().unwrap_or_else(|p| p.into_inner());
         active.get(namespace).cloned()
+    }
+
+    /// Notes a change of the active set; called with `active`, the new set,
+    /// still write-locked, so generations follow the order of the changes.
+    /// Returns what to announce, if any active plugin observes `activated`.
+    fn activation_changed(&self, active: &BTreeMap<String, Arc<LoadedPlugin>>) -> Announcement {
+        let generation = self.activations.fetch_add(1, Ordering::AcqRel) + 1;
+        let observes = |p: &Arc<LoadedPlugin>| p.events.contains(&EventKind::Activated);
+        Announcement {
+            generation,
+            // Only a set with observers is copied (a map of pointers).
+            set: active.values().any(observes).then(|| active.clone()),
+        }
+    }
+
+    /// Sends `activated` to each observer in `announcement`'s set, each in
+    /// a task of its own, and returns at once (see
+    /// [`Runtime::replace_active`]).
+    fn announce_activation(self: &Arc<Self>, announcement: Announcement) {
+        let Announcement {
+            generation,
+            set: Some(set),
+        } = announcement
+        else {
+            return;
+        };
+        let Ok(tokio) = tokio::runtime::Handle::try_current() else {
+            // Activation itself never waits on an observer, so there is no
+            // thread to run the hooks on outside a runtime.
+            tracing::info!(
+                "the active set changed outside a tokio runtime: `activated` was not sent"
+            );
+            return;
+        };
+        for plugin in set
+            .values()
+            .filter(|p| p.events.contains(&EventKind::Activated))
+        {
+            let payload = activated_payload(plugin, &set);
+            let (inner, plugin) = (self.clone(), plugin.clone());
+            tokio.spawn(async move { inner.deliver_activated(plugin, payload, generation).await });
+        }
+    }
+
+    /// Runs one observer's `activated` hook, unless a newer set has
+    /// replaced the one it announces (that set's own announcement follows).
+    async fn deliver_activated(
+        self: Arc<Self>,
+        plugin: Arc<LoadedPlugin>,
+        payload: String,
+        generation: u64,
+    ) {
+        let namespace = plugin.manifest.namespace.as_str();
+        let current = self.activations.load(Ordering::Acquire) == generation
+            && self
+                .active(namespace)
+                .is_some_and(|a| Arc::ptr_eq(&a, &plugin));
+        if !current {
+            tracing::debug!(
+                plugin = namespace,
+                "`activated` not sent: a newer active set superseded it"
+            );
+            return;
+        }
+        use contract::latest::hearth::plugin::types::{Event, EventOutcome};
+        let event = Event {
+            kind: EventKind::Activated,
+            payload,
+        };
+        match self
+            .run(
+                &plugin,
+                CallScope::internal("activated"),
+                Op::OnEvent(event),
+            )
+            .await
+        {
+            Ok(OpResult::Event(EventOutcome::Proceed)) => {}
+            Ok(OpResult::Event(EventOutcome::Modify(_) | EventOutcome::Veto(_))) => {
+                tracing::debug!(
+                    plugin = namespace,
+                    "ignored the answer to `activated`: an activation cannot be changed or refused"
+                );
+            }
+            Ok(_) => unreachable!("on-event returns an outcome"),
+            // info, like a failed tool call: the plugin's failure, reported
+            // for its author; activation went ahead regardless.
+            Err(e) => tracing::info!(plugin = namespace, "the `activated` hook failed: {e}"),
+        }
     }
 
     /// Drops the spare instances of the namespaces `which` picks (the
@@ -1823,6 +1994,12 @@ impl Inner {
                 .map_err(InvokeError::BadArguments)?;
         }
         let ctx = wit_context(&scope);
+        // The store knows which tool it runs, so a call this tool makes to
+        // another plugin names it (`namespace.tool`) as the caller.
+        let scope = CallScope {
+            tool: Some(tool.to_string()),
+            ..scope
+        };
         let OpResult::Invoked(result) = self
             .run(
                 plugin,

@@ -336,10 +336,15 @@ pub fn sanitize(text: &str, max: usize) -> String {
 pub struct CallScope {
     /// Request id for logs.
     pub request_id: String,
-    /// The calling plugin, if any.
+    /// The calling plugin's tool as `namespace.tool` (`call-context.caller`
+    /// in the contract), if a plugin made the call.
     pub caller: Option<String>,
     /// Hops from the original caller.
     pub depth: u32,
+    /// The tool this store runs, set by the runtime when a tool call starts
+    /// (`None` for `describe`, `validate-config` and event hooks): a tool
+    /// call the plugin makes from here names it as its caller.
+    pub(crate) tool: Option<String>,
 }
 
 /// The data of one call's `Store`.
@@ -509,6 +514,17 @@ impl llm::Host for HostState {
     }
 }
 
+/// What a callee sees as `call-context.caller`: the qualified name
+/// (`namespace.tool`) of the calling tool, as the contract documents. A
+/// call made outside any tool (from an event hook) has no tool to name, so
+/// it carries the namespace alone.
+pub(crate) fn caller_name(namespace: &str, tool: Option<&str>) -> String {
+    match tool {
+        Some(tool) => format!("{namespace}.{tool}"),
+        None => namespace.to_string(),
+    }
+}
+
 impl tools::Host for HostState {
     async fn call(
         &mut self,
@@ -543,6 +559,19 @@ impl tools::Host for HostState {
                 "the host is shutting down".into(),
             )));
         };
+        // Only an active plugin calls tools: `describe` and
+        // `validate-config` run before activation, and what a plugin
+        // answers there must not depend on what other plugins do. (Compared
+        // by digest: a call in flight across a reload of the same component
+        // keeps its dependencies.)
+        if !runtime
+            .active(&caller)
+            .is_some_and(|a| a.digest == self.plugin.digest)
+        {
+            return Ok(Err(types::ToolError::Unavailable(format!(
+                "plugin `{caller}` is not active yet; it can call tools once it is"
+            ))));
+        }
         let Some(callee) = runtime.active(namespace) else {
             return Ok(Err(types::ToolError::Unavailable(format!(
                 "dependency `{namespace}` is not active"
@@ -556,8 +585,9 @@ impl tools::Host for HostState {
         }
         let scope = CallScope {
             request_id: self.scope.request_id.clone(),
-            caller: Some(caller),
+            caller: Some(caller_name(&caller, self.scope.tool.as_deref())),
             depth: self.scope.depth + 1,
+            tool: None,
         };
         let result = Box::pin(runtime.invoke(&callee, tool, &arguments, scope)).await;
         Ok(result.map_err(|e| e.into_tool_error(&qualified_name)))
@@ -591,6 +621,13 @@ mod tests {
         // Ordinary text, newlines, tabs and other scripts are left alone.
         let plain = "line one\n\tcafé — 日本語 עברית";
         assert_eq!(sanitize(plain, 1024), plain);
+    }
+
+    #[test]
+    fn the_caller_is_the_qualified_name_of_the_calling_tool() {
+        assert_eq!(caller_name("notes", Some("save")), "notes.save");
+        // An event hook runs no tool: the namespace alone.
+        assert_eq!(caller_name("notes", None), "notes");
     }
 
     #[test]

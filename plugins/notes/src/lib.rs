@@ -45,14 +45,10 @@ pub fn matches(note: &Note, query: &str) -> bool {
         .all(|word| haystack.contains(&word.to_lowercase()))
 }
 
-fn storage(e: kv::Error) -> ToolError {
-    ToolError::failed(e)
-}
-
 fn all_notes() -> Result<Vec<Note>, ToolError> {
     let mut notes = Vec::new();
-    for k in kv::list_keys("note:").map_err(storage)? {
-        if let Some(note) = kv::get_json::<Note>(&k).map_err(storage)? {
+    for k in kv::list_keys("note:")? {
+        if let Some(note) = kv::get_json::<Note>(&k)? {
             notes.push(note);
         }
     }
@@ -138,13 +134,13 @@ impl Plugin for Notes {
                 let max: u64 = hearth_sdk::config::get("max-notes")
                     .map_err(ToolError::failed)?
                     .unwrap_or(1000);
-                let count = kv::list_keys("note:").map_err(storage)?.len() as u64;
+                let count = kv::list_keys("note:")?.len() as u64;
                 if count >= max {
                     return Err(ToolError::failed(format!(
                         "there are already {count} notes (max-notes = {max}); delete some first"
                     )));
                 }
-                let id = kv::get_json::<u64>(NEXT_ID).map_err(storage)?.unwrap_or(1);
+                let id = kv::get_json::<u64>(NEXT_ID)?.unwrap_or(1);
                 let created = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -158,8 +154,8 @@ impl Plugin for Notes {
                     text: args.text,
                     created,
                 };
-                kv::set_json(&key(id), &note).map_err(storage)?;
-                kv::set_json(NEXT_ID, &(id + 1)).map_err(storage)?;
+                kv::set_json(&key(id), &note)?;
+                kv::set_json(NEXT_ID, &(id + 1))?;
                 Ok(json!({ "id": id, "title": note.title }))
             }
             "list" => {
@@ -177,14 +173,14 @@ impl Plugin for Notes {
             }
             "get" => {
                 let args: IdArgs = call.args()?;
-                match kv::get_json::<Note>(&key(args.id)).map_err(storage)? {
+                match kv::get_json::<Note>(&key(args.id))? {
                     Some(note) => Ok(serde_json::to_value(note).map_err(ToolError::failed)?),
                     None => Err(ToolError::failed(format!("no note with id {}", args.id))),
                 }
             }
             "delete" => {
                 let args: IdArgs = call.args()?;
-                let existed = kv::delete(&key(args.id)).map_err(storage)?;
+                let existed = kv::delete(&key(args.id))?;
                 if !existed {
                     return Err(ToolError::failed(format!("no note with id {}", args.id)));
                 }
