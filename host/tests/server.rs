@@ -513,6 +513,32 @@ fn admin_routes_change_the_plugin_set_with_an_admin_key() {
         "admin-key",
     );
     error_of(status, &body, 404);
+    // An unknown namespace is not found, whatever the change.
+    for (method, path) in [
+        ("POST", "/v1/admin/plugins/nonexistent/disable"),
+        ("POST", "/v1/admin/plugins/nonexistent/enable"),
+        ("DELETE", "/v1/admin/plugins/nonexistent"),
+    ] {
+        let (status, _, body) = admin_request(s.addr, method, path, "admin-key");
+        let e = error_of(status, &body, 404);
+        assert_eq!(e["code"], "plugin_not_found", "{method} {path}: {body}");
+        assert!(
+            e["message"].as_str().unwrap().contains("`nonexistent`"),
+            "{method} {path}: {body}"
+        );
+    }
+    // A bundled plugin can be disabled, not removed: a refused change.
+    let (status, _, body) = admin_request(s.addr, "DELETE", "/v1/admin/plugins/notes", "admin-key");
+    let e = error_of(status, &body, 409);
+    assert_eq!(e["code"], "plugin_change_refused", "{body}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("`notes` is bundled, not installed"),
+        "{body}"
+    );
+    assert!(namespaces().contains(&"notes".to_string()));
     // Without admin keys the admin API is off.
     let plain = start(8, options());
     let (status, _, body) =

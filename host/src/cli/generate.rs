@@ -254,9 +254,9 @@ impl Target {
             None
         } else {
             let (runtime, set) =
-                super::serving_plugins(home, std::sync::Arc::new(scheduler.clone())).await?;
+                super::serve::serving_plugins(home, std::sync::Arc::new(scheduler.clone())).await?;
             for problem in &set.resolution.problems {
-                eprintln!("warning: {}", super::one_line(&problem.to_string()));
+                eprintln!("warning: {}", super::render::one_line(&problem.to_string()));
             }
             Some(runtime)
         };
@@ -297,20 +297,20 @@ fn show_tool(event: &TurnEvent) {
     match event {
         TurnEvent::ToolCall { call } => eprintln!(
             "[tool] {} {}",
-            super::one_line(&call.name),
-            super::one_line(&call.arguments.to_string())
+            super::render::one_line(&call.name),
+            super::render::one_line(&call.arguments.to_string())
         ),
         TurnEvent::ToolResult { call, result, took } => match result {
             Ok(json) => eprintln!(
                 "[tool] {} -> {} ({:.1} ms)",
-                super::one_line(&call.name),
-                super::one_line(json),
+                super::render::one_line(&call.name),
+                super::render::one_line(json),
                 took.as_secs_f64() * 1e3
             ),
             Err(failure) => eprintln!(
                 "[tool] {} failed: {}",
-                super::one_line(&call.name),
-                super::one_line(&failure.message)
+                super::render::one_line(&call.name),
+                super::render::one_line(&failure.message)
             ),
         },
         _ => {}

@@ -18,6 +18,7 @@
 //! 8. **commit**: components move into the content-addressed store by
 //!    rename, then the lock file is replaced atomically.
 
+use super::ManagerError;
 use super::registry::{Entry, Index, Staged, TrustedKeys, fetch};
 use super::resolve::{Candidate, Problem, resolve};
 use super::set::{Discovery, discover_installed, load_all, user_config};
@@ -78,11 +79,16 @@ pub struct InstallError {
 }
 
 /// Splits `name` or `name@<semver requirement>` (any version without one).
-pub fn parse_spec(spec: &str) -> Result<(&str, VersionReq), String> {
+pub fn parse_spec(spec: &str) -> Result<(&str, VersionReq), ManagerError> {
     match spec.split_once('@') {
-        Some((name, req)) => VersionReq::parse(req)
-            .map(|r| (name, r))
-            .map_err(|e| format!("`{req}` is not a semver requirement: {e}")),
+        Some((name, req)) => {
+            VersionReq::parse(req)
+                .map(|r| (name, r))
+                .map_err(|e| ManagerError::BadRequirement {
+                    requirement: req.to_string(),
+                    reason: e.to_string(),
+                })
+        }
         None => Ok((spec, VersionReq::STAR)),
     }
 }
@@ -193,12 +199,14 @@ pub async fn install(
     options: &Options,
     confirm: &mut (dyn FnMut(&str) -> bool + Send),
 ) -> Result<Report, InstallError> {
+    fn fail(plugin: &str, step: Step, message: impl ToString) -> InstallError {
+        InstallError {
+            plugin: plugin.to_string(),
+            step,
+            message: message.to_string(),
+        }
+    }
     let store = Store::new(home);
-    let fail = |plugin: &str, step: Step, message: String| InstallError {
-        plugin: plugin.to_string(),
-        step,
-        message,
-    };
     let _guard = store.exclusive().map_err(|m| fail(name, Step::Commit, m))?;
     store.clean_leftovers();
     let lock = store
@@ -378,7 +386,7 @@ pub async fn install(
         return Err(fail(
             &entry.id(),
             Step::Permissions,
-            "not confirmed; pass --yes to grant them".into(),
+            "not confirmed; pass --yes to grant them",
         ));
     }
 
@@ -528,34 +536,29 @@ fn plan_with_dependencies<'i>(
 /// Removes an installed plugin. Refuses while another plugin of the set
 /// depends on it, unless `force`, which also disables those dependents.
 /// Returns the dependents it disabled.
-pub fn remove(home: &Home, namespace: &str, force: bool) -> Result<Vec<String>, String> {
+pub fn remove(home: &Home, namespace: &str, force: bool) -> Result<Vec<String>, ManagerError> {
     let store = Store::new(home);
     let _guard = store.exclusive()?;
     let mut lock = store.read_lock()?;
     if lock.get(namespace).is_none() {
+        let namespace = namespace.to_string();
         return Err(
             if crate::bundled::BUNDLED
                 .iter()
                 .any(|b| b.source.ends_with(&format!("/{namespace}")))
             {
-                format!(
-                    "`{namespace}` is bundled, not installed; use `hearth plugin disable {namespace}`"
-                )
+                ManagerError::Bundled { namespace }
             } else {
-                format!("`{namespace}` is not installed")
+                ManagerError::NotInstalled { namespace }
             },
         );
     }
     let dependents = dependents_of(home, namespace)?;
     if !dependents.is_empty() && !force {
-        return Err(format!(
-            "`{namespace}` is needed by {}; remove those first or pass --force to disable them too",
-            dependents
-                .iter()
-                .map(|d| format!("`{d}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Err(ManagerError::NeededBy {
+            namespace: namespace.to_string(),
+            dependents,
+        });
     }
     lock.plugin.retain(|p| p.namespace != namespace);
     lock.disabled.extend(dependents.iter().cloned());
@@ -563,7 +566,7 @@ pub fn remove(home: &Home, namespace: &str, force: bool) -> Result<Vec<String>, 
     Ok(dependents)
 }
 
-fn dependents_of(home: &Home, namespace: &str) -> Result<Vec<String>, String> {
+fn dependents_of(home: &Home, namespace: &str) -> Result<Vec<String>, ManagerError> {
     let current = discover_installed(home)?;
     Ok(current
         .found
@@ -580,7 +583,7 @@ fn dependents_of(home: &Home, namespace: &str) -> Result<Vec<String>, String> {
 
 /// Enables or disables a namespace (bundled or installed). Takes effect at
 /// the next load of the set.
-pub fn set_enabled(home: &Home, namespace: &str, enabled: bool) -> Result<(), String> {
+pub fn set_enabled(home: &Home, namespace: &str, enabled: bool) -> Result<(), ManagerError> {
     let store = Store::new(home);
     let _guard = store.exclusive()?;
     let mut lock = store.read_lock()?;
@@ -589,9 +592,9 @@ pub fn set_enabled(home: &Home, namespace: &str, enabled: bool) -> Result<(), St
             Manifest::parse(b.manifest, b.source).is_ok_and(|m| m.namespace.as_str() == namespace)
         });
     if !known {
-        return Err(format!(
-            "no bundled or installed plugin has namespace `{namespace}`"
-        ));
+        return Err(ManagerError::UnknownNamespace {
+            namespace: namespace.to_string(),
+        });
     }
     let changed = if enabled {
         lock.disabled.remove(namespace)

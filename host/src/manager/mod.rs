@@ -6,9 +6,11 @@
 //! - [`registry`]: the index, publisher keys, signatures, capped downloads.
 //! - [`store`]: the content-addressed store and the crash-safe lock file.
 //! - [`install`]: install, update, remove, enable and disable.
+//! - [`ManagerError`]: why a change to the installed set failed, by kind.
 //! - [`watch`]: reloading a running host's active set when the installed
 //!   set changes on disk.
 
+mod error;
 pub mod install;
 pub mod registry;
 pub mod resolve;
@@ -16,6 +18,7 @@ pub mod set;
 pub mod store;
 pub mod watch;
 
+pub use error::ManagerError;
 pub use resolve::{Candidate, Problem, Resolution, dot, resolve};
 pub use set::{
     ActiveSet, Discovery, Found, Origin, discover_dir, discover_installed, load_and_activate,

@@ -8,6 +8,7 @@
 //! the whole set is resolved, and only then is anything activated, in
 //! resolution order.
 
+use super::ManagerError;
 use super::registry::MAX_COMPONENT_SIZE;
 use super::resolve::{Candidate, Problem, Resolution, resolve};
 use super::store::Store;
@@ -168,7 +169,7 @@ fn bundled(skip: impl Fn(&str) -> bool) -> Vec<Found> {
 /// The user's set: the bundled plugins and the installed ones (an installed
 /// plugin replaces the bundled plugin of its namespace), less the disabled.
 /// Cleans what an interrupted install left, unless an install is running.
-pub fn discover_installed(home: &Home) -> Result<Discovery, String> {
+pub fn discover_installed(home: &Home) -> Result<Discovery, ManagerError> {
     let store = Store::new(home);
     if let Ok(guard) = store.try_exclusive() {
         store.clean_leftovers();
@@ -186,6 +187,7 @@ pub fn discover_installed(home: &Home) -> Result<Discovery, String> {
         let path = store.manifest_path(&installed.manifest);
         let manifest = store
             .read_verified(&path, &installed.manifest)
+            .map_err(|e| e.to_string())
             .and_then(|bytes| String::from_utf8(bytes).map_err(|e| e.to_string()))
             .and_then(|text| {
                 Manifest::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())
@@ -487,7 +489,7 @@ fn activate(
 /// disable), loads them (from the compile cache), resolves, and swaps the
 /// active set atomically. Calls in flight finish on the set they started
 /// with. This is what a long-running host calls when the lock file changes.
-pub async fn reload(runtime: &Runtime, home: &Home) -> Result<ActiveSet, String> {
+pub async fn reload(runtime: &Runtime, home: &Home) -> Result<ActiveSet, ManagerError> {
     let discovery = discover_installed(home)?;
     Ok(load_and_activate(runtime, home, discovery).await)
 }

@@ -8,6 +8,7 @@
 //!   moment leaves either the old set or the new one, never a mix;
 //! - `staging/`: downloads in progress, removed at the next start.
 
+use super::ManagerError;
 use crate::home::Home;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -146,29 +147,36 @@ impl Store {
     }
 
     /// Reads the lock file (empty when there is none).
-    pub fn read_lock(&self) -> Result<Lock, String> {
+    pub fn read_lock(&self) -> Result<Lock, ManagerError> {
         let path = self.lock_path();
         let text = match crate::home::read_text_capped(&path, MAX_LOCK_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock::default()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => {
+                return Err(ManagerError::Store(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
         };
-        let lock: Lock = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let lock: Lock = toml::from_str(&text)
+            .map_err(|e| ManagerError::Store(format!("{}: {e}", path.display())))?;
         if lock.format != LOCK_FORMAT {
-            return Err(format!(
+            return Err(ManagerError::Store(format!(
                 "{}: format {} is not supported (expected {LOCK_FORMAT})",
                 path.display(),
                 lock.format
-            ));
+            )));
         }
         Ok(lock)
     }
 
     /// Replaces the lock file: the commit point.
-    pub fn write_lock(&self, lock: &Lock) -> Result<(), String> {
-        let text = toml::to_string(lock).map_err(|e| e.to_string())?;
-        write_atomically(&self.lock_path(), text.as_bytes())
-            .map_err(|e| format!("writing {}: {e}", self.lock_path().display()))
+    pub fn write_lock(&self, lock: &Lock) -> Result<(), ManagerError> {
+        let text = toml::to_string(lock).map_err(|e| ManagerError::Store(e.to_string()))?;
+        write_atomically(&self.lock_path(), text.as_bytes()).map_err(|e| {
+            ManagerError::Store(format!("writing {}: {e}", self.lock_path().display()))
+        })
     }
 
     /// Moves a verified staging file into the store under its digest.
@@ -176,37 +184,41 @@ impl Store {
         &self,
         staged: tempfile::NamedTempFile,
         sha256: &str,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, ManagerError> {
         let path = self.component_path(sha256);
-        std::fs::create_dir_all(self.objects()).map_err(|e| e.to_string())?;
-        staged
-            .persist(&path)
-            .map_err(|e| format!("moving the component into {}: {}", path.display(), e.error))?;
-        sync_dir(&self.objects()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(self.objects()).map_err(|e| ManagerError::Store(e.to_string()))?;
+        staged.persist(&path).map_err(|e| {
+            ManagerError::Store(format!(
+                "moving the component into {}: {}",
+                path.display(),
+                e.error
+            ))
+        })?;
+        sync_dir(&self.objects()).map_err(|e| ManagerError::Store(e.to_string()))?;
         Ok(path)
     }
 
     /// Stores a manifest text; returns its digest.
-    pub fn put_manifest(&self, text: &str) -> Result<String, String> {
+    pub fn put_manifest(&self, text: &str) -> Result<String, ManagerError> {
         let sha = crate::plugins::cache::sha256_hex(text.as_bytes());
         let path = self.manifest_path(&sha);
         if !path.exists() {
             write_atomically(&path, text.as_bytes())
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                .map_err(|e| ManagerError::Store(format!("writing {}: {e}", path.display())))?;
         }
         Ok(sha)
     }
 
     /// Reads a stored manifest and checks it against its digest.
-    pub fn read_verified(&self, path: &Path, sha256: &str) -> Result<Vec<u8>, String> {
+    pub fn read_verified(&self, path: &Path, sha256: &str) -> Result<Vec<u8>, ManagerError> {
         let bytes = crate::home::read_capped(path, crate::plugins::manifest::MAX_MANIFEST_BYTES)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(|e| ManagerError::Store(format!("cannot read {}: {e}", path.display())))?;
         let actual = crate::plugins::cache::sha256_hex(&bytes);
         if actual != sha256 {
-            return Err(format!(
+            return Err(ManagerError::Store(format!(
                 "{} is corrupt: its digest is {actual}, the lock file says {sha256}",
                 path.display()
-            ));
+            )));
         }
         Ok(bytes)
     }
@@ -228,29 +240,30 @@ impl Store {
     }
 
     /// Takes the install lock if nobody holds it.
-    pub fn try_exclusive(&self) -> Result<std::fs::File, String> {
+    pub fn try_exclusive(&self) -> Result<std::fs::File, ManagerError> {
         let file = self.lock_file()?;
-        file.try_lock().map_err(|e| e.to_string())?;
+        file.try_lock()
+            .map_err(|e| ManagerError::Store(e.to_string()))?;
         Ok(file)
     }
 
-    fn lock_file(&self) -> Result<std::fs::File, String> {
-        std::fs::create_dir_all(&self.root).map_err(|e| e.to_string())?;
+    fn lock_file(&self) -> Result<std::fs::File, ManagerError> {
+        std::fs::create_dir_all(&self.root).map_err(|e| ManagerError::Store(e.to_string()))?;
         let path = self.root.join("install.lock");
         std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))
+            .map_err(|e| ManagerError::Store(format!("opening {}: {e}", path.display())))
     }
 
     /// Takes the data directory's install lock (released on drop), so two
     /// installs never interleave.
-    pub fn exclusive(&self) -> Result<std::fs::File, String> {
+    pub fn exclusive(&self) -> Result<std::fs::File, ManagerError> {
         let file = self.lock_file()?;
         file.lock()
-            .map_err(|e| format!("locking the install lock: {e}"))?;
+            .map_err(|e| ManagerError::Store(format!("locking the install lock: {e}")))?;
         Ok(file)
     }
 }

@@ -4,6 +4,7 @@
 use super::auth::check_key;
 use super::body::{json_body, json_response};
 use super::{ApiError, AppState, Body_};
+use crate::manager::ManagerError;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
@@ -61,14 +62,35 @@ pub(super) async fn admin(
             ));
         }
     };
-    let disabled = change.map_err(|e| {
-        let mut a = ApiError::new(StatusCode::CONFLICT, "invalid_request_error", e);
-        a.code = Some("plugin_change_refused");
-        a
-    })?;
+    let disabled = change.map_err(manager_error)?;
     let mut answer = reload_set(&runtime, &home).await?;
     answer["also_disabled"] = json!(disabled);
     Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// The answer to a change the plugin manager refused or could not make:
+/// 404 `plugin_not_found` for a namespace it does not know, 409
+/// `plugin_change_refused` for a change the set forbids (a dependent, a
+/// bundled plugin), 400 for a bad `plugin` spec, 500 when the installed set
+/// cannot be read or written.
+fn manager_error(e: ManagerError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        ManagerError::UnknownNamespace { .. } | ManagerError::NotInstalled { .. } => {
+            let mut a = ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message);
+            a.code = Some("plugin_not_found");
+            a
+        }
+        ManagerError::Bundled { .. } | ManagerError::NeededBy { .. } => {
+            let mut a = ApiError::new(StatusCode::CONFLICT, "invalid_request_error", message);
+            a.code = Some("plugin_change_refused");
+            a
+        }
+        ManagerError::BadRequirement { .. } => ApiError::invalid(message, Some("plugin")),
+        ManagerError::Store(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+        }
+    }
 }
 
 /// Reloads the active set after a change; the new set as JSON.
@@ -126,8 +148,7 @@ async fn install(
     use crate::manager::registry::Index;
     let request: InstallRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid(format!("install request: {e}"), None))?;
-    let (name, requirement) =
-        install::parse_spec(&request.plugin).map_err(|e| ApiError::invalid(e, Some("plugin")))?;
+    let (name, requirement) = install::parse_spec(&request.plugin).map_err(manager_error)?;
     let index = Index::open(request.registry.as_deref())
         .await
         .map_err(|e| ApiError::invalid(e.to_string(), Some("registry")))?;

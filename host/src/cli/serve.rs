@@ -1,0 +1,215 @@
+//! `hearth serve`: its `--config` file, the plugin runtime's options, the
+//! served plugin set, and shutdown on a signal.
+
+use super::args::ServeArgs;
+use super::generate;
+use super::render::one_line;
+use crate::home::Home;
+use crate::manager::{self, ActiveSet};
+use crate::plugins::{Runtime, RuntimeOptions};
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+
+/// The `--config` file of `hearth serve`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServeConfig {
+    addr: Option<std::net::SocketAddr>,
+    model: Option<PathBuf>,
+    context: Option<usize>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    #[serde(default)]
+    admin_keys: Vec<String>,
+    #[serde(default)]
+    insecure_no_auth: bool,
+    queue: Option<usize>,
+    parallel: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Fills what the command line left open from the `--config` file.
+    fn merged(mut self) -> anyhow::Result<ServeArgs> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = crate::home::read_text_capped(path, 1 << 20)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let file: ServeConfig = toml::from_str(&text)
+            .with_context(|| format!("in the config file {}", path.display()))?;
+        self.addr = self.addr.or(file.addr);
+        self.model.model = self.model.model.or(file.model);
+        self.model.context = self.model.context.or(file.context);
+        if self.api_keys.is_empty() {
+            self.api_keys = file.api_keys;
+        }
+        if self.admin_keys.is_empty() {
+            self.admin_keys = file.admin_keys;
+        }
+        self.insecure_no_auth |= file.insecure_no_auth;
+        self.queue = self.queue.or(file.queue);
+        self.parallel = self.parallel.or(file.parallel);
+        Ok(self)
+    }
+}
+
+/// The runtime's options for `home`: components compile in a child process
+/// of this binary, whose limits `HEARTH_COMPILE_TIMEOUT_MS` and
+/// `HEARTH_COMPILE_MEMORY_MB` override.
+pub(super) fn runtime_options(home: &Home) -> anyhow::Result<RuntimeOptions> {
+    let mut options = RuntimeOptions::in_dir(&home.root);
+    // This very binary. On Linux `/proc/self/exe` names the running image
+    // even after an upgrade replaced the file, so a long-running server
+    // keeps compiling with the compiler it loads artifacts with.
+    let this_image = std::path::Path::new("/proc/self/exe");
+    options.compile_worker = if this_image.exists() {
+        Some(this_image.to_path_buf())
+    } else {
+        std::env::current_exe().ok()
+    };
+    if let Some(ms) = positive_env("HEARTH_COMPILE_TIMEOUT_MS", "milliseconds")? {
+        options.compile_timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(mb) = positive_env("HEARTH_COMPILE_MEMORY_MB", "MiB")? {
+        options.compile_memory_bytes = mb.saturating_mul(1 << 20);
+    }
+    Ok(options)
+}
+
+/// A whole number above zero from the environment, if set.
+fn positive_env(name: &str, unit: &str) -> anyhow::Result<Option<u64>> {
+    let Some(raw) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    match raw.to_str().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => bail!(
+            "{name} must be a whole number of {unit} above zero, not `{}`",
+            raw.to_string_lossy()
+        ),
+    }
+}
+
+/// The installed plugin set, activated, with the model behind their `llm`
+/// import.
+pub(crate) async fn serving_plugins(
+    home: &Home,
+    llm: std::sync::Arc<dyn crate::plugins::LlmBackend>,
+) -> anyhow::Result<(Runtime, ActiveSet)> {
+    let discovery = manager::discover_installed(home)?;
+    let mut options = runtime_options(home)?;
+    options.llm = Some(llm);
+    let runtime = Runtime::new(options)?;
+    let set = manager::load_and_activate(&runtime, home, discovery).await;
+    Ok((runtime, set))
+}
+
+pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
+    let ServeArgs {
+        addr,
+        model,
+        api_keys,
+        admin_keys,
+        insecure_no_auth,
+        queue,
+        parallel,
+        config: _,
+    } = args.merged()?;
+    let addr = addr.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let api_keys: Vec<String> = api_keys
+        .into_iter()
+        .filter(|k| !k.trim().is_empty())
+        .collect();
+    if !addr.ip().is_loopback() && api_keys.is_empty() && !insecure_no_auth {
+        bail!(
+            "refusing to listen on {addr} without an API key: anyone who can reach it could use the model; pass --api-key (or HEARTH_API_KEYS), or --insecure-no-auth"
+        );
+    }
+    let parallel = parallel.unwrap_or(8);
+    if parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let model_home = home.clone();
+    let (path, engine) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let path = generate::resolve_model(&model_home, &model)?;
+        let options = crate::engine::EngineOptions {
+            parallel: Some(parallel),
+            ..model.options()
+        };
+        let engine = crate::engine::Engine::load(&path, &options)?;
+        Ok((path, engine))
+    })
+    .await??;
+    let scheduler = crate::scheduler::Scheduler::new(
+        engine,
+        crate::scheduler::SchedulerOptions {
+            capacity: queue.unwrap_or(64),
+            parallel: None,
+        },
+    );
+    let (runtime, set) = serving_plugins(&home, std::sync::Arc::new(scheduler.clone())).await?;
+    for problem in &set.resolution.problems {
+        eprintln!("warning: {}", one_line(&problem.to_string()));
+    }
+    eprintln!(
+        "hearth: plugins active: {}",
+        set.resolution.order.join(", ")
+    );
+    let model_id = crate::server::model_id(&path);
+    let options = crate::server::ServerOptions {
+        api_keys,
+        admin_keys: admin_keys
+            .into_iter()
+            .filter(|k| !k.trim().is_empty())
+            .collect(),
+        ..Default::default()
+    };
+    crate::manager::watch_installed(
+        runtime.clone(),
+        home.clone(),
+        std::time::Duration::from_secs(2),
+    );
+    let state = std::sync::Arc::new(
+        crate::server::AppState::new(scheduler, model_id.clone(), options)
+            .with_plugins(runtime)
+            .with_home(home),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    eprintln!("hearth: serving {model_id} on http://{local}/v1");
+    crate::server::serve(
+        listener,
+        state,
+        shutdown_signal(),
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    eprintln!("hearth: stopped");
+    Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
