@@ -39,8 +39,13 @@ pub(super) async fn body_bytes(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Bytes, ApiError> {
-    let content_type = req
-        .headers()
+    require_json(req.headers())?;
+    read_capped(state, req.into_body()).await
+}
+
+/// Refuses a body that does not say it is JSON (415).
+pub(super) fn require_json(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -59,6 +64,12 @@ pub(super) async fn body_bytes(
         e.code = Some("unsupported_media_type");
         return Err(e);
     }
+    Ok(())
+}
+
+/// Reads a body within the size and time limits (413 past the size, 408
+/// past the time).
+pub(super) async fn read_capped(state: &AppState, body: Incoming) -> Result<Bytes, ApiError> {
     let too_large = || {
         let mut e = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,10 +82,10 @@ pub(super) async fn body_bytes(
         e.code = Some("body_too_large");
         e
     };
-    if req.body().size_hint().lower() > state.options.max_body as u64 {
+    if body.size_hint().lower() > state.options.max_body as u64 {
         return Err(too_large());
     }
-    let limited = Limited::new(req.into_body(), state.options.max_body);
+    let limited = Limited::new(body, state.options.max_body);
     let collected = tokio::time::timeout(state.options.body_timeout, limited.collect())
         .await
         .map_err(|_| {

@@ -23,13 +23,7 @@ pub(super) async fn chat(
     request_id: &str,
 ) -> Result<Response<Body_>, ApiError> {
     let body = json_body(state, req).await?;
-    let request: openai::ChatRequest = serde_path_to_error::deserialize(&body).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(
-            format!("`{path}`: {}", e.inner()),
-            Some(path.split('.').next().unwrap_or(&path)),
-        )
-    })?;
+    let request = openai::ChatRequest::parse(&body)?;
     if let Some(model) = &request.model
         && !model.is_empty()
         && model != &state.model_id

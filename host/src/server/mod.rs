@@ -8,13 +8,15 @@
 //! requests to [`chat`] (which hands the conversation to
 //! [`crate::assistant`] and renders its events, through [`sse`] when
 //! streamed), `/v1/plugins…` to [`plugins_api`], `/v1/admin/…` to
-//! [`admin`]. Errors are [`ApiError`]s, in the OpenAI shape.
+//! [`admin`], `/mcp` to [`mcp`] (the plugins' tools over MCP, see
+//! [`crate::mcp`]). Errors are [`ApiError`]s, in the OpenAI shape.
 
 mod admin;
 mod auth;
 mod body;
 mod chat;
 mod error;
+mod mcp;
 pub mod metrics;
 pub mod openai;
 mod plugins_api;
@@ -71,13 +73,16 @@ impl Default for ServerOptions {
 /// What every request handler sees.
 pub struct AppState {
     assistant: Assistant,
-    metrics: metrics::Metrics,
+    /// Shared with the MCP endpoint, which counts its plugin calls here.
+    metrics: Arc<metrics::Metrics>,
     model_id: String,
     created: u64,
     key_digests: Vec<[u8; 32]>,
     admin_digests: Vec<[u8; 32]>,
     /// The data directory whose installed set the admin routes change.
     home: Option<crate::home::Home>,
+    /// `/mcp`, when the server has plugins and serves it.
+    mcp: Option<crate::mcp::McpHttp>,
     options: ServerOptions,
 }
 
@@ -94,12 +99,13 @@ impl AppState {
     pub fn new(scheduler: Scheduler, model_id: String, options: ServerOptions) -> AppState {
         AppState {
             assistant: Assistant::new(scheduler, None),
-            metrics: metrics::Metrics::default(),
+            metrics: Arc::default(),
             model_id,
             created: unix_now(),
             key_digests: auth::digests(&options.api_keys),
             admin_digests: auth::digests(&options.admin_keys),
             home: None,
+            mcp: None,
             options,
         }
     }
@@ -108,6 +114,28 @@ impl AppState {
     /// them in the sandbox, and lets their hooks observe conversations.
     pub fn with_plugins(mut self, runtime: crate::plugins::Runtime) -> AppState {
         self.assistant = Assistant::new(self.assistant.scheduler().clone(), Some(runtime));
+        self
+    }
+
+    /// Serves the active plugins' tools over MCP at `/mcp` to the hosts
+    /// `allowed_hosts` lets in (see [`crate::mcp::AllowedHosts`]), with the
+    /// API's key and body limits. Without plugins (see
+    /// [`AppState::with_plugins`], which must come first) `/mcp` is 404.
+    pub fn with_mcp(mut self, allowed_hosts: crate::mcp::AllowedHosts) -> AppState {
+        let Some(runtime) = self.assistant.plugins().cloned() else {
+            return self;
+        };
+        let metrics = self.metrics.clone();
+        let observer: crate::mcp::CallObserver =
+            Arc::new(move |namespace: &str, outcome| metrics.plugin_call(namespace, outcome));
+        self.mcp = Some(crate::mcp::McpHttp::new(
+            runtime,
+            crate::mcp::McpHttpOptions {
+                allowed_hosts,
+                max_body: self.options.max_body,
+                observer: Some(observer),
+            },
+        ));
         self
     }
 
@@ -193,6 +221,11 @@ async fn dispatch(
     started: Instant,
     request_id: &str,
 ) -> Result<Response<Body_>, ApiError> {
+    if route == Route::Mcp {
+        // Before the key: a page re-pointed here by DNS rebinding is
+        // refused for what it is, whatever it sends.
+        mcp::check_host(state, &req)?;
+    }
     if !route.public() {
         auth::authorize(state, &req)?;
     }
@@ -232,6 +265,7 @@ async fn dispatch(
         }
         Route::Chat => chat::chat(state, req, started, request_id).await,
         Route::Admin { .. } => admin::admin(state, req).await,
+        Route::Mcp => mcp::mcp(state, req).await,
     }
 }
 
@@ -285,6 +319,11 @@ pub async fn serve(
     }
     drop(listener);
     state.assistant.scheduler().shutdown();
+    // MCP event streams would otherwise hold their connections open
+    // through the whole grace period.
+    if let Some(mcp) = &state.mcp {
+        mcp.shutdown();
+    }
     let _ = closing_tx.send(true);
     let _ = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}

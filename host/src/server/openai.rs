@@ -141,6 +141,24 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
 }
 
 impl ChatRequest {
+    /// Reads a request body; an error names the field at fault.
+    pub fn parse(body: &Value) -> Result<ChatRequest, ApiError> {
+        serde_path_to_error::deserialize(body).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            if path == "." {
+                // A missing or unknown top-level field: serde names it in
+                // the message, and it is the parameter at fault.
+                let field = message.split('`').nth(1).unwrap_or_default();
+                return ApiError::invalid(message.clone(), Some(field));
+            }
+            ApiError::invalid(
+                format!("`{path}`: {message}"),
+                Some(path.split('.').next().unwrap_or(&path)),
+            )
+        })
+    }
+
     /// Checks every field and maps the request to a [`Turn`] of the
     /// assistant. `plugin_tools` are offered beside the client's own (and
     /// may be named by `tool_choice`).
@@ -362,4 +380,149 @@ pub fn tool_calls_json(calls: &[ToolCall], id_prefix: &str) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assistant::ToolChoice;
+
+    fn plugin_tools() -> Vec<ToolSpec> {
+        vec![ToolSpec {
+            name: "calc.eval".into(),
+            description: String::new(),
+            parameters: json!({"type": "object"}),
+        }]
+    }
+
+    fn map(body: Value) -> Result<Turn, ApiError> {
+        ChatRequest::parse(&body)?.map(plugin_tools(), "test")
+    }
+
+    const HI: &str = r#"[{"role": "user", "content": "hi"}]"#;
+
+    /// Request bodies that must be refused: what they get back.
+    #[test]
+    fn bad_requests_map_to_the_status_param_and_code_that_name_the_problem() {
+        let messages: Value = serde_json::from_str(HI).unwrap();
+        let with = |extra: Value| {
+            let mut body = json!({ "messages": messages });
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            body
+        };
+        let cases: Vec<(Value, &str, &str)> = vec![
+            // body, param, words the message must contain
+            (json!({}), "messages", "missing field `messages`"),
+            (json!({"messages": []}), "messages", "at least one message"),
+            (
+                json!({"messages": [{"role": "robot", "content": "hi"}]}),
+                "messages",
+                "role `robot`",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages",
+                "string or a list",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                "messages",
+                "only text parts",
+            ),
+            (
+                json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "f", "arguments": "{"}}]}]}),
+                "messages",
+                "not JSON",
+            ),
+            (with(json!({"n": 2})), "n", "n = 1"),
+            (
+                with(json!({"max_tokens": 0})),
+                "max_tokens",
+                "between 1 and",
+            ),
+            (
+                with(json!({"max_tokens": 100000})),
+                "max_tokens",
+                "between 1 and",
+            ),
+            (
+                with(json!({"temperature": "hot"})),
+                "temperature",
+                "invalid type",
+            ),
+            (
+                with(json!({"frequency_penalty": 3.0})),
+                "frequency_penalty",
+                "between -2 and 2",
+            ),
+            (
+                with(json!({"response_format": {"type": "xml"}})),
+                "response_format",
+                "text, json_object or json_schema",
+            ),
+            (
+                with(json!({"response_format": {"type": "json_schema"}})),
+                "response_format",
+                "schema` is missing",
+            ),
+            (
+                with(json!({"tools": [{"type": "retrieval", "function": {"name": "f"}}]})),
+                "tools",
+                "must be `function`",
+            ),
+            (
+                with(json!({"tool_choice": "sometimes"})),
+                "tool_choice",
+                "must be none, auto, required",
+            ),
+            (
+                with(json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}})),
+                "tool_choice",
+                "`nope`",
+            ),
+            (
+                with(json!({"unknown_field": 1})),
+                "unknown_field",
+                "unknown field",
+            ),
+        ];
+        for (body, param, words) in cases {
+            let e = map(body.clone()).expect_err(&body.to_string());
+            assert_eq!(e.status, http::StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.kind, "invalid_request_error", "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert!(e.message.contains(words), "{body}: {}", e.message);
+        }
+    }
+
+    /// Request bodies that are accepted: the turn they become.
+    #[test]
+    fn good_requests_map_to_the_turn_they_ask_for() {
+        let turn = map(json!({"messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]})).unwrap();
+        assert_eq!(turn.messages[0].role, Role::System);
+        assert_eq!(turn.messages[1].content, "hi");
+        assert_eq!(turn.choice, ToolChoice::Auto);
+        assert_eq!(turn.plugin_tools.len(), 1);
+        let messages: Value = serde_json::from_str(HI).unwrap();
+        let cases: Vec<(Value, ToolChoice)> = vec![
+            (json!("none"), ToolChoice::None),
+            (json!("auto"), ToolChoice::Auto),
+            // Only plugin tools: required is a forced plugin call.
+            (json!("required"), ToolChoice::Required),
+            (
+                json!({"type": "function", "function": {"name": "calc.eval"}}),
+                ToolChoice::Function("calc.eval".into()),
+            ),
+        ];
+        for (choice, want) in cases {
+            let turn = map(json!({"messages": messages, "tool_choice": choice})).unwrap();
+            assert_eq!(turn.choice, want, "{choice}");
+        }
+        let turn = map(json!({"messages": messages, "response_format": {"type": "json_object"}, "max_completion_tokens": 7, "stop": "x"})).unwrap();
+        assert_eq!(turn.format, Some(OutputFormat::JsonObject));
+        assert_eq!(turn.params.max_new_tokens, 7);
+        assert_eq!(turn.params.stop, vec!["x".to_string()]);
+    }
 }

@@ -33,6 +33,9 @@ pub(super) enum Route {
         /// (empty for install).
         rest: String,
     },
+    /// `POST|GET|DELETE /mcp`: MCP's streamable HTTP transport (requests,
+    /// a session's event stream, the end of a session).
+    Mcp,
 }
 
 impl Route {
@@ -45,6 +48,7 @@ impl Route {
             "/v1/models" => Some(Route::Models),
             "/v1/plugins" => Some(Route::Plugins),
             "/v1/chat/completions" => Some(Route::Chat),
+            "/mcp" => Some(Route::Mcp),
             "/v1/admin/plugins" => Some(Route::Admin {
                 rest: String::new(),
             }),
@@ -86,6 +90,7 @@ impl Route {
             Route::PluginCall { .. } | Route::Chat => &[Method::POST],
             Route::Admin { rest } if rest.is_empty() => &[Method::POST],
             Route::Admin { .. } => &[Method::POST, Method::DELETE],
+            Route::Mcp => &[Method::POST, Method::GET, Method::DELETE],
         }
     }
 
@@ -116,6 +121,7 @@ impl Route {
             Some(Route::PluginCall { .. }) => "/v1/plugins/{namespace}/{tool}",
             Some(Route::Chat) => "/v1/chat/completions",
             Some(Route::Admin { .. }) => "/v1/admin/plugins",
+            Some(Route::Mcp) => "/mcp",
             None => "other",
         }
     }
@@ -150,6 +156,8 @@ mod tests {
             ("/v1/plugins//eval", None),
             ("/v1/admin/plugins", Some("/v1/admin/plugins")),
             ("/v1/admin/plugins/notes/enable", Some("/v1/admin/plugins")),
+            ("/mcp", Some("/mcp")),
+            ("/mcp/", None),
             ("/nope", None),
         ];
         for (path, label) in cases {
