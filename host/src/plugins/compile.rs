@@ -339,7 +339,7 @@ fn scan_component_types(bytes: &[u8], range: Range<usize>) -> Result<u32, Preche
 /// with on-demand allocation: the pooling allocator reserves large virtual
 /// ranges up front, which an address-space cap would refuse.
 fn worker_config() -> wasmtime::Config {
-    let mut config = super::engine_config();
+    let mut config = super::runtime::engine_config();
     config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
     config
 }
@@ -819,7 +819,7 @@ mod tests {
 
     #[test]
     fn worker_artifacts_load_in_the_host_engine() {
-        let host = Engine::new(&super::super::engine_config()).unwrap();
+        let host = Engine::new(&super::super::runtime::engine_config()).unwrap();
         let worker = Engine::new(&worker_config()).unwrap();
         let key = |engine: &Engine| {
             use std::hash::{Hash, Hasher};

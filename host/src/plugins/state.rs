@@ -6,10 +6,11 @@
 //! checks its grant again here, even though the load-time import check
 //! already refused components that import what they were not granted.
 
+use super::LoadedPlugin;
 use super::contract::latest::hearth::plugin::{config, kv, llm, logging, tools, types};
 use super::http::HttpPolicy;
 use super::kv::KvTxn;
-use super::{Inner, LoadedPlugin};
+use super::runtime::Inner;
 use crate::engine::MAX_BYTES_PER_TOKEN;
 use std::sync::{Arc, Mutex, Weak};
 use wasmtime::component::ResourceTable;
@@ -347,6 +348,22 @@ pub struct CallScope {
     pub(crate) tool: Option<String>,
 }
 
+impl CallScope {
+    /// A scope for a direct call with a request id.
+    pub fn new(request_id: impl Into<String>) -> CallScope {
+        CallScope {
+            request_id: request_id.into(),
+            caller: None,
+            depth: 0,
+            tool: None,
+        }
+    }
+
+    pub(super) fn internal(what: &str) -> CallScope {
+        CallScope::new(format!("hearth:{what}"))
+    }
+}
+
 /// The data of one call's `Store`.
 pub struct HostState {
     pub(crate) wasi: WasiCtx,
@@ -564,9 +581,9 @@ impl tools::Host for HostState {
         // answers there must not depend on what other plugins do. (Compared
         // by digest: a call in flight across a reload of the same component
         // keeps its dependencies.)
-        if !runtime
+        if runtime
             .active(&caller)
-            .is_some_and(|a| a.digest == self.plugin.digest)
+            .is_none_or(|a| a.digest != self.plugin.digest)
         {
             return Ok(Err(types::ToolError::Unavailable(format!(
                 "plugin `{caller}` is not active yet; it can call tools once it is"
