@@ -1,4 +1,7 @@
 //! The `hearth` binary as a user runs it.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 mod common;
 use common::{hearth, invoke, text};
@@ -60,7 +63,7 @@ fn list_shows_tools_and_permissions() {
         "tool calc.eval",
         "tool notes.save",
         "tool weather.current",
-        "http: https://wttr.in:443",
+        "http to https://wttr.in:443",
         "key-value store",
     ] {
         assert!(stdout.contains(expected), "missing {expected}: {stdout}");

@@ -149,41 +149,8 @@ pub fn render_list(
                         one_line(&t.description)
                     ));
                 }
-                let perms = &m.permissions;
-                let mut granted = vec![
-                    format!("memory {} MiB", perms.memory_bytes >> 20),
-                    format!("time {} ms", perms.time_limit.as_millis()),
-                ];
-                if perms.kv {
-                    granted.push("key-value store".into());
-                }
-                if !perms.http.is_empty() {
-                    granted.push(format!(
-                        "http: {}",
-                        perms
-                            .http
-                            .iter()
-                            .map(|g| g.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
-                if perms.llm_tokens > 0 {
-                    granted.push(format!("model: {} tokens per call", perms.llm_tokens));
-                }
-                if let Some(access) = perms.conversation.as_manifest() {
-                    granted.push(format!("conversations: {access}"));
-                }
-                if !m.dependencies.is_empty() {
-                    granted.push(format!(
-                        "calls: {}",
-                        m.dependencies
-                            .iter()
-                            .map(|(k, v)| format!("{k} {v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
+                // The same wording as the install summary and the upgrade diff.
+                let granted = crate::manager::install::describe_permissions(m);
                 out.push_str(&format!(
                     "  permissions: {}\n",
                     one_line(&granted.join("; "))
