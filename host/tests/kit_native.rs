@@ -3,6 +3,9 @@
 //! `examples/plugins/{c,zig}`, with zig from the pinned `ziglang` PyPI
 //! package; a build without zig names it and its install command; a stack
 //! that cannot fit `memory-mb` is refused at build time, saying so.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,6 +6,9 @@
 //! Each test builds one component: a build costs componentize-py's run plus
 //! the host's compile of a ~18 MB component (about 9 s of CPU), which the
 //! build's load check caches in `HEARTH_HOME` for `dev` and `invoke`.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 use std::ffi::OsString;
 use std::path::Path;

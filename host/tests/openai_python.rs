@@ -2,6 +2,9 @@
 //! chat, streaming, tool calls and errors parsed by a client we did not
 //! write. The package is installed once into a virtualenv in the build
 //! folder (pip, pinned version).
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 mod common;
 use std::io::{BufRead, BufReader};

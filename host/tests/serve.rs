@@ -1,5 +1,8 @@
 //! `hearth serve` as a process: settings from a config file, structured
 //! logs with one span per request that holds its plugin calls, request ids.
+//!
+//! Drives the `hearth` binary, like every test in `host/tests/`;
+//! library-level tests are modules of `tests/it/` (see `tests/README.md`).
 
 mod common;
 use serde_json::Value;

@@ -105,6 +105,7 @@ async fn activated_reaches_every_observer_after_the_set_is_in_place() {
     // Observes only before-prompt: never sent `activated`.
     let quiet = hostile_as(&s.runtime, "quiet", 1, "", json!({})).await;
 
+    let recorded_before = s.runtime.kv_usage("hostile").unwrap();
     let started = Instant::now();
     s.runtime.replace_active(vec![
         calc.clone(),
@@ -114,8 +115,15 @@ async fn activated_reaches_every_observer_after_the_set_is_in_place() {
         quiet.clone(),
     ]);
     let took = started.elapsed();
-    assert!(
-        took < Duration::from_millis(300),
+    // An ordering rather than a stopwatch: when replace_active returned, the
+    // recorder had not written its record yet (it does below), so the
+    // event reached it after the activation, which did not wait on its
+    // observers (the sleeper's alone takes 800 ms). This test's runtime has
+    // one thread and nothing has been awaited since, so the hooks cannot
+    // have run behind its back.
+    assert_eq!(
+        s.runtime.kv_usage("hostile").unwrap(),
+        recorded_before,
         "replace_active waited {took:?} on its observers"
     );
     // Every plugin serves calls at once, the failing observer included.

@@ -155,11 +155,11 @@ async fn weather_asks_the_granted_endpoint() {
 
 #[tokio::test]
 async fn the_model_calls_weather_through_the_server_against_a_local_stub() {
-    let _serial = crate::MEMORY.lock().await;
+    let _serial = crate::MEMORY.write().await;
     let server = MockServer::start(200, WTTR).await;
     let s = weather_granted(&server).await;
     let (addr, scheduler) =
-        hearth_tests::serve_with_plugins(&crate::default_model(), s.runtime.clone()).await;
+        hearth_tests::serve_with_plugins(&hearth_tests::default_model(), s.runtime.clone()).await;
     let (status, v) = hearth_tests::post_json(
         addr,
         "/v1/chat/completions",

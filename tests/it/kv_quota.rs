@@ -20,7 +20,7 @@ const CALLS: usize = 8;
 async fn concurrent_calls_cannot_write_past_the_quota_together() {
     // The calls hold tens of MiB in the host at once: keep them away from
     // the tests that measure resident memory.
-    let _serial = crate::MEMORY.lock().await;
+    let _serial = crate::MEMORY.write().await;
     let s = Scratch::new();
     s.hostile(|t| t).await.unwrap();
     let usage = |s: &Scratch| s.runtime.kv_usage("hostile").unwrap();

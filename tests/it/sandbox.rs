@@ -30,7 +30,7 @@ async fn contained(
     within: Duration,
 ) -> InvokeError {
     // Memory is measured for the whole process: one at a time.
-    let _serial = crate::MEMORY.lock().await;
+    let _serial = crate::MEMORY.write().await;
     let before = rss_bytes();
     let started = Instant::now();
     let err = s
@@ -49,6 +49,12 @@ async fn contained(
     err
 }
 
+/// How long a contained attack may take. Every one runs into the plugin's
+/// time limit (1 s) at worst, and the error says which limit stopped it;
+/// this bound, 10× that limit, only catches an attack that is never
+/// stopped, with room for a busy two-core machine.
+const WITHIN: Duration = Duration::from_secs(10);
+
 /// The most a contained attack may add to the host's resident memory.
 /// Plugin memory limits here are 32 MiB; without them the grow bomb alone
 /// would take the pool's 1 GiB per memory.
@@ -63,54 +69,26 @@ async fn still_healthy(s: &Scratch) {
 #[tokio::test]
 async fn infinite_loop_is_interrupted_by_the_epoch_deadline() {
     let s = sandbox().await;
-    let err = contained(
-        &s,
-        "spin",
-        json!({}),
-        ErrorKind::Timeout,
-        Duration::from_secs(4),
-    )
-    .await;
+    let err = contained(&s, "spin", json!({}), ErrorKind::Timeout, WITHIN).await;
     assert!(err.to_string().contains("time limit of 1s"), "{err}");
 }
 
 #[tokio::test]
 async fn sleeping_forever_in_a_host_call_hits_the_wall_clock_limit() {
     let s = sandbox().await;
-    contained(
-        &s,
-        "sleep",
-        json!({}),
-        ErrorKind::Timeout,
-        Duration::from_secs(4),
-    )
-    .await;
+    contained(&s, "sleep", json!({}), ErrorKind::Timeout, WITHIN).await;
 }
 
 #[tokio::test]
 async fn deep_recursion_overflows_the_bounded_stack() {
     let s = sandbox().await;
-    contained(
-        &s,
-        "recurse",
-        json!({}),
-        ErrorKind::StackOverflow,
-        Duration::from_secs(4),
-    )
-    .await;
+    contained(&s, "recurse", json!({}), ErrorKind::StackOverflow, WITHIN).await;
 }
 
 #[tokio::test]
 async fn memory_grow_bomb_stops_at_the_manifest_limit() {
     let s = sandbox().await;
-    let err = contained(
-        &s,
-        "grow",
-        json!({}),
-        ErrorKind::MemoryLimit,
-        Duration::from_secs(4),
-    )
-    .await;
+    let err = contained(&s, "grow", json!({}), ErrorKind::MemoryLimit, WITHIN).await;
     match err {
         InvokeError::MemoryLimit { limit, wanted, .. } => {
             assert_eq!(limit, 32 << 20);
@@ -149,7 +127,7 @@ async fn huge_output_is_refused() {
         "big_output",
         json!({"bytes": 8 << 20}),
         ErrorKind::OutputTooLarge,
-        Duration::from_secs(4),
+        WITHIN,
     )
     .await;
     assert!(err.to_string().contains("the limit is 4194304"), "{err}");
@@ -284,7 +262,7 @@ async fn redirects_are_not_followed_and_credentials_headers_are_refused() {
 
 #[tokio::test]
 async fn stdout_flood_is_capped_and_the_call_completes() {
-    let _serial = crate::MEMORY.lock().await;
+    let _serial = crate::MEMORY.write().await;
     let s = sandbox_with(|t| t.replace("time-limit-ms = 1000", "time-limit-ms = 20000")).await;
     let before = rss_bytes();
     let started = Instant::now();
@@ -295,7 +273,10 @@ async fn stdout_flood_is_capped_and_the_call_completes() {
         .await
         .unwrap();
     assert!(out["written"].as_u64().unwrap() >= 32 << 20);
-    assert!(started.elapsed() < Duration::from_secs(20));
+    // The plugin's 20 s time limit is what bounds the writing (past it the
+    // call fails); this only catches a host that hangs once the guest has
+    // returned, at twice that limit.
+    assert!(started.elapsed() < Duration::from_secs(40));
     let grown = rss_bytes().saturating_sub(before);
     assert!(grown < 32 << 20, "resident memory grew by {grown} bytes");
     still_healthy(&s).await;
@@ -303,14 +284,19 @@ async fn stdout_flood_is_capped_and_the_call_completes() {
 
 #[tokio::test]
 async fn log_flood_is_capped() {
-    let s = sandbox().await;
+    // 200,000 log calls take about 0.5 s in a debug build: too close to the
+    // usual 1 s time limit on a busy machine, so the limit is 20 s here,
+    // as for the stdout flood, and the bound below is what is tested.
+    let s = sandbox_with(|t| t.replace("time-limit-ms = 1000", "time-limit-ms = 20000")).await;
     let started = Instant::now();
     let out = s
         .call("hostile.log_flood", json!({"count": 200_000}))
         .await
         .unwrap();
     assert_eq!(out["logged"], 200_000);
-    assert!(started.elapsed() < Duration::from_secs(4));
+    // 20× the usual 0.5 s: room for a busy two-core machine, and still a
+    // failure for a host that makes each of the 200,000 calls expensive.
+    assert!(started.elapsed() < WITHIN);
 }
 
 #[tokio::test]
@@ -321,7 +307,7 @@ async fn kv_writes_of_a_trapped_call_are_rolled_back() {
         "kv_then_trap",
         json!({"key": "k"}),
         ErrorKind::Trap,
-        Duration::from_secs(4),
+        WITHIN,
     )
     .await;
     // The guest's panic message reaches the error through its stderr.
@@ -364,7 +350,7 @@ async fn random_bytes_bomb_is_refused() {
         "random_bomb",
         json!({"bytes": 1u64 << 30}),
         ErrorKind::Trap,
-        Duration::from_secs(4),
+        WITHIN,
     )
     .await;
     let ok = s
@@ -377,14 +363,7 @@ async fn random_bytes_bomb_is_refused() {
 #[tokio::test]
 async fn a_resource_handle_flood_hits_the_handle_limit() {
     let s = sandbox().await;
-    let err = contained(
-        &s,
-        "handle_flood",
-        json!({}),
-        ErrorKind::Trap,
-        Duration::from_secs(4),
-    )
-    .await;
+    let err = contained(&s, "handle_flood", json!({}), ErrorKind::Trap, WITHIN).await;
     // The store's resource table is capped at 4096 entries.
     assert!(
         err.to_string().contains("resource table has no free keys"),
@@ -428,14 +407,16 @@ async fn a_spinning_call_does_not_block_others() {
         s.call("hostile.ping", json!({})).await.unwrap();
     }
     let pings = started.elapsed();
+    // An ordering rather than a stopwatch: every ping was answered while
+    // all three spinning calls were still running, before their 1 s time
+    // limit stopped them (the ten pings normally take a few milliseconds).
+    // Blocked by the spinners, the pings would have come only after.
+    let spinning = spins.iter().filter(|spin| !spin.is_finished()).count();
+    assert_eq!(spinning, 3, "pings took {pings:?} beside spinning plugins");
     for spin in spins {
         let err = spin.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     }
-    assert!(
-        pings < Duration::from_millis(900),
-        "pings took {pings:?} beside spinning plugins"
-    );
 }
 
 #[tokio::test]
@@ -463,9 +444,9 @@ async fn model_access_is_budgeted_and_reports_no_model() {
 async fn plugins_reach_the_model_through_the_scheduler_within_their_budget() {
     // Loading a model grows this process by far more than the sandbox
     // tests' memory bound: never while they measure.
-    let _serial = crate::MEMORY.lock().await;
+    let _serial = crate::MEMORY.write().await;
     let engine = hearth::engine::Engine::load(
-        &crate::default_model(),
+        &hearth_tests::default_model(),
         &hearth::engine::EngineOptions::default(),
     )
     .unwrap();
@@ -509,13 +490,13 @@ async fn chat_over_http(addr: std::net::SocketAddr, content: &str) -> (u16, serd
 
 #[tokio::test]
 async fn before_prompt_hooks_can_refuse_a_chat_request() {
-    let _serial = crate::MEMORY.lock().await;
+    let _serial = crate::MEMORY.write().await;
     let s = Scratch::new();
     s.hostile(|t| format!("{t}\n[config]\ntag = \"A\"\n"))
         .await
         .unwrap();
     let (addr, scheduler) =
-        hearth_tests::serve_with_plugins(&crate::default_model(), s.runtime.clone()).await;
+        hearth_tests::serve_with_plugins(&hearth_tests::default_model(), s.runtime.clone()).await;
     let (status, v) = chat_over_http(addr, "this is forbidden").await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "refused_by_plugin", "{v}");

@@ -41,8 +41,8 @@ use tracing::Instrument;
 
 mod step;
 
-pub use step::{Read, Step};
 use step::may_be_call;
+pub use step::{Read, Step};
 
 /// Most generations one turn may run (each round of plugin calls adds one).
 pub const MAX_STEPS: usize = 5;

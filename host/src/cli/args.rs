@@ -74,6 +74,19 @@ pub enum Command {
     Bench(BenchCommand),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Serve the installed plugins' tools over MCP (Model Context Protocol)
+    /// on stdin and stdout, for MCP clients that start it (Claude Desktop
+    /// and the like). Logs go to stderr.
+    Mcp(McpArgs),
+}
+
+/// `hearth mcp` settings.
+#[derive(Debug, clap::Args)]
+pub struct McpArgs {
+    /// The model behind the plugins' `llm` calls: loaded in the background
+    /// once an active plugin may call it (never, if none may).
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
 }
 
 /// `hearth serve` settings. Each may also come from `--config`; a flag
@@ -115,8 +128,13 @@ pub struct ServeArgs {
     /// weights [default: 8].
     #[arg(long)]
     pub(crate) parallel: Option<usize>,
+    /// More host names (or host:port) that `/mcp` answers to, besides the
+    /// loopback names and the --addr host: a request naming another Host
+    /// or Origin is refused (protection against DNS rebinding).
+    #[arg(long = "mcp-allowed-host", value_delimiter = ',')]
+    pub(crate) mcp_allowed_hosts: Vec<String>,
     /// A TOML file with any of: addr, model, context, api-keys, admin-keys,
-    /// insecure-no-auth, queue, parallel.
+    /// insecure-no-auth, queue, parallel, mcp-allowed-hosts.
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
 }

@@ -9,12 +9,14 @@
 //!   commands do with a model file;
 //! - `remote`: `run`/`chat --url`, talking to a running server;
 //! - `serve`: `hearth serve`;
+//! - `mcp`: `hearth mcp`, the plugins' tools over MCP on stdio;
 //! - `render`: terminal-safe rendering of what plugins control.
 
 use crate::home::Home;
 
 mod args;
 mod generate;
+mod mcp;
 mod model;
 mod plugin;
 mod registry;
@@ -23,8 +25,8 @@ mod render;
 mod serve;
 
 pub use args::{
-    BenchCommand, Cli, Command, Format, LogFormat, ModelCommand, PluginCommand, RegistryCommand,
-    ServeArgs,
+    BenchCommand, Cli, Command, Format, LogFormat, McpArgs, ModelCommand, PluginCommand,
+    RegistryCommand, ServeArgs,
 };
 pub use generate::{AssistantArgs, ModelArgs, SamplingArgs};
 pub use render::{json_for_terminal, render_check, render_invoke_error, render_list};
@@ -44,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             assistant,
         } => generate::run_once(&home, &model, &sampling, &assistant, &prompt).await,
         Command::Serve(args) => serve::serve(home, args).await,
+        Command::Mcp(args) => mcp::mcp(home, args).await,
         Command::Chat {
             model,
             sampling,

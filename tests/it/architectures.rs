@@ -2,8 +2,7 @@
 //! deterministic weights and the default model's real tokenizer: loading,
 //! the qwen2 pre-tokenizer, generation through candle.
 
-mod common;
-use common::default_model;
+use hearth_tests::default_model;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
@@ -99,6 +98,7 @@ fn tiny_qwen2(path: &Path) {
 
 #[test]
 fn a_qwen2_model_loads_tokenizes_and_generates() {
+    let _memory = crate::MEMORY.blocking_read();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny-qwen2.gguf");
     tiny_qwen2(&path);
