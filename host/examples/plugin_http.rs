@@ -1,7 +1,8 @@
 //! What a plugin call costs through the server: `POST
 //! /v1/plugins/{ns}/{tool}` on one keep-alive connection, p50/p99 per
 //! plugin with the bundled Rust `calc` as the baseline of the same run, and
-//! the server's resident memory with the whole set loaded.
+//! the server's resident memory with the whole set loaded; then `calc.eval`
+//! over MCP (`/mcp`) beside the direct route at 1 and 32 clients.
 //!
 //! `cargo run --release -p hearth --example plugin_http -- HEARTH MODEL \
 //!     DIR TOOL ARGS [DIR TOOL ARGS ...]`
@@ -54,6 +55,73 @@ fn rss_mib(pid: u32) -> f64 {
             line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Calls per client in the MCP comparison (after as many untimed).
+const CALLS_PER_CLIENT: usize = 400;
+
+/// `clients` connections calling `calc.eval` at once, directly or over MCP;
+/// the latency of every timed call.
+async fn clients_calling(addr: &str, clients: usize, mcp: bool) -> Vec<Duration> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let addr = addr.to_string();
+        tasks.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut times = Vec::with_capacity(CALLS_PER_CLIENT);
+            for i in 0..2 * CALLS_PER_CLIENT {
+                let builder = hyper::Request::builder()
+                    .method("POST")
+                    // /mcp answers loopback names only (DNS rebinding).
+                    .header("host", addr.as_str())
+                    .header("content-type", "application/json");
+                let (builder, body) = if mcp {
+                    (
+                        builder
+                            .uri("/mcp")
+                            .header("accept", "application/json, text/event-stream")
+                            .header("mcp-protocol-version", "2026-07-28")
+                            .header("mcp-method", "tools/call")
+                            .header("mcp-name", "calc.eval"),
+                        format!(
+                            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"calc.eval","arguments":{{"expression":"6*7"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+                        ),
+                    )
+                } else {
+                    (
+                        builder.uri("/v1/plugins/calc/eval"),
+                        r#"{"expression":"6*7"}"#.to_string(),
+                    )
+                };
+                let req = builder.body(Full::new(Bytes::from(body))).unwrap();
+                let t = Instant::now();
+                let response = sender.send_request(req).await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let took = t.elapsed();
+                assert!(
+                    status.is_success() && !body.windows(14).any(|w| w == b"\"isError\":true"),
+                    "{status} {}",
+                    String::from_utf8_lossy(&body)
+                );
+                if i >= CALLS_PER_CLIENT {
+                    times.push(took);
+                }
+            }
+            times
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(times) = tasks.join_next().await {
+        all.extend(times.unwrap());
+    }
+    all
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -192,6 +260,32 @@ fn main() {
             "\nserver resident memory with the model and every plugin loaded: {:.0} MiB",
             rss_mib(pid)
         );
+
+        // The same call over MCP (streamable HTTP, protocol 2026-07-28: one
+        // POST per call, no session) beside the direct route, at 1 and 32
+        // clients, each client on a keep-alive connection of its own.
+        println!("\n| `calc.eval` through | clients | p50 | p99 | p50 vs direct |");
+        println!("|---|---:|---:|---:|---:|");
+        for clients in [1usize, 32] {
+            let mut direct = None;
+            for mcp in [false, true] {
+                let mut times = clients_calling(&addr, clients, mcp).await;
+                times.sort();
+                let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+                let base = *direct.get_or_insert(p50);
+                println!(
+                    "| {} | {clients} | {:.0} us | {:.0} us | {:.2}x |",
+                    if mcp {
+                        "MCP `tools/call` at /mcp"
+                    } else {
+                        "`POST /v1/plugins/calc/eval`"
+                    },
+                    p50.as_secs_f64() * 1e6,
+                    p99.as_secs_f64() * 1e6,
+                    p50.as_secs_f64() / base.as_secs_f64()
+                );
+            }
+        }
     });
     drop(server);
 }

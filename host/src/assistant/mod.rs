@@ -454,9 +454,13 @@ impl Assistant {
                 sink.send(TurnEvent::ToolCall { call: call.clone() })
                     .await?;
                 let started = Instant::now();
-                let result = self
-                    .run_tool(&call, &format!("{request_id}-{step}-{i}"))
-                    .await;
+                // A client that goes away stops the call too: dropping it
+                // stops the plugin's instance and discards its writes.
+                let call_id = format!("{request_id}-{step}-{i}");
+                let result = tokio::select! {
+                    result = self.run_tool(&call, &call_id) => result,
+                    () = sink.0.closed() => return Err(Gone),
+                };
                 let content = match &result {
                     Ok(json) => json.clone(),
                     // The model sees the failure and can answer anyway.
