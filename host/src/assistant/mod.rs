@@ -353,8 +353,13 @@ impl Assistant {
         let mut usage = Usage::default();
         for step in 0..MAX_STEPS {
             let plan = Step::plan(step, &choice, &client_tools, &plugin_tools, format.as_ref());
-            let offered: Vec<ToolSpec> =
-                client_tools.iter().chain(&plugin_tools).cloned().collect();
+            // Tools are described to the model only when a call can come of
+            // it: not in JSON mode, where the JSON is the answer.
+            let offered: Vec<ToolSpec> = if plan.forced || plan.calls_allowed {
+                client_tools.iter().chain(&plugin_tools).cloned().collect()
+            } else {
+                Vec::new()
+            };
             let request = GenerateRequest {
                 prompt: Prompt::Chat {
                     messages: messages.clone(),
