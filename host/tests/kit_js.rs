@@ -79,7 +79,7 @@ fn a_new_js_plugin_builds_installs_and_answers() {
         assert!(!world.contains(optional), "{world}");
     }
 
-    let out = ok(invoke(
+    let out = ok(&invoke(
         work.path(),
         home.path(),
         &path,
@@ -153,7 +153,7 @@ fn the_js_example_converts_units_by_calling_calc() {
     assert!(!world.contains("/kv@"), "{world}");
 
     let call = |args: &str| -> serde_json::Value {
-        let out = ok(invoke(
+        let out = ok(&invoke(
             work.path(),
             home.path(),
             &path,
@@ -187,7 +187,13 @@ fn the_js_example_converts_units_by_calling_calc() {
         "{stderr}"
     );
 
-    let out = ok(invoke(work.path(), home.path(), &path, "units.units", "{}"));
+    let out = ok(&invoke(
+        work.path(),
+        home.path(),
+        &path,
+        "units.units",
+        "{}",
+    ));
     let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         listed["units"]["temperature"],
@@ -229,7 +235,7 @@ fn building_without_componentize_qjs_names_it_and_how_to_install_it() {
     std::os::unix::fs::symlink(&installed, dir.join("node_modules")).unwrap();
     // Built from the folder above, so the program's path is relative to
     // where hearth runs, not to where the tool runs.
-    let built = ok(hearth_at(
+    let built = ok(&hearth_at(
         work.path(),
         home.path(),
         &node_dir.into_os_string(),
@@ -245,7 +251,7 @@ fn a_component_built_without_sync_is_refused_naming_sync() {
     let home = tempfile::tempdir().unwrap();
     let dir = scaffold(work.path(), home.path(), &path, "eager", "js");
     // The kit's build writes wit/ (and a good plugin.wasm) ...
-    ok(hearth_at(&dir, home.path(), &path, &["plugin", "build"]));
+    ok(&hearth_at(&dir, home.path(), &path, &["plugin", "build"]));
     // ... which a build by hand, with componentize-qjs's default
     // (component-model async) runtime, replaces.
     let out = Command::new(toolchain_bin().join("componentize-qjs"))
@@ -341,7 +347,7 @@ fn a_thrown_exception_shows_its_message_and_stack_once_and_a_tool_error_reaches_
     assert!(!stderr.contains("trapped"), "{stderr}");
 
     // A trapped call is contained: the other tools still answer.
-    let out = ok(invoke(
+    let out = ok(&invoke(
         work.path(),
         home.path(),
         &path,

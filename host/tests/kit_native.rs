@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod common;
-use common::{Toolchain, path_with, text, toolchain};
+use common::{Toolchain, ok, path_with, text, toolchain};
 
 /// The pinned zig, as the docs and the kits' error message name it.
 const ZIG: &str = "ziglang==0.17.0";
@@ -50,16 +50,6 @@ fn hearth_in(
         command.env(k, v);
     }
     command.output().expect("run hearth")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 fn invoke(home: &Path, tool: &str, args: &str) -> String {

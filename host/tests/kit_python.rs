@@ -56,7 +56,7 @@ fn a_new_python_plugin_builds_installs_and_answers() {
         assert!(!world.contains(optional), "{world}");
     }
 
-    let out = ok(hearth_at(
+    let out = ok(&hearth_at(
         work.path(),
         home.path(),
         &path,
@@ -116,7 +116,7 @@ fn the_python_example_keeps_counts_across_processes() {
     // Every `invoke` is its own process and every call a fresh instance:
     // the totals can only come from the store.
     let call = |tool: &str, args: &str| -> serde_json::Value {
-        let out = ok(hearth_at(
+        let out = ok(&hearth_at(
             work.path(),
             home.path(),
             &path,
@@ -222,7 +222,7 @@ fn an_uncaught_exception_shows_its_traceback_once_before_the_wasm_backtrace() {
         assert!(traceback < backtrace, "{stderr}");
     }
     // A trapped call is contained: the other tool still answers.
-    let out = ok(hearth_at(
+    let out = ok(&hearth_at(
         work.path(),
         home.path(),
         &path,
@@ -347,7 +347,7 @@ fn a_python_plugin_granted_http_fetches_from_its_origin_and_is_refused_others() 
             ],
         )
     };
-    let out = ok(fetch(&format!("http://127.0.0.1:{port}/greeting?lang=en")));
+    let out = ok(&fetch(&format!("http://127.0.0.1:{port}/greeting?lang=en")));
     let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         answer,

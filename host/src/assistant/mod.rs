@@ -393,7 +393,7 @@ impl Assistant {
                             continue;
                         }
                         held.push_str(&piece);
-                        if plan.reads_calls() && may_be_call(&held) {
+                        if plan.calls_allowed && may_be_call(&held) {
                             continue;
                         }
                         streaming = true;

@@ -78,10 +78,6 @@ impl Step {
         }
     }
 
-    pub(super) fn reads_calls(&self) -> bool {
-        self.calls_allowed
-    }
-
     /// Splits the model's output into answer text and calls, by who
     /// offered the tool called.
     pub fn read(&self, text: &str, client_tools: &[ToolSpec], plugin_tools: &[ToolSpec]) -> Read {

@@ -149,8 +149,8 @@ impl ChatRequest {
             if path == "." {
                 // A missing or unknown top-level field: serde names it in
                 // the message, and it is the parameter at fault.
-                let field = message.split('`').nth(1).unwrap_or_default();
-                return ApiError::invalid(message.clone(), Some(field));
+                let field = message.split('`').nth(1).filter(|f| !f.is_empty());
+                return ApiError::invalid(message.clone(), field);
             }
             ApiError::invalid(
                 format!("`{path}`: {message}"),

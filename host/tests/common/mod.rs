@@ -117,7 +117,7 @@ pub fn hearth_at(
 }
 
 /// Asserts that `out` succeeded and returns its stdout.
-pub fn ok(out: std::process::Output) -> String {
+pub fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
         "stdout: {}\nstderr: {}",
@@ -135,7 +135,7 @@ pub fn scaffold(
     name: &str,
     lang: &str,
 ) -> std::path::PathBuf {
-    ok(hearth_at(
+    ok(&hearth_at(
         work,
         home,
         path,
@@ -147,9 +147,9 @@ pub fn scaffold(
 /// Builds the plugin in `dir` and installs it with `plugin dev` (which must
 /// say it is unsigned); returns what `build` printed.
 pub fn build_and_install(work: &Path, dir: &Path, home: &Path, path: &std::ffi::OsStr) -> String {
-    let built = ok(hearth_at(dir, home, path, &["plugin", "build"]));
+    let built = ok(&hearth_at(dir, home, path, &["plugin", "build"]));
     assert!(dir.join("plugin.wasm").is_file());
-    let dev = ok(hearth_at(
+    let dev = ok(&hearth_at(
         work,
         home,
         path,
