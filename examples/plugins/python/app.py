@@ -4,7 +4,7 @@
 `hearth plugin build` generates, and so `wit_world.imports.kv` in the
 bindings componentize-py writes. Every call runs in a fresh instance: the
 store is the only thing that outlives it. A call's writes are committed when
-it returns and dropped if it fails.
+it returns (also with an error) and dropped if it traps.
 """
 
 import json
