@@ -1,5 +1,6 @@
 //! The HTTP client hearth uses for its own requests: the plugin registry's
-//! index and component downloads, and `hearth run/chat --url`. (Plugins'
+//! index and component downloads, `hearth run/chat --url`, and the MCP
+//! servers `hearth serve` takes tools from. (Plugins'
 //! HTTP goes through wasmtime-wasi-http under their permissions, not here.)
 //!
 //! One constructor, so every use gets the same TLS, proxy and timeout
@@ -172,6 +173,13 @@ impl Client {
             reason: describe(e),
         })?;
         Ok(Client { inner, options })
+    }
+
+    /// The reqwest client itself, for a library that drives its own
+    /// requests over it (rmcp's streamable-HTTP client, for `[[mcp]]`
+    /// tool sources): same TLS, proxies and time limits.
+    pub fn reqwest(&self) -> reqwest::Client {
+        self.inner.clone()
     }
 
     /// A request to `url`, which must be an `http://` or `https://` URL.

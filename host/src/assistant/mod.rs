@@ -5,7 +5,7 @@
 //! tools the client offers, the plugins' tools, how the model must answer.
 //! [`Assistant::start`] runs it in its own task and hands back a
 //! [`Conversation`]: a stream of [`TurnEvent`]s (answer text as it is
-//! generated, plugin tool calls as they run, the end). Front ends only render
+//! generated, calls to the host's tools as they run, the end). Front ends only render
 //! that stream: the server as SSE or one JSON body, the CLI on a terminal.
 //!
 //! The loop, in order:
@@ -15,17 +15,19 @@
 //! 3. its output is read for tool calls — only calls to tools actually
 //!    offered count: a call to any other name is never run and never reaches
 //!    the client (see [`Step`]);
-//! 4. calls to plugin tools run in the sandbox (the runtime checks their
-//!    arguments against the tool's schema) and their results, or errors, go
-//!    back to the model for the next step, up to [`MAX_STEPS`] generations;
+//! 4. calls to the host's tools run — a plugin's in the sandbox (the
+//!    runtime checks their arguments against the tool's schema), an MCP
+//!    server's on that server (the same check first, see
+//!    [`crate::mcp::sources`]) — and their results, or errors, go back to
+//!    the model for the next step, up to [`MAX_STEPS`] generations;
 //!    calls to the client's tools end the turn, for the client to run;
 //! 5. after-response observers see (and may rewrite or withhold) the answer.
 //!
 //! `tool_choice` (see [`ToolChoice`]) constrains only the first step's
 //! output, with a JSON Schema of the allowed calls. With client tools,
 //! `Required` allows only the client's tools: the client asked for a call it
-//! will run. With no client tools, `Required` forces a call to a plugin
-//! tool; the steps after it answer freely. In JSON mode (a `format` without
+//! will run. With no client tools, `Required` forces a call to one of the
+//! host's tools; the steps after it answer freely. In JSON mode (a `format` without
 //! a forced call) the model's JSON is the answer, never read as a call.
 
 use crate::engine::{
@@ -69,9 +71,10 @@ pub struct Turn {
     pub messages: Vec<ChatMessage>,
     /// Tools the client offers; calls to them end the turn.
     pub client_tools: Vec<ToolSpec>,
-    /// Tools of the active plugins, by qualified name (a snapshot from
-    /// [`Assistant::plugin_tools`]); calls to them run here.
-    pub plugin_tools: Vec<ToolSpec>,
+    /// Tools the host runs: the active plugins' and the MCP servers', by
+    /// qualified name (a snapshot from [`Assistant::host_tools`]); calls to
+    /// them run here.
+    pub host_tools: Vec<ToolSpec>,
     /// Which calls the model may or must make.
     pub choice: ToolChoice,
     /// Sampling.
@@ -85,13 +88,13 @@ pub struct Turn {
 }
 
 impl Turn {
-    /// A turn answering `messages` with default sampling, every active
-    /// plugin tool offered and no client tools.
-    pub fn new(messages: Vec<ChatMessage>, plugin_tools: Vec<ToolSpec>) -> Turn {
+    /// A turn answering `messages` with default sampling, `host_tools`
+    /// offered and no client tools.
+    pub fn new(messages: Vec<ChatMessage>, host_tools: Vec<ToolSpec>) -> Turn {
         Turn {
             messages,
             client_tools: Vec::new(),
-            plugin_tools,
+            host_tools,
             choice: ToolChoice::Auto,
             params: SamplingParams::default(),
             format: None,
@@ -139,7 +142,7 @@ pub struct Outcome {
     pub usage: Usage,
 }
 
-/// A plugin tool call that failed: what the model is told.
+/// A call to a host tool that failed: what the model is told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolFailure {
     /// The error, for the model and the person watching.
@@ -155,12 +158,12 @@ pub enum TurnEvent {
     /// tool call, or while observers may rewrite the answer; the pieces
     /// together are [`Outcome::content`].
     Text(String),
-    /// A plugin tool is about to run.
+    /// A host tool (a plugin's or an MCP server's) is about to run.
     ToolCall {
         /// The call as the model made it.
         call: ToolCall,
     },
-    /// A plugin tool ran: its JSON result, or why it failed.
+    /// A host tool ran: its JSON result, or why it failed.
     ToolResult {
         /// The call.
         call: ToolCall,
@@ -211,12 +214,14 @@ pub enum AssistantError {
 pub struct Assistant {
     scheduler: Scheduler,
     plugins: Option<Runtime>,
+    mcp: crate::mcp::McpSources,
 }
 
 impl std::fmt::Debug for Assistant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Assistant")
             .field("plugins", &self.plugins.is_some())
+            .field("mcp", &self.mcp)
             .finish()
     }
 }
@@ -266,7 +271,18 @@ impl Assistant {
     /// An assistant generating through `scheduler`, running tool calls and
     /// hooks in `plugins` (`None`: no plugins).
     pub fn new(scheduler: Scheduler, plugins: Option<Runtime>) -> Assistant {
-        Assistant { scheduler, plugins }
+        Assistant {
+            scheduler,
+            plugins,
+            mcp: Default::default(),
+        }
+    }
+
+    /// The same assistant, offering the tools of the MCP servers `mcp`
+    /// beside the plugins'.
+    pub fn with_mcp(mut self, mcp: crate::mcp::McpSources) -> Assistant {
+        self.mcp = mcp;
+        self
     }
 
     /// The scheduler behind it.
@@ -279,22 +295,32 @@ impl Assistant {
         self.plugins.as_ref()
     }
 
-    /// The active plugins' tools, by qualified name, sorted.
-    pub fn plugin_tools(&self) -> Vec<ToolSpec> {
-        let Some(runtime) = &self.plugins else {
-            return Vec::new();
-        };
-        let mut tools: Vec<ToolSpec> = runtime
-            .active_plugins()
-            .iter()
-            .flat_map(|p| {
-                p.tools.iter().map(|t| ToolSpec {
-                    name: format!("{}.{}", p.manifest.namespace, t.name),
-                    description: t.description.clone(),
-                    parameters: t.schema.clone(),
+    /// The tools the host runs, by qualified name, sorted: the active
+    /// plugins' and the MCP servers'. A plugin namespace that is also an
+    /// MCP prefix keeps the plugin's tools; the server's are not offered.
+    pub fn host_tools(&self) -> Vec<ToolSpec> {
+        let mut tools: Vec<ToolSpec> = match &self.plugins {
+            Some(runtime) => runtime
+                .active_plugins()
+                .iter()
+                .flat_map(|p| {
+                    p.tools.iter().map(|t| ToolSpec {
+                        name: format!("{}.{}", p.manifest.namespace, t.name),
+                        description: t.description.clone(),
+                        parameters: t.schema.clone(),
+                    })
                 })
-            })
+                .collect(),
+            None => Vec::new(),
+        };
+        let plugin_namespaces: std::collections::BTreeSet<String> = tools
+            .iter()
+            .filter_map(|t| t.name.split_once('.').map(|(ns, _)| ns.to_string()))
             .collect();
+        tools.extend(self.mcp.tools().into_iter().filter(|t| {
+            let ns = t.name.split_once('.').map_or("", |(ns, _)| ns);
+            !plugin_namespaces.contains(ns)
+        }));
         tools.sort_by(|a, b| a.name.cmp(&b.name));
         tools
     }
@@ -331,15 +357,15 @@ impl Assistant {
         let Turn {
             mut messages,
             mut client_tools,
-            mut plugin_tools,
+            mut host_tools,
             choice,
             params,
             format,
             deadline,
             request_id,
         } = turn;
-        if choice == ToolChoice::None || self.plugins.is_none() {
-            plugin_tools.clear();
+        if choice == ToolChoice::None {
+            host_tools.clear();
         }
         if choice == ToolChoice::None {
             client_tools.clear();
@@ -352,11 +378,11 @@ impl Assistant {
         let hold_all = self.observed(EventKind::AfterResponse);
         let mut usage = Usage::default();
         for step in 0..MAX_STEPS {
-            let plan = Step::plan(step, &choice, &client_tools, &plugin_tools, format.as_ref());
+            let plan = Step::plan(step, &choice, &client_tools, &host_tools, format.as_ref());
             // Tools are described to the model only when a call can come of
             // it: not in JSON mode, where the JSON is the answer.
             let offered: Vec<ToolSpec> = if plan.forced || plan.calls_allowed {
-                client_tools.iter().chain(&plugin_tools).cloned().collect()
+                client_tools.iter().chain(&host_tools).cloned().collect()
             } else {
                 Vec::new()
             };
@@ -426,7 +452,7 @@ impl Assistant {
                 };
                 return self.end(outcome, true, &request_id, sink).await;
             }
-            let read = plan.read(&done.text, &client_tools, &plugin_tools);
+            let read = plan.read(&done.text, &client_tools, &host_tools);
             for call in &read.unknown {
                 tracing::info!(
                     tool = call.name,
@@ -434,7 +460,7 @@ impl Assistant {
                 );
             }
             let last = step + 1 == MAX_STEPS;
-            if !read.client.is_empty() || read.plugin.is_empty() || last {
+            if !read.client.is_empty() || read.host.is_empty() || last {
                 // Plugin calls beside client calls are dropped: the client
                 // would never see their results. The model can call them
                 // again when the client answers.
@@ -442,7 +468,7 @@ impl Assistant {
                     content: read.content,
                     finish: if !read.client.is_empty() {
                         Finish::ToolCalls
-                    } else if !read.plugin.is_empty() {
+                    } else if !read.host.is_empty() {
                         Finish::Length
                     } else {
                         finish
@@ -453,9 +479,9 @@ impl Assistant {
                 return self.end(outcome, false, &request_id, sink).await;
             }
             let mut assistant = ChatMessage::new(Role::Assistant, read.content);
-            assistant.tool_calls = read.plugin.iter().chain(&read.unknown).cloned().collect();
+            assistant.tool_calls = read.host.iter().chain(&read.unknown).cloned().collect();
             messages.push(assistant);
-            for (i, call) in read.plugin.into_iter().enumerate() {
+            for (i, call) in read.host.into_iter().enumerate() {
                 sink.send(TurnEvent::ToolCall { call: call.clone() })
                     .await?;
                 let started = Instant::now();
@@ -574,10 +600,24 @@ impl Assistant {
     }
 
     async fn run_tool(&self, call: &ToolCall, request_id: &str) -> Result<String, ToolFailure> {
-        let runtime = self
-            .plugins
-            .as_ref()
-            .expect("plugin tools are offered only with a runtime");
+        let plugin_namespace = |runtime: &Runtime| {
+            let ns = call.name.split_once('.').map_or("", |(ns, _)| ns);
+            runtime
+                .active_plugins()
+                .iter()
+                .any(|p| p.manifest.namespace.as_str() == ns)
+        };
+        let runtime = match &self.plugins {
+            Some(runtime) if plugin_namespace(runtime) || !self.mcp.owns(&call.name) => runtime,
+            _ => {
+                let result = self.mcp.call(&call.name, &call.arguments).await;
+                tracing::info!(tool = call.name, ok = result.is_ok(), "MCP tool call");
+                return result.map_err(|e| ToolFailure {
+                    outcome: e.outcome(),
+                    message: e.to_string(),
+                });
+            }
+        };
         let scope = CallScope::new(request_id);
         let result = runtime
             .invoke_qualified(&call.name, &call.arguments.to_string(), scope)
@@ -612,7 +652,7 @@ fn tool_reply(call: &ToolCall, content: String) -> ChatMessage {
 
 /// Refuses a `tool_choice` that cannot be met, before anything runs.
 fn check_choice(turn: &Turn) -> Result<(), AssistantError> {
-    let offered = || turn.client_tools.iter().chain(&turn.plugin_tools);
+    let offered = || turn.client_tools.iter().chain(&turn.host_tools);
     match &turn.choice {
         ToolChoice::Required if offered().next().is_none() => Err(AssistantError::NoTools),
         ToolChoice::Function(name) if !offered().any(|t| &t.name == name) => {

@@ -34,8 +34,8 @@ pub struct Read {
     pub content: String,
     /// Calls to the client's tools.
     pub client: Vec<ToolCall>,
-    /// Calls to plugin tools.
-    pub plugin: Vec<ToolCall>,
+    /// Calls to the host's tools (plugins', MCP servers').
+    pub host: Vec<ToolCall>,
     /// Calls to names nobody offered: never run, never sent to the client.
     pub unknown: Vec<ToolCall>,
 }
@@ -46,18 +46,18 @@ impl Step {
         step: usize,
         choice: &ToolChoice,
         client_tools: &[ToolSpec],
-        plugin_tools: &[ToolSpec],
+        host_tools: &[ToolSpec],
         format: Option<&OutputFormat>,
     ) -> Step {
-        let any_tools = !client_tools.is_empty() || !plugin_tools.is_empty();
+        let any_tools = !client_tools.is_empty() || !host_tools.is_empty();
         let forced_set: Option<Vec<&ToolSpec>> = match choice {
             _ if step > 0 => None,
             ToolChoice::Required if !client_tools.is_empty() => Some(client_tools.iter().collect()),
-            ToolChoice::Required => Some(plugin_tools.iter().collect()),
+            ToolChoice::Required => Some(host_tools.iter().collect()),
             ToolChoice::Function(name) => Some(
                 client_tools
                     .iter()
-                    .chain(plugin_tools)
+                    .chain(host_tools)
                     .filter(|t| &t.name == name)
                     .take(1)
                     .collect(),
@@ -80,7 +80,7 @@ impl Step {
 
     /// Splits the model's output into answer text and calls, by who
     /// offered the tool called.
-    pub fn read(&self, text: &str, client_tools: &[ToolSpec], plugin_tools: &[ToolSpec]) -> Read {
+    pub fn read(&self, text: &str, client_tools: &[ToolSpec], host_tools: &[ToolSpec]) -> Read {
         let (content, calls) = if self.forced {
             match serde_json::from_str::<Value>(text) {
                 Ok(Value::Object(mut call)) => {
@@ -115,13 +115,13 @@ impl Step {
         for call in calls {
             if offered(client_tools, &call.name) {
                 read.client.push(call);
-            } else if offered(plugin_tools, &call.name) {
-                read.plugin.push(call);
+            } else if offered(host_tools, &call.name) {
+                read.host.push(call);
             } else {
                 read.unknown.push(call);
             }
         }
-        if read.client.is_empty() && read.plugin.is_empty() && !read.unknown.is_empty() {
+        if read.client.is_empty() && read.host.is_empty() && !read.unknown.is_empty() {
             // Nothing offered was called: what looked like calls (JSON with
             // a "name", say) is the answer, as the model wrote it.
             read.content = text.to_string();

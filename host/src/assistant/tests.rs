@@ -44,7 +44,7 @@ fn json_mode_never_turns_the_answer_into_a_tool_call() {
     let text = r#"{"name": "Ada", "arguments": {}}"#;
     let read = step.read(text, &[], &plugins);
     assert_eq!(read.content, text);
-    assert!(read.client.is_empty() && read.plugin.is_empty() && read.unknown.is_empty());
+    assert!(read.client.is_empty() && read.host.is_empty() && read.unknown.is_empty());
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn required_with_client_tools_forces_a_client_tool_call() {
         &plugins,
     );
     assert_eq!(read.client.len(), 1);
-    assert!(read.plugin.is_empty());
+    assert!(read.host.is_empty());
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn calls_are_sorted_by_who_offered_the_tool_and_unknown_ones_never_count() {
         let text = text.join("\n");
         let read = step.read(&text, &client, &plugins);
         assert_eq!(
-            (read.client.len(), read.plugin.len(), read.unknown.len()),
+            (read.client.len(), read.host.len(), read.unknown.len()),
             (*c, *p, *u),
             "{called:?}"
         );
@@ -132,7 +132,7 @@ fn without_tools_nothing_is_read_as_a_call() {
     let text = "<tool_call>\n{\"name\": \"calc.eval\", \"arguments\": {}}\n</tool_call>";
     let read = step.read(text, &[], &[]);
     assert_eq!(read.content, text);
-    assert!(read.plugin.is_empty());
+    assert!(read.host.is_empty());
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn tool_choice_that_cannot_be_met_is_refused_before_anything_runs() {
     let mut turn = Turn::new(vec![ChatMessage::new(Role::User, "hi")], Vec::new());
     turn.choice = ToolChoice::Required;
     assert!(matches!(check_choice(&turn), Err(AssistantError::NoTools)));
-    turn.plugin_tools = vec![tool("calc.eval")];
+    turn.host_tools = vec![tool("calc.eval")];
     assert!(check_choice(&turn).is_ok());
     turn.choice = ToolChoice::Function("nope".into());
     assert!(matches!(

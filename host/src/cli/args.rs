@@ -134,9 +134,13 @@ pub struct ServeArgs {
     #[arg(long = "mcp-allowed-host", value_delimiter = ',')]
     pub(crate) mcp_allowed_hosts: Vec<String>,
     /// A TOML file with any of: addr, model, context, api-keys, admin-keys,
-    /// insecure-no-auth, queue, parallel, mcp-allowed-hosts.
+    /// insecure-no-auth, queue, parallel, mcp-allowed-hosts, and [[mcp]]
+    /// entries (MCP servers whose tools the model may call; see README).
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
+    /// The `[[mcp]]` entries of the config file (there is no flag).
+    #[arg(skip)]
+    pub(crate) mcp_sources: Vec<crate::mcp::SourceConfig>,
 }
 
 /// `hearth bench …`

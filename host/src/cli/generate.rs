@@ -334,7 +334,7 @@ async fn answer(
             return Ok(text);
         }
     };
-    let mut turn = Turn::new(messages, assistant.plugin_tools());
+    let mut turn = Turn::new(messages, assistant.host_tools());
     turn.params = sampling.params();
     turn.format = sampling.format()?;
     turn.choice = options.choice();

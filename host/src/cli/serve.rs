@@ -27,6 +27,9 @@ struct ServeConfig {
     parallel: Option<usize>,
     #[serde(default)]
     mcp_allowed_hosts: Vec<String>,
+    /// MCP servers whose tools the model may call.
+    #[serde(default)]
+    mcp: Vec<crate::mcp::SourceConfig>,
 }
 
 impl ServeArgs {
@@ -54,6 +57,7 @@ impl ServeArgs {
         // Both lists count: the file's names are the standing ones, a flag
         // adds one for this run.
         self.mcp_allowed_hosts.extend(file.mcp_allowed_hosts);
+        self.mcp_sources = file.mcp;
         Ok(self)
     }
 }
@@ -119,6 +123,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         queue,
         parallel,
         mcp_allowed_hosts,
+        mcp_sources,
         config: _,
     } = args.merged()?;
     let addr = addr.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -163,6 +168,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         "hearth: plugins active: {}",
         set.resolution.order.join(", ")
     );
+    let mcp_sources = connect_mcp_sources(mcp_sources, &set).await?;
     let model_id = crate::server::model_id(&path);
     let options = crate::server::ServerOptions {
         api_keys,
@@ -180,6 +186,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     let state = std::sync::Arc::new(
         crate::server::AppState::new(scheduler, model_id.clone(), options)
             .with_plugins(runtime)
+            .with_mcp_sources(mcp_sources)
             .with_mcp(mcp_hosts)
             .with_home(home),
     );
@@ -198,6 +205,52 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     .await?;
     eprintln!("hearth: stopped");
     Ok(0)
+}
+
+/// Connects to the `[[mcp]]` servers, refusing a prefix that is an active
+/// plugin's namespace (names must say who runs a tool), and says which
+/// tools each offers.
+async fn connect_mcp_sources(
+    entries: Vec<crate::mcp::SourceConfig>,
+    set: &ActiveSet,
+) -> anyhow::Result<crate::mcp::McpSources> {
+    if entries.is_empty() {
+        return Ok(Default::default());
+    }
+    for entry in &entries {
+        if set.resolution.order.iter().any(|ns| ns == &entry.prefix) {
+            bail!(
+                "[[mcp]] entry `{}`: the prefix is the namespace of an installed plugin; choose another",
+                entry.prefix
+            );
+        }
+    }
+    let http = crate::http_client::Client::new(crate::http_client::Options {
+        connect_timeout: std::time::Duration::from_secs(10),
+        // Calls have their own timeouts; change notifications arrive on
+        // streams that stay open.
+        total_timeout: None,
+        idle_timeout: None,
+        follow_redirects: false,
+    })?;
+    let sources = crate::mcp::McpSources::connect(entries, http.reqwest()).await?;
+    let tools = sources.tools();
+    for (prefix, url) in sources.describe() {
+        let names: Vec<&str> = tools
+            .iter()
+            .filter(|t| t.name.split_once('.').is_some_and(|(ns, _)| ns == prefix))
+            .map(|t| t.name.as_str())
+            .collect();
+        eprintln!(
+            "hearth: MCP server {url} ({prefix}): {}",
+            if names.is_empty() {
+                "no tools yet".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    Ok(sources)
 }
 
 /// Resolves on SIGINT or SIGTERM.

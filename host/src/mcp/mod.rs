@@ -1,6 +1,8 @@
 //! hearth as an MCP (Model Context Protocol) server, with the official Rust
 //! SDK, rmcp: `hearth mcp` on stdio, and `/mcp` on `hearth serve` over
-//! streamable HTTP.
+//! streamable HTTP. And the other way round: remote MCP servers as tool
+//! sources for hearth's model ([`sources`], the `[[mcp]]` entries of
+//! `hearth serve --config`).
 //!
 //! What is exposed: the tools of the active plugins, nothing else (no
 //! resources, prompts or model). A client sees what `GET /v1/plugins`
@@ -48,6 +50,7 @@ mod error;
 mod handler;
 mod hosts;
 mod http;
+pub mod sources;
 mod stdio;
 pub mod tools;
 
@@ -55,6 +58,7 @@ pub use error::McpError;
 pub use handler::{CallObserver, McpServer};
 pub use hosts::{AllowedHosts, HostRejected};
 pub use http::{McpHttp, McpHttpOptions};
+pub use sources::{McpSources, SourceCallError, SourceConfig, SourceConfigError};
 pub use stdio::serve_stdio;
 pub use tools::mcp_name;
 

@@ -48,6 +48,14 @@ impl std::fmt::Debug for ToolInfo {
 }
 
 impl ToolInfo {
+    /// One tool described by something other than a plugin (an MCP
+    /// server), checked by the same rules as a plugin's: name, description,
+    /// and a schema that is small, shallow and cheap to check.
+    pub fn checked(name: &str, description: &str, schema: &str) -> Result<ToolInfo, LoadError> {
+        let mut one = validate_tools(&[(name.into(), description.into(), schema.into())])?;
+        Ok(one.remove(0))
+    }
+
     /// Checks arguments against the tool's schema; the error names every
     /// problem with where it is (at most a few).
     pub fn check_arguments(&self, arguments: &str) -> Result<(), String> {

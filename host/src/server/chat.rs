@@ -45,7 +45,7 @@ pub(super) async fn chat(
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
-    let mut turn = request.map(state.assistant.plugin_tools(), request_id)?;
+    let mut turn = request.map(state.assistant.host_tools(), request_id)?;
     turn.deadline = Some(Instant::now() + state.options.request_timeout);
     let conversation = state.assistant.start(turn)?;
     let answer = Answer {

@@ -117,6 +117,13 @@ impl AppState {
         self
     }
 
+    /// Offers the tools of the MCP servers `sources` to the model beside
+    /// the plugins' (after [`AppState::with_plugins`]).
+    pub fn with_mcp_sources(mut self, sources: crate::mcp::McpSources) -> AppState {
+        self.assistant = self.assistant.with_mcp(sources);
+        self
+    }
+
     /// Serves the active plugins' tools over MCP at `/mcp` to the hosts
     /// `allowed_hosts` lets in (see [`crate::mcp::AllowedHosts`]), with the
     /// API's key and body limits. Without plugins (see

@@ -160,9 +160,9 @@ impl ChatRequest {
     }
 
     /// Checks every field and maps the request to a [`Turn`] of the
-    /// assistant. `plugin_tools` are offered beside the client's own (and
+    /// assistant. `host_tools` are offered beside the client's own (and
     /// may be named by `tool_choice`).
-    pub fn map(self, plugin_tools: Vec<ToolSpec>, request_id: &str) -> Result<Turn, ApiError> {
+    pub fn map(self, host_tools: Vec<ToolSpec>, request_id: &str) -> Result<Turn, ApiError> {
         if self.messages.is_empty() {
             return Err(invalid(
                 "messages",
@@ -255,7 +255,7 @@ impl ChatRequest {
         let offered = |name: &str| {
             client_tools
                 .iter()
-                .chain(&plugin_tools)
+                .chain(&host_tools)
                 .any(|t| t.name == name)
         };
         let choice = match &self.tool_choice {
@@ -263,7 +263,7 @@ impl ChatRequest {
             Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
             Some(Value::String(s)) if s == "none" => ToolChoice::None,
             Some(Value::String(s)) if s == "required" => {
-                if client_tools.is_empty() && plugin_tools.is_empty() {
+                if client_tools.is_empty() && host_tools.is_empty() {
                     return Err(invalid(
                         "tool_choice",
                         "`tool_choice` is `required` but no tools were given",
@@ -288,7 +288,7 @@ impl ChatRequest {
         Ok(Turn {
             messages,
             client_tools,
-            plugin_tools,
+            host_tools,
             choice,
             params,
             format,
@@ -387,7 +387,7 @@ mod tests {
     use super::*;
     use crate::assistant::ToolChoice;
 
-    fn plugin_tools() -> Vec<ToolSpec> {
+    fn host_tools() -> Vec<ToolSpec> {
         vec![ToolSpec {
             name: "calc.eval".into(),
             description: String::new(),
@@ -396,7 +396,7 @@ mod tests {
     }
 
     fn map(body: Value) -> Result<Turn, ApiError> {
-        ChatRequest::parse(&body)?.map(plugin_tools(), "test")
+        ChatRequest::parse(&body)?.map(host_tools(), "test")
     }
 
     const HI: &str = r#"[{"role": "user", "content": "hi"}]"#;
@@ -504,7 +504,7 @@ mod tests {
         assert_eq!(turn.messages[0].role, Role::System);
         assert_eq!(turn.messages[1].content, "hi");
         assert_eq!(turn.choice, ToolChoice::Auto);
-        assert_eq!(turn.plugin_tools.len(), 1);
+        assert_eq!(turn.host_tools.len(), 1);
         let messages: Value = serde_json::from_str(HI).unwrap();
         let cases: Vec<(Value, ToolChoice)> = vec![
             (json!("none"), ToolChoice::None),
