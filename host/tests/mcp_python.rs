@@ -13,19 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-const MCP_PYTHON: &str = "mcp==2.3.0";
 const MCP_TYPESCRIPT: &str = "@modelcontextprotocol/sdk@1.32.2";
 const KEY: &str = "mcp-key";
-
-fn python() -> PathBuf {
-    common::toolchain(Toolchain::Pip, MCP_PYTHON).join("bin/python")
-}
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests")
-        .join(name)
-}
 
 /// A child process killed when the test ends, whatever happens; its
 /// stderr is drained into `log` so it never blocks on a full pipe.
@@ -102,8 +91,8 @@ impl Server {
 /// Runs the Python client with `args`; asserts it passed and returns what
 /// it printed.
 fn run_python(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(python())
-        .arg(script("python/mcp_client.py"))
+    let out = Command::new(common::mcp_python())
+        .arg(common::script("python/mcp_client.py"))
         .args(args)
         .env("HEARTH_BIN", env!("CARGO_BIN_EXE_hearth"))
         .env("HEARTH_HOME", home)
@@ -156,8 +145,8 @@ fn the_python_sdk_over_http_lists_calls_and_follows_changes() {
     let server = Server::start(home.path(), &[]);
     let url = format!("{}/mcp", server.base);
     for mode in ["auto", "legacy"] {
-        let out = Command::new(python())
-            .arg(script("python/mcp_client.py"))
+        let out = Command::new(common::mcp_python())
+            .arg(common::script("python/mcp_client.py"))
             .args(["http", &url, KEY, mode])
             .env("HEARTH_BIN", env!("CARGO_BIN_EXE_hearth"))
             .env("HEARTH_HOME", home.path())
@@ -306,7 +295,7 @@ fn the_typescript_sdk_lists_and_calls_over_http() {
     let server = Server::start(home.path(), &[]);
     let sdk = common::toolchain(Toolchain::Npm, MCP_TYPESCRIPT);
     let out = Command::new("node")
-        .arg(script("js/mcp_client.mjs"))
+        .arg(common::script("js/mcp_client.mjs"))
         .arg(format!("{}/mcp", server.base))
         .arg(KEY)
         .env("NODE_PATH", sdk.join("node_modules"))

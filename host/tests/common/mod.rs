@@ -194,3 +194,19 @@ pub fn serve_http(body: &'static str) -> (u16, std::sync::Arc<std::sync::Mutex<V
     });
     (port, seen)
 }
+
+/// The official MCP Python SDK this suite drives hearth with, pinned.
+pub const MCP_PYTHON: &str = "mcp==2.3.0";
+
+/// The Python of a virtual environment holding [`MCP_PYTHON`].
+pub fn mcp_python() -> std::path::PathBuf {
+    toolchain(Toolchain::Pip, MCP_PYTHON).join("bin/python")
+}
+
+/// A file under the repository's `tests/` folder (client and server
+/// scripts in other languages).
+pub fn script(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests")
+        .join(name)
+}
