@@ -1,11 +1,20 @@
-//! Matrix-product throughput on every instruction set this CPU has, in the
-//! same run, for SmolLM2-135M's shapes: a prompt-sized batch and a decode
-//! batch. Reports multiply-accumulates per second and each path's ratio to
-//! the portable one.
+//! Matrix-product throughput, in the same run:
 //!
-//! `cargo run --release -p hearth-kernels --example matmul [THREADS]`
+//! 1. every instruction set this CPU has on SmolLM2-135M's shapes (8-bit
+//!    weights): a prompt-sized batch and a decode batch, with each path's
+//!    ratio to the portable one;
+//! 2. Q4_K and Q6_K against Q8 on a Llama-3.2-1B layer's shapes (QKV
+//!    3072×2048, output 2048×2048, gate+up 16384×2048, down 2048×8192;
+//!    two layers' worth of distinct matrices, so the weights do not fit in
+//!    the last-level cache, as in a real decode): one decoding token and a
+//!    64-token prompt, with each format's ratio to Q8. The formats are
+//!    timed in turn, several rounds, keeping each one's best, so that other
+//!    work on a shared machine skews no ratio.
+//!
+//! `cargo run --release -p hearth-kernels --example matmul [THREADS] [ROUNDS]`
+//! (`HEARTH_CPU_ISA=avx2` caps the instruction sets measured.)
 
-use hearth_kernels::{Activations, Isa, Q8Matrix, matmul_on};
+use hearth_kernels::{Activations, Isa, Q4KMatrix, Q6KMatrix, Q8Matrix, Weights, matmul_on};
 use std::time::Instant;
 
 fn main() {
@@ -16,6 +25,9 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
+    let rounds: usize = std::env::args()
+        .nth(2)
+        .map_or(5, |r| r.parse().expect("ROUNDS is a number"));
     let mut seed = 7u64;
     let mut next = move || {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -64,6 +76,114 @@ fn main() {
             let rate = (macs * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
             let base = *base.get_or_insert(rate);
             println!("| {tokens} | {isa:?} | {rate:.2} | {:.2} |", rate / base);
+        }
+    }
+    k_quants(&pool, rounds);
+}
+
+/// A random f16 in 2⁻¹⁰..2⁻⁶ (the size of a real file's scales).
+fn f16(bits: u64) -> [u8; 2] {
+    let exp = 5 + (bits % 4) as u16;
+    ((exp << 10) | ((bits >> 8) as u16 & 0x3ff)).to_le_bytes()
+}
+
+/// Part 2: Q4_K and Q6_K against Q8 on a 1B model's shapes.
+fn k_quants(pool: &rayon::ThreadPool, rounds: usize) {
+    let mut seed = 11u64;
+    let mut bits = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        seed >> 16
+    };
+    let shapes = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)];
+    let layers = 2;
+    let mut formats: Vec<(&str, Vec<Weights>)> =
+        vec![("Q8_0", vec![]), ("Q4_K", vec![]), ("Q6_K", vec![])];
+    for _ in 0..layers {
+        for &(r, c) in &shapes {
+            let w: Vec<f32> = (0..r * c)
+                .map(|_| (bits() >> 24) as f32 / (1u64 << 24) as f32 - 0.5)
+                .collect();
+            formats[0].1.push(Q8Matrix::from_f32(&w, r, c).into());
+            let blocks = r * c / 256;
+            let mut q4 = Vec::with_capacity(blocks * 144);
+            for _ in 0..blocks {
+                q4.extend(f16(bits()));
+                q4.extend(f16(bits()));
+                q4.extend((0..140).map(|_| bits() as u8));
+            }
+            formats[1].1.push(Q4KMatrix::from_q4_k(&q4, r, c).into());
+            let mut q6 = Vec::with_capacity(blocks * 210);
+            for _ in 0..blocks {
+                q6.extend((0..208).map(|_| bits() as u8));
+                q6.extend(f16(bits()));
+            }
+            formats[2].1.push(Q6KMatrix::from_q6_k(&q6, r, c).into());
+        }
+    }
+    let weights: usize = formats[0].1.iter().map(|m| m.rows() * m.cols()).sum();
+    println!();
+    println!(
+        "Llama-3.2-1B shapes, {layers} layers ({:.0} M weights), {} threads, best of {rounds}:",
+        weights as f64 / 1e6,
+        pool.current_num_threads()
+    );
+    println!();
+    println!("| tokens | isa | format | bits/weight | ms | GMAC/s | weight GB/s | vs Q8_0 |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|");
+    for tokens in [1, 64] {
+        let acts: Vec<Activations> = formats[0]
+            .1
+            .iter()
+            .map(|m| {
+                let x: Vec<f32> = (0..tokens * m.cols())
+                    .map(|_| (bits() >> 24) as f32 / (1u64 << 24) as f32 - 0.5)
+                    .collect();
+                let mut a = Activations::default();
+                a.quantize(&x, m.cols());
+                a
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> = formats[0]
+            .1
+            .iter()
+            .map(|m| vec![0f32; tokens * m.rows()])
+            .collect();
+        for isa in Isa::available() {
+            // The portable path takes seconds per prompt pass.
+            if isa == Isa::Scalar && tokens > 1 {
+                continue;
+            }
+            let mut best = vec![f64::INFINITY; formats.len()];
+            for _ in 0..rounds {
+                for ((_, mats), best) in formats.iter().zip(&mut best) {
+                    let mut run = || {
+                        for ((m, a), y) in mats.iter().zip(&acts).zip(&mut outs) {
+                            m.matmul_on(isa, a, y, Some(pool));
+                        }
+                    };
+                    run();
+                    let t = Instant::now();
+                    run();
+                    let once = t.elapsed().as_secs_f64();
+                    let reps = ((0.2 / once) as usize).clamp(1, 1000);
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        run();
+                    }
+                    *best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+                }
+            }
+            for ((name, mats), &secs) in formats.iter().zip(&best) {
+                let bytes: usize = mats.iter().map(Weights::bytes).sum();
+                println!(
+                    "| {tokens} | {isa:?} | {name} | {:.3} | {:.2} | {:.1} | {:.1} | {:.2} |",
+                    bytes as f64 * 8.0 / weights as f64,
+                    secs * 1e3,
+                    (weights * tokens) as f64 / secs / 1e9,
+                    bytes as f64 / secs / 1e9,
+                    best[0] / secs,
+                );
+            }
         }
     }
 }

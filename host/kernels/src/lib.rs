@@ -13,10 +13,19 @@
 //! of activations with sixteen (or eight) rows, and each widened weight
 //! vector serves up to eight tokens of a batch. Products split the panels
 //! across a rayon pool.
+//!
+//! GGUF's 4-bit and 6-bit K-quant formats (Q4_K, Q6_K) are held as they
+//! are, in the same panels (see [`Q4KMatrix`], [`Q6KMatrix`]), and
+//! [`Weights`] holds any of the three for the forward pass.
 
 #![deny(missing_docs)]
 
+mod kquant;
 pub mod sampling;
+mod weights;
+
+pub use kquant::{Q4KMatrix, Q6KMatrix, SUPER_BLOCK};
+pub use weights::Weights;
 
 /// Values per quantisation block.
 pub const BLOCK: usize = 32;
@@ -226,6 +235,13 @@ pub struct Activations {
     cols: usize,
     quants: Vec<i16>,
     scales: Vec<f32>,
+    /// 32 times the sum of each 16 quantised values: Q6_K stores `q + 32`
+    /// with `q` in −32..=31, and `Σ (q + 32)·x − 32·Σx` removes the offset
+    /// once per token and 16 columns instead of once per weight.
+    offsets: Vec<i32>,
+    /// Each block's scale times the sum of its 32 quantised values: Q4_K's
+    /// `− dmin·m` term multiplies it.
+    scaled_sums: Vec<f32>,
 }
 
 impl Activations {
@@ -238,6 +254,15 @@ impl Activations {
         )
     }
 
+    /// Token `t`'s Q6_K offsets per 16 values and scaled sums per block.
+    fn token_sums(&self, t: usize) -> (&[i32], &[f32]) {
+        let nb = self.cols / BLOCK;
+        (
+            &self.offsets[t * 2 * nb..(t + 1) * 2 * nb],
+            &self.scaled_sums[t * nb..(t + 1) * nb],
+        )
+    }
+
     /// Quantises `x` (`tokens × cols`, row-major) into `self`, reusing its
     /// buffers.
     pub fn quantize(&mut self, x: &[f32], cols: usize) {
@@ -247,10 +272,14 @@ impl Activations {
         self.cols = cols;
         self.quants.resize(x.len(), 0);
         self.scales.resize(x.len() / BLOCK, 0.0);
-        for ((block, q), s) in x
+        self.offsets.resize(x.len() / (BLOCK / 2), 0);
+        self.scaled_sums.resize(x.len() / BLOCK, 0.0);
+        for ((((block, q), s), offsets), scaled) in x
             .chunks_exact(BLOCK)
             .zip(self.quants.chunks_exact_mut(BLOCK))
             .zip(self.scales.iter_mut())
+            .zip(self.offsets.chunks_exact_mut(2))
+            .zip(self.scaled_sums.iter_mut())
         {
             let scale = max_abs(block) / 32767.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -261,6 +290,10 @@ impl Activations {
                 *o = ((v * inv + ROUND) - ROUND) as i16;
             }
             *s = scale;
+            let [a, b] = [0, 1].map(|h| q[h * 16..][..16].iter().map(|&v| v as i32).sum::<i32>());
+            offsets.copy_from_slice(&[a << 5, b << 5]);
+            // Exact: |Σ| ≤ 32 · 32767 < 2²⁴.
+            *scaled = scale * (a + b) as f32;
         }
     }
 }
@@ -347,78 +380,146 @@ pub fn matmul_on(
     y: &mut [f32],
     pool: Option<&rayon::ThreadPool>,
 ) {
-    assert_eq!(w.cols, x.cols, "inner dimensions");
-    assert_eq!(y.len(), x.tokens * w.rows, "output shape");
+    product(isa, &[w], x, y, pool);
+}
+
+/// A matrix stored in panels of [`PANEL`] rows, which [`product`] runs.
+pub(crate) trait Panels: Sync {
+    /// Rows.
+    fn rows(&self) -> usize;
+    /// Columns.
+    fn cols(&self) -> usize;
+    /// Panel `g` times tokens `t..t + k` into `tile[..k]`.
+    ///
+    /// # Safety
+    /// `isa` is available; `g` is one of this matrix's panels; `x` has
+    /// this matrix's column count and the tokens `t..t + k`; `k ≤ TILE`.
+    unsafe fn tile(&self, isa: Isa, g: usize, x: &Activations, t: usize, k: usize, tile: &mut Tile);
+}
+
+impl Panels for Q8Matrix {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    unsafe fn tile(
+        &self,
+        isa: Isa,
+        g: usize,
+        x: &Activations,
+        t: usize,
+        k: usize,
+        tile: &mut Tile,
+    ) {
+        let (wq, ws) = self.panel(g);
+        match isa {
+            // SAFETY: the caller checked the CPU has this path.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { panel_avx512(wq, ws, x, t, k, tile) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { panel_avx2(wq, ws, x, t, k, tile) },
+            _ => panel_scalar(wq, ws, x, t, k, tile),
+        }
+    }
+}
+
+/// `y = x · Wᵀ` where `W` is `parts` stacked (each part's outputs are a
+/// range of `y`'s columns): the driver behind every product. Panels of
+/// all the parts are split across `pool` together.
+pub(crate) fn product(
+    isa: Isa,
+    parts: &[&dyn Panels],
+    x: &Activations,
+    y: &mut [f32],
+    pool: Option<&rayon::ThreadPool>,
+) {
+    assert!(parts.iter().all(|p| p.cols() == x.cols), "inner dimensions");
+    let rows: usize = parts.iter().map(|p| p.rows()).sum();
+    assert_eq!(y.len(), x.tokens * rows, "output shape");
     assert!(isa.supported(), "{isa:?} is not available");
     let out = SharedOut(y.as_mut_ptr());
-    let run = |panels: std::ops::Range<usize>| {
+    let run = |part: usize, first: usize, panels: std::ops::Range<usize>| {
         // SAFETY: each task writes only the output columns of its own
         // panels, and `y` outlives the pool's scope.
-        unsafe { panels_times(isa, w, x, panels, &out) }
+        unsafe { panels_times(isa, parts[part], first, rows, x, panels, &out) }
     };
-    let panels = w.rows.div_ceil(PANEL);
+    let total: usize = parts.iter().map(|p| p.rows().div_ceil(PANEL)).sum();
     match pool {
-        Some(pool) if pool.current_num_threads() > 1 && panels >= 4 => {
+        Some(pool) if pool.current_num_threads() > 1 && total >= 4 => {
             // Several tasks per thread, so a thread slowed by other work on
             // a shared machine does not hold the whole product back.
             let tasks = pool.current_num_threads() * 4;
-            let per = panels.div_ceil(tasks);
+            let per = total.div_ceil(tasks);
             pool.scope(|s| {
-                let mut start = 0;
-                while start < panels {
-                    let end = (start + per).min(panels);
-                    let run = &run;
-                    s.spawn(move |_| run(start..end));
-                    start = end;
+                let mut first = 0;
+                for (i, part) in parts.iter().enumerate() {
+                    let panels = part.rows().div_ceil(PANEL);
+                    let mut start = 0;
+                    while start < panels {
+                        let end = (start + per).min(panels);
+                        let run = &run;
+                        s.spawn(move |_| run(i, first, start..end));
+                        start = end;
+                    }
+                    first += part.rows();
                 }
             });
         }
-        _ => run(0..panels),
+        _ => {
+            let mut first = 0;
+            for (i, part) in parts.iter().enumerate() {
+                run(i, first, 0..part.rows().div_ceil(PANEL));
+                first += part.rows();
+            }
+        }
     }
 }
 
 struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint elements (see `matmul`).
+// SAFETY: tasks write disjoint elements (see `product`).
 unsafe impl Sync for SharedOut {}
 
 /// Tokens per tile: each widened weight vector serves this many.
-const TILE: usize = 8;
+pub(crate) const TILE: usize = 8;
 
 /// One tile's results: `[token][row of the panel]`.
-type Tile = [[f32; PANEL]; TILE];
+pub(crate) type Tile = [[f32; PANEL]; TILE];
 
+/// Panels `panels` of `w` times every token, written to columns `first +
+/// row` of `out`'s rows of `stride` floats.
+///
 /// # Safety
-/// `out` points to a `x.tokens × w.rows` buffer; no other thread writes
-/// the columns of `panels`' rows; `isa` is available.
+/// `out` points to a `x.tokens × stride` buffer with `first + w.rows() ≤
+/// stride`; no other thread writes the columns of `panels`' rows; `isa` is
+/// available.
 unsafe fn panels_times(
     isa: Isa,
-    w: &Q8Matrix,
+    w: &dyn Panels,
+    first: usize,
+    stride: usize,
     x: &Activations,
     panels: std::ops::Range<usize>,
     out: &SharedOut,
 ) {
     let mut tile: Tile = [[0.0; PANEL]; TILE];
     for g in panels {
-        let (wq, ws) = w.panel(g);
-        let valid = (w.rows - g * PANEL).min(PANEL);
+        let valid = (w.rows() - g * PANEL).min(PANEL);
         let mut t = 0;
         while t < x.tokens {
             let k = (x.tokens - t).min(TILE);
-            match isa {
-                // SAFETY: the caller checked the CPU has this path.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { panel_avx512(wq, ws, x, t, k, &mut tile) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { panel_avx2(wq, ws, x, t, k, &mut tile) },
-                _ => panel_scalar(wq, ws, x, t, k, &mut tile),
-            }
+            // SAFETY: the caller checked the path; the rest by the loops.
+            unsafe { w.tile(isa, g, x, t, k, &mut tile) };
             for (i, row) in tile[..k].iter().enumerate() {
                 // SAFETY: in bounds by the shape check; these columns
                 // belong to this task alone.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         row.as_ptr(),
-                        out.0.add((t + i) * w.rows + g * PANEL),
+                        out.0.add((t + i) * stride + first + g * PANEL),
                         valid,
                     );
                 }
@@ -451,20 +552,27 @@ fn panel_scalar(wq: &[i8], ws: &[f32], x: &Activations, t: usize, k: usize, tile
     }
 }
 
-/// Whether this CPU has AVX2 and FMA (checked once).
+/// Whether this CPU has AVX2, FMA and F16C (checked once). F16C widens
+/// the K-quant formats' f16 scales; every CPU with AVX2 and FMA has it,
+/// so asking costs no machine the AVX2 path.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 /// Columns `2p, 2p+1` of a token's block `b`, as one 32-bit value.
 ///
 /// # Safety
 /// `xq` points to a token's quants with at least `b * 32 + 2p + 2` values.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn pair(xq: *const i16, b: usize, p: usize) -> i32 {
+pub(crate) unsafe fn pair(xq: *const i16, b: usize, p: usize) -> i32 {
     // SAFETY: in bounds (caller); unaligned reads are allowed.
     unsafe { (xq.add(b * BLOCK + 2 * p) as *const i32).read_unaligned() }
 }
@@ -553,7 +661,7 @@ unsafe fn panel_avx512_n<const T: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn dpwssd(
+pub(crate) unsafe fn dpwssd(
     acc: std::arch::x86_64::__m512i,
     w: std::arch::x86_64::__m512i,
     x: *const i16,

@@ -4,22 +4,40 @@
 
 use std::sync::Arc;
 
-use crate::{Activations, Q8Matrix, dot_f32, matmul};
+use crate::{Activations, Q8Matrix, Weights, dot_f32};
 
 /// One transformer block's weights.
-pub struct Layer {
+///
+/// The matrices are [`Weights`] in a model; a layer built of another type
+/// that converts into it ([`Q8Matrix`], say) is taken by [`Llama::new`] as
+/// well, so code that builds layers of one format needs no conversions.
+pub struct Layer<W = Weights> {
     /// RMS norm before attention.
     pub attn_norm: Vec<f32>,
     /// Q, K and V stacked.
-    pub qkv: Q8Matrix,
+    pub qkv: W,
     /// Attention output.
-    pub wo: Q8Matrix,
+    pub wo: W,
     /// RMS norm before the feed-forward block.
     pub ffn_norm: Vec<f32>,
     /// Gate and up stacked.
-    pub gate_up: Q8Matrix,
+    pub gate_up: W,
     /// Down projection.
-    pub down: Q8Matrix,
+    pub down: W,
+}
+
+impl<W: Into<Weights>> Layer<W> {
+    /// The same layer with its matrices as [`Weights`].
+    fn into_weights(self) -> Layer {
+        Layer {
+            attn_norm: self.attn_norm,
+            qkv: self.qkv.into(),
+            wo: self.wo.into(),
+            ffn_norm: self.ffn_norm,
+            gate_up: self.gate_up.into(),
+            down: self.down.into(),
+        }
+    }
 }
 
 /// Shapes and constants from the file's metadata.
@@ -46,9 +64,9 @@ pub struct Config {
 /// A llama-architecture model.
 pub struct Llama {
     cfg: Config,
-    embedding: Q8Matrix,
+    embedding: Weights,
     /// `None` when the output layer is tied to the embedding.
-    output: Option<Q8Matrix>,
+    output: Option<Weights>,
     out_norm: Vec<f32>,
     layers: Vec<Layer>,
     /// Inverse frequencies for rotary embeddings.
@@ -77,12 +95,14 @@ struct Scratch {
 
 impl Llama {
     /// Assembles a model; `output` is `None` when tied to the embedding.
-    pub fn new(
+    /// Matrices may be [`Weights`] or anything that converts into it
+    /// ([`Q8Matrix`], [`crate::Q4KMatrix`], [`crate::Q6KMatrix`]).
+    pub fn new<W: Into<Weights>>(
         cfg: Config,
-        embedding: Q8Matrix,
-        output: Option<Q8Matrix>,
+        embedding: impl Into<Weights>,
+        output: Option<impl Into<Weights>>,
         out_norm: Vec<f32>,
-        layers: Vec<Layer>,
+        layers: Vec<Layer<W>>,
         threads: usize,
     ) -> Result<Llama, String> {
         let inv_freq = (0..cfg.rope_dim / 2)
@@ -99,10 +119,10 @@ impl Llama {
             .map_err(|e| format!("starting {threads} CPU threads: {e}"))?;
         Ok(Llama {
             cfg,
-            embedding,
-            output,
+            embedding: embedding.into(),
+            output: output.map(Into::into),
             out_norm,
-            layers,
+            layers: layers.into_iter().map(Layer::into_weights).collect(),
             inv_freq,
             pool,
             scratch: Scratch::default(),
@@ -143,7 +163,14 @@ impl Llama {
             })
             .collect();
         let embedding = matrix(vocab, cfg.dim);
-        Llama::new(cfg, embedding, None, vec![1.0; cfg.dim], layers, threads)
+        Llama::new(
+            cfg,
+            embedding,
+            None::<Weights>,
+            vec![1.0; cfg.dim],
+            layers,
+            threads,
+        )
     }
 
     /// The vocabulary size (length of one row of logits).
@@ -224,7 +251,7 @@ impl Llama {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&s.x, &layer.attn_norm, c.eps, &mut s.h);
             s.a.quantize(&s.h, c.dim);
-            matmul(&layer.qkv, &s.a, &mut s.qkv, pool);
+            layer.qkv.matmul(&s.a, &mut s.qkv, pool);
             for ((row, &(seq, _)), rot) in s
                 .qkv
                 .chunks_exact_mut(qkv_dim)
@@ -266,14 +293,14 @@ impl Llama {
                 s.attn.chunks_exact_mut(c.dim).enumerate().for_each(attend);
             }
             s.a.quantize(&s.attn, c.dim);
-            matmul(&layer.wo, &s.a, &mut s.proj, pool);
+            layer.wo.matmul(&s.a, &mut s.proj, pool);
             add(&mut s.x, &s.proj);
             rms_norm(&s.x, &layer.ffn_norm, c.eps, &mut s.h);
             s.a.quantize(&s.h, c.dim);
-            matmul(&layer.gate_up, &s.a, &mut s.gate_up, pool);
+            layer.gate_up.matmul(&s.a, &mut s.gate_up, pool);
             swiglu(&s.gate_up, c.ffn, &mut s.act);
             s.a.quantize(&s.act, c.ffn);
-            matmul(&layer.down, &s.a, &mut s.proj, pool);
+            layer.down.matmul(&s.a, &mut s.proj, pool);
             add(&mut s.x, &s.proj);
         }
         for step in steps.iter_mut() {
@@ -296,7 +323,7 @@ impl Llama {
         s.a.quantize(&s.h, c.dim);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
         s.logits.resize(seqs * output.rows(), 0.0);
-        matmul(output, &s.a, &mut s.logits, pool);
+        output.matmul(&s.a, &mut s.logits, pool);
         Ok(())
     }
 }
@@ -1170,31 +1197,110 @@ mod tests {
         (0..x.len()).max_by(|&a, &b| x[a].total_cmp(&x[b])).unwrap() as u32
     }
 
+    /// Three sequences decoded together get the bits each gets alone.
+    fn check_batched_equals_alone(mut model: Llama, what: &str) {
+        let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[7], &[9, 8, 7, 6, 5, 4, 3, 2, 1]];
+        let expected: Vec<_> = prompts.iter().map(|p| alone(&mut model, p, 6)).collect();
+        let vocab = model.vocab();
+        let mut caches = vec![KvCache::default(); 3];
+        let mut feeds: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+        for (step, _) in expected[0].iter().enumerate() {
+            let mut steps: Vec<Step<'_>> = caches
+                .iter_mut()
+                .zip(&feeds)
+                .map(|(cache, tokens)| Step { cache, tokens })
+                .collect();
+            let logits = model.forward_batch(&mut steps).unwrap().to_vec();
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                assert!(row.iter().all(|v| v.is_finite()), "{what}");
+                assert_eq!(row, expected[i][step], "{what} seq {i} step {step}");
+                feeds[i] = vec![argmax(row)];
+            }
+        }
+    }
+
     #[test]
     fn sequences_get_the_same_bits_batched_as_alone() {
         for threads in [1, 2] {
-            let mut model = tiny(threads);
-            let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[7], &[9, 8, 7, 6, 5, 4, 3, 2, 1]];
-            let expected: Vec<_> = prompts.iter().map(|p| alone(&mut model, p, 6)).collect();
-            let vocab = model.vocab();
-            let mut caches = vec![KvCache::default(); 3];
-            let mut feeds: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
-            for (step, _) in expected[0].iter().enumerate() {
-                let mut steps: Vec<Step<'_>> = caches
-                    .iter_mut()
-                    .zip(&feeds)
-                    .map(|(cache, tokens)| Step { cache, tokens })
-                    .collect();
-                let logits = model.forward_batch(&mut steps).unwrap().to_vec();
-                for (i, row) in logits.chunks_exact(vocab).enumerate() {
-                    assert_eq!(
-                        row, expected[i][step],
-                        "threads {threads} seq {i} step {step}"
-                    );
-                    feeds[i] = vec![argmax(row)];
-                }
-            }
+            check_batched_equals_alone(tiny(threads), &format!("Q8, {threads} threads"));
+            check_batched_equals_alone(
+                tiny_k_quant(threads),
+                &format!("K-quants, {threads} threads"),
+            );
         }
+    }
+
+    /// A small model of GGUF Q4_K_M's mix: Q4_K matrices, Q6_K for V, the
+    /// down projection and the output, so QKV is a mixed stack.
+    fn tiny_k_quant(threads: usize) -> Llama {
+        use crate::kquant::random::{Rng, q4_k, q6_k};
+        use crate::{Q4KMatrix, Q6KMatrix};
+        let cfg = Config {
+            dim: 256,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            ffn: 512,
+            eps: 1e-5,
+            rope_base: 10_000.0,
+            rope_dim: 64,
+        };
+        let mut rng = Rng(99);
+        let mut q4 = |rows: usize, cols: usize| -> Weights {
+            Q4KMatrix::from_q4_k(&q4_k(&mut rng, rows, cols), rows, cols).into()
+        };
+        let mut rng6 = Rng(77);
+        let mut q6 = |rows: usize, cols: usize| -> Weights {
+            Q6KMatrix::from_q6_k(&q6_k(&mut rng6, rows, cols), rows, cols).into()
+        };
+        let kv = cfg.kv_heads * cfg.head_dim;
+        let layers: Vec<Layer> = (0..2)
+            .map(|_| Layer {
+                attn_norm: vec![1.0; cfg.dim],
+                qkv: Weights::stack([q4(cfg.dim, cfg.dim), q4(kv, cfg.dim), q6(kv, cfg.dim)]),
+                wo: q4(cfg.dim, cfg.dim),
+                ffn_norm: vec![1.0; cfg.dim],
+                gate_up: Weights::stack([q4(cfg.ffn, cfg.dim), q4(cfg.ffn, cfg.dim)]),
+                down: q6(cfg.dim, cfg.ffn),
+            })
+            .collect();
+        assert_eq!(layers[0].qkv.format(), "mixed");
+        let embedding = q4(50, cfg.dim);
+        let output = Some(q6(50, cfg.dim));
+        Llama::new(cfg, embedding, output, vec![1.0; cfg.dim], layers, threads).unwrap()
+    }
+
+    /// How the engine builds a model today (layers of `Q8Matrix` pushed
+    /// one by one, norms filled in afterwards, an `Option<Q8Matrix>`
+    /// output): still compiles and runs.
+    #[test]
+    fn layers_of_q8_matrices_are_still_accepted() {
+        let cfg = tiny(1).cfg;
+        let m = |rows: usize, cols: usize| {
+            let w: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 * 0.01).collect();
+            Q8Matrix::from_f32(&w, rows, cols)
+        };
+        let kv = cfg.kv_heads * cfg.head_dim;
+        let mut layers = Vec::with_capacity(2);
+        for _ in 0..2 {
+            layers.push(Layer {
+                attn_norm: Vec::new(),
+                qkv: Q8Matrix::stack(&[m(cfg.dim, cfg.dim), m(kv, cfg.dim), m(kv, cfg.dim)]),
+                wo: m(cfg.dim, cfg.dim),
+                ffn_norm: Vec::new(),
+                gate_up: Q8Matrix::stack(&[m(cfg.ffn, cfg.dim), m(cfg.ffn, cfg.dim)]),
+                down: m(cfg.dim, cfg.ffn),
+            });
+        }
+        for layer in layers.iter_mut() {
+            layer.attn_norm = vec![1.0; cfg.dim];
+            layer.ffn_norm = vec![1.0; cfg.dim];
+        }
+        let output: Option<Q8Matrix> = Some(m(50, cfg.dim));
+        let mut model =
+            Llama::new(cfg, m(50, cfg.dim), output, vec![1.0; cfg.dim], layers, 1).unwrap();
+        assert_eq!(model.vocab(), 50);
+        assert_eq!(alone(&mut model, &[1, 2], 1)[0].len(), 50);
     }
 
     #[test]

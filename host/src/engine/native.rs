@@ -2,16 +2,20 @@
 //! SmolLM, Mistral-style dense models), used instead of candle's on the
 //! CPU. Why: candle's CPU path spends its time in 8-bit×8-bit dot products
 //! and per-op tensor bookkeeping; this one runs fused projections through
-//! `hearth-kernels` (8-bit weights × 16-bit activations, see there), keeps
-//! the token embedding quantised instead of expanding it to f32, and
+//! `hearth-kernels` (the file's weights × 16-bit activations, see there),
+//! keeps the token embedding quantised instead of expanding it to f32, and
 //! allocates nothing per token.
+//!
+//! Weights stay in the file's format where a kernel reads it: Q8_0, Q4_K
+//! and Q6_K (what Q4_K_M files hold) are used as they are; any other type
+//! is widened to f32 at load and re-quantised to 8-bit blocks.
 
 use super::error::EngineError;
 use super::gguf::ModelFile;
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor};
-use hearth_kernels::Q8Matrix;
 use hearth_kernels::llama::{Config, Layer, Llama, Step};
+use hearth_kernels::{Q4KMatrix, Q6KMatrix, Q8Matrix, Weights};
 use std::fs::File;
 use std::io::BufReader;
 
@@ -33,7 +37,8 @@ impl NativeLlama {
                 .is_some_and(|d| d % 32 == 0)
     }
 
-    /// Loads the weights, converting each matrix to 8-bit blocks.
+    /// Loads the weights: Q8_0, Q4_K and Q6_K matrices as they are, any
+    /// other type converted to 8-bit blocks.
     pub fn load(file: &ModelFile, threads: usize) -> Result<NativeLlama, EngineError> {
         let bad = |reason: String| EngineError::BadFile {
             path: file.path.clone(),
@@ -81,8 +86,8 @@ impl NativeLlama {
                 .tensor(&mut reader, name, &cpu)
                 .map_err(|e| bad(format!("tensor {name}: {e}")))
         };
-        let mut matrix = |name: &str| -> Result<Q8Matrix, EngineError> {
-            to_q8(&tensor(name)?).map_err(|e| bad(format!("tensor {name}: {e}")))
+        let mut matrix = |name: &str| -> Result<Weights, EngineError> {
+            to_weights(&tensor(name)?).map_err(|e| bad(format!("tensor {name}: {e}")))
         };
         let embedding = matrix("token_embd.weight")?;
         let output = if file.content.tensor_infos.contains_key("output.weight") {
@@ -93,12 +98,14 @@ impl NativeLlama {
         let mut layers = Vec::with_capacity(layers_n);
         for i in 0..layers_n {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
-            let qkv = Q8Matrix::stack(&[
+            // Parts of different formats (Q4_K_M files keep V in Q6_K)
+            // stay as they are, side by side.
+            let qkv = Weights::stack([
                 matrix(&p("attn_q"))?,
                 matrix(&p("attn_k"))?,
                 matrix(&p("attn_v"))?,
             ]);
-            let gate_up = Q8Matrix::stack(&[matrix(&p("ffn_gate"))?, matrix(&p("ffn_up"))?]);
+            let gate_up = Weights::stack([matrix(&p("ffn_gate"))?, matrix(&p("ffn_up"))?]);
             layers.push(Layer {
                 attn_norm: Vec::new(),
                 qkv,
@@ -138,14 +145,29 @@ impl NativeLlama {
     }
 }
 
+/// A GGUF weight matrix in the format the kernels read: Q4_K and Q6_K
+/// blocks as they are, anything else as 8-bit blocks (see [`to_q8`]).
+fn to_weights(t: &QTensor) -> candle_core::Result<Weights> {
+    let (rows, cols) = shape(t)?;
+    Ok(match t.dtype() {
+        // GGUF stores K-quants only for rows that are whole super-blocks.
+        GgmlDType::Q4K => Q4KMatrix::from_q4_k(&t.data()?, rows, cols).into(),
+        GgmlDType::Q6K => Q6KMatrix::from_q6_k(&t.data()?, rows, cols).into(),
+        _ => to_q8(t)?.into(),
+    })
+}
+
+fn shape(t: &QTensor) -> candle_core::Result<(usize, usize)> {
+    match t.shape().dims() {
+        [r, c] => Ok((*r, *c)),
+        other => candle_core::bail!("expected a matrix, got shape {other:?}"),
+    }
+}
+
 /// Any GGUF weight matrix as 8-bit blocks: Q8_0 is taken as it is; other
 /// types go through f32.
 fn to_q8(t: &QTensor) -> candle_core::Result<Q8Matrix> {
-    let dims = t.shape().dims();
-    let (rows, cols) = match dims {
-        [r, c] => (*r, *c),
-        other => candle_core::bail!("expected a matrix, got shape {other:?}"),
-    };
+    let (rows, cols) = shape(t)?;
     if t.dtype() == GgmlDType::Q8_0 {
         let data = t.data()?;
         let blocks = rows * cols / 32;
