@@ -60,6 +60,18 @@ impl McpServer {
         }
     }
 
+    /// Whether an active plugin offers the tool `name` (`namespace.tool`).
+    pub(super) fn offers(&self, name: &str) -> bool {
+        // Without building the definitions `tools::find` makes: this is on
+        // every call's path.
+        let Some((namespace, tool)) = name.split_once('.') else {
+            return false;
+        };
+        self.runtime
+            .active(namespace)
+            .is_some_and(|p| p.tools.iter().any(|t| t.name == tool))
+    }
+
     /// Tells `observer` of every plugin call (for metrics).
     pub fn with_observer(mut self, observer: Option<CallObserver>) -> McpServer {
         self.observer = observer;
@@ -69,7 +81,7 @@ impl McpServer {
     /// Runs `name` with `arguments` (a JSON object) unless `cancelled`
     /// resolves first, in which case the call is dropped: the plugin's
     /// instance stops at once and its key-value writes are not committed.
-    async fn call(
+    pub(super) async fn call(
         &self,
         name: &str,
         arguments: &str,

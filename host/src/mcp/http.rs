@@ -44,6 +44,9 @@ impl std::fmt::Debug for McpHttpOptions {
 #[derive(Clone)]
 pub struct McpHttp {
     service: StreamableHttpService<McpServer, LocalSessionManager>,
+    /// Answers plain `tools/call` requests without rmcp's per-request
+    /// service (see `fast`).
+    pub(super) direct: Arc<McpServer>,
     allowed_hosts: AllowedHosts,
     shutdown: CancellationToken,
 }
@@ -73,6 +76,7 @@ impl McpHttp {
             .with_json_response(true)
             .with_cancellation_token(shutdown.clone());
         let observer = options.observer.clone();
+        let direct = Arc::new(McpServer::new(runtime.clone()).with_observer(observer.clone()));
         let service = StreamableHttpService::new(
             move || Ok(McpServer::new(runtime.clone()).with_observer(observer.clone())),
             Arc::new(LocalSessionManager::default()),
@@ -80,6 +84,7 @@ impl McpHttp {
         );
         McpHttp {
             service,
+            direct,
             allowed_hosts: options.allowed_hosts,
             shutdown,
         }
@@ -98,6 +103,23 @@ impl McpHttp {
         request: Request<Full<Bytes>>,
     ) -> Response<BoxBody<Bytes, Infallible>> {
         self.service.handle(request).await
+    }
+
+    /// [`McpHttp::handle`] for a request whose body has been read into
+    /// `body`: a plain 2026-07-28 `tools/call` is answered in place (see
+    /// `fast`), anything else by rmcp.
+    pub async fn handle_parts(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        if parts.method == http::Method::POST
+            && let Some(answer) = super::fast::try_answer(&self.direct, &parts.headers, &body).await
+        {
+            return answer;
+        }
+        self.handle(Request::from_parts(parts, Full::new(body)))
+            .await
     }
 
     /// Ends every session and event stream (the server is stopping).

@@ -37,16 +37,24 @@
 //!   (`server/discover`, no handshake, no sessions) and the older ones with
 //!   their `initialize` handshake.
 //!
+//! - **Speed.** A plain 2026-07-28 `tools/call` over HTTP is answered in
+//!   the request's own task with rmcp's types (`fast`), skipping the
+//!   service rmcp builds per request; anything else is rmcp's. A test holds
+//!   the two answers byte-equal.
+//!
 //! Modules: `tools` (names, definitions, the error rule), `handler` (the
 //! [`McpServer`] handler), `changes` (when the list changed), `stdio`
-//! ([`serve_stdio`]), `http` ([`McpHttp`]), `hosts` ([`AllowedHosts`], the
-//! DNS-rebinding guard of `/mcp`), `error` ([`McpError`]).
+//! ([`serve_stdio`]), `http` ([`McpHttp`]), `fast` (the common call
+//! answered in place), `hosts` ([`AllowedHosts`], the DNS-rebinding guard
+//! of `/mcp`), `error` ([`McpError`]), `sources` ([`McpSources`], remote
+//! servers' tools for the model).
 //!
 //! [`Runtime::invoke_qualified`]: crate::plugins::Runtime::invoke_qualified
 //! [`Runtime::watch_active`]: crate::plugins::Runtime::watch_active
 
 mod changes;
 mod error;
+mod fast;
 mod handler;
 mod hosts;
 mod http;

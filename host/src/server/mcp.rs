@@ -9,7 +9,6 @@ use super::body::{read_capped, require_json};
 use super::{ApiError, AppState, Body_};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use std::sync::Arc;
 
@@ -58,7 +57,5 @@ pub(super) async fn mcp(
         // has a body worth reading.
         Bytes::new()
     };
-    Ok(mcp
-        .handle(Request::from_parts(parts, Full::new(bytes)))
-        .await)
+    Ok(mcp.handle_parts(parts, bytes).await)
 }
