@@ -9,7 +9,7 @@
 #   .work/sdist         the downloaded llama-cpp-python sdist
 #   .work/src-VERSION   the extracted vendor/llama.cpp tree
 #   .work/build-VERSION the cmake/ninja build directory
-#   .work/bin/llama-bench
+#   .work/bin/llama-bench, .work/bin/llama-quantize
 #
 # Each step is skipped when its output already exists, so re-running is cheap.
 # Environment overrides:
@@ -128,12 +128,15 @@ else
         || { tail -n 40 "$work/configure.log" >&2; die "cmake configure failed (full log: $work/configure.log)"; }
 fi
 
-# 5. build just llama-bench
-say "building llama-bench (ninja -j $jobs, nice $niceness)"
+# 5. build just llama-bench, and llama-quantize (K-quant mixes such as
+#    Q4_K_M for the benchmark models; see shapes.py)
+say "building llama-bench and llama-quantize (ninja -j $jobs, nice $niceness)"
 start=$SECONDS
-nice -n "$niceness" ninja -C "$build" -j "$jobs" llama-bench
+nice -n "$niceness" ninja -C "$build" -j "$jobs" llama-bench llama-quantize
 say "build step took $((SECONDS - start)) s"
 
+cp "$build/bin/llama-quantize" "$work/bin/llama-quantize.tmp"
+mv "$work/bin/llama-quantize.tmp" "$work/bin/llama-quantize"
 cp "$build/bin/llama-bench" "$bin.tmp"
 mv "$bin.tmp" "$bin"
 echo "$version" >"$bin.version"
