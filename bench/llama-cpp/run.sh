@@ -51,7 +51,10 @@ say "model $model, threads ${threads[*]}, $rounds rounds, raw output in $results
 
 run_llama() { # threads round
     local out="$results/t$1-r$2-llama.json"
+    # --repack 0: llama.cpp's repacking for AMX crashes or crawls on some
+    # VMs whose CPUs report AMX (see README); hearth does not use AMX either.
     "$llama_bench" -m "$model" -t "$1" -p "$prompt_tokens" -n "$gen_tokens" -r 1 -o json \
+        --repack 0 \
         >"$out.tmp" 2>"$results/t$1-r$2-llama.log" \
         || die "llama-bench failed (t=$1 round $2), see $results/t$1-r$2-llama.log"
     mv "$out.tmp" "$out"
