@@ -147,63 +147,82 @@ fn tiny_model(path: &Path, shape: &Tiny) {
     gguf_file::write(&mut file, &meta, &refs).unwrap();
 }
 
-/// A llama model stored as llama.cpp's Q4_K_M mix stores one: Q4_K
-/// matrices, with V, the FFN's down projection and the output in Q6_K.
+/// llama models in the mixes llama.cpp writes (Q4_K_M: Q4_K matrices
+/// with V, the FFN's down projection and the output in Q6_K; Q5_K_M the
+/// same with Q5_K; the older Q4_0 and Q5_0) run on hearth's own kernels,
+/// with the blocks as they are, and agree with candle on the same file.
 #[test]
-fn a_q4_k_m_llama_runs_natively_and_agrees_with_candle() {
+fn quantised_llamas_run_natively_and_agree_with_candle() {
     let _memory = crate::MEMORY.blocking_read();
+    fn wide(name: &str) -> bool {
+        name.contains("attn_v") || name.contains("ffn_down") || name == "output.weight"
+    }
+    let mixes: [(&str, fn(&str) -> GgmlDType); 4] = [
+        ("q4_k_m", |n| {
+            if wide(n) {
+                GgmlDType::Q6K
+            } else {
+                GgmlDType::Q4K
+            }
+        }),
+        ("q5_k_m", |n| {
+            if wide(n) {
+                GgmlDType::Q6K
+            } else {
+                GgmlDType::Q5K
+            }
+        }),
+        ("q4_0", |_| GgmlDType::Q4_0),
+        ("q5_0", |_| GgmlDType::Q5_0),
+    ];
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny-q4km.gguf");
-    tiny_model(
-        &path,
-        &Tiny {
-            arch: "llama",
-            dim: 256,
-            heads: 4,
-            kv_heads: 2,
-            ffn: 512,
-            blocks: 2,
-            dtype: |name| {
-                if name.contains("attn_v") || name.contains("ffn_down") || name == "output.weight" {
-                    GgmlDType::Q6K
-                } else {
-                    GgmlDType::Q4K
-                }
+    for (mix, dtype) in mixes {
+        let path = dir.path().join(format!("tiny-{mix}.gguf"));
+        tiny_model(
+            &path,
+            &Tiny {
+                arch: "llama",
+                dim: 256,
+                heads: 4,
+                kv_heads: 2,
+                ffn: 512,
+                blocks: 2,
+                dtype,
+                output: true,
             },
-            output: true,
-        },
-    );
-    let load = |backend| {
-        let options = EngineOptions {
-            backend,
-            ..Default::default()
+        );
+        let load = |backend| {
+            let options = EngineOptions {
+                backend,
+                ..Default::default()
+            };
+            Engine::load(&path, &options).unwrap()
         };
-        Engine::load(&path, &options).unwrap()
-    };
-    let (native, candle) = (
-        load(hearth::engine::Backend::Native),
-        load(hearth::engine::Backend::Candle),
-    );
-    let run = |engine: &Engine| {
-        let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hello")]);
-        req.params = SamplingParams::greedy(3);
-        engine.generate(req).unwrap().wait(&mut |_| {}).unwrap()
-    };
-    let (a, b) = (run(&native), run(&native));
-    assert_eq!(a.text, b.text, "greedy output is deterministic");
-    assert_eq!(a.usage.completion_tokens, 3);
-    // Both read the same 4- and 6-bit weights; they quantise activations
-    // differently (16-bit here, 8-bit in candle), so only the first
-    // token, whose margin is wide with these weights, is compared.
-    let c = run(&candle);
-    let first = |t: &str| native.tokenizer().encode(t).unwrap().first().copied();
-    assert_eq!(
-        first(&a.text),
-        first(&c.text),
-        "native {:?} vs candle {:?}",
-        a.text,
-        c.text
-    );
+        let (native, candle) = (
+            load(hearth::engine::Backend::Native),
+            load(hearth::engine::Backend::Candle),
+        );
+        let run = |engine: &Engine| {
+            let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hello")]);
+            req.params = SamplingParams::greedy(3);
+            engine.generate(req).unwrap().wait(&mut |_| {}).unwrap()
+        };
+        let (a, b) = (run(&native), run(&native));
+        assert_eq!(a.text, b.text, "{mix}: greedy output is deterministic");
+        assert_eq!(a.usage.completion_tokens, 3, "{mix}");
+        // Both read the same blocks; they quantise activations differently
+        // (16-bit here, 8-bit in candle), so only the first token, whose
+        // margin is wide with these weights, is compared.
+        let c = run(&candle);
+        let first = |t: &str| native.tokenizer().encode(t).unwrap().first().copied();
+        assert_eq!(
+            first(&a.text),
+            first(&c.text),
+            "{mix}: native {:?} vs candle {:?}",
+            a.text,
+            c.text
+        );
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! 1. every instruction set this CPU has on SmolLM2-135M's shapes (8-bit
 //!    weights): a prompt-sized batch and a decode batch, with each path's
 //!    ratio to the portable one;
-//! 2. Q4_K and Q6_K against Q8 on a Llama-3.2-1B layer's shapes (QKV
+//! 2. every GGUF format with a native kernel (Q4_K, Q5_K, Q6_K, Q4_0,
+//!    Q5_0) against Q8 on a Llama-3.2-1B layer's shapes (QKV
 //!    3072×2048, output 2048×2048, gate+up 16384×2048, down 2048×8192;
 //!    two layers' worth of distinct matrices, so the weights do not fit in
 //!    the last-level cache, as in a real decode): one decoding token and a
@@ -14,7 +15,10 @@
 //! `cargo run --release -p hearth-kernels --example matmul [THREADS] [ROUNDS]`
 //! (`HEARTH_CPU_ISA=avx2` caps the instruction sets measured.)
 
-use hearth_kernels::{Activations, Isa, Q4KMatrix, Q6KMatrix, Q8Matrix, Weights, matmul_on};
+use hearth_kernels::{
+    Activations, Isa, Q4_0Matrix, Q4KMatrix, Q5_0Matrix, Q5KMatrix, Q6KMatrix, Q8Matrix, Weights,
+    matmul_on,
+};
 use std::time::Instant;
 
 fn main() {
@@ -87,7 +91,7 @@ fn f16(bits: u64) -> [u8; 2] {
     ((exp << 10) | ((bits >> 8) as u16 & 0x3ff)).to_le_bytes()
 }
 
-/// Part 2: Q4_K and Q6_K against Q8 on a 1B model's shapes.
+/// Part 2: the GGUF formats against Q8 on a 1B model's shapes.
 fn k_quants(pool: &rayon::ThreadPool, rounds: usize) {
     let mut seed = 11u64;
     let mut bits = move || {
@@ -96,8 +100,10 @@ fn k_quants(pool: &rayon::ThreadPool, rounds: usize) {
     };
     let shapes = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)];
     let layers = 2;
-    let mut formats: Vec<(&str, Vec<Weights>)> =
-        vec![("Q8_0", vec![]), ("Q4_K", vec![]), ("Q6_K", vec![])];
+    let mut formats: Vec<(&str, Vec<Weights>)> = ["Q8_0", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q5_0"]
+        .into_iter()
+        .map(|name| (name, vec![]))
+        .collect();
     for _ in 0..layers {
         for &(r, c) in &shapes {
             let w: Vec<f32> = (0..r * c)
@@ -112,12 +118,32 @@ fn k_quants(pool: &rayon::ThreadPool, rounds: usize) {
                 q4.extend((0..140).map(|_| bits() as u8));
             }
             formats[1].1.push(Q4KMatrix::from_q4_k(&q4, r, c).into());
+            let mut q5 = Vec::with_capacity(blocks * 176);
+            for _ in 0..blocks {
+                q5.extend(f16(bits()));
+                q5.extend(f16(bits()));
+                q5.extend((0..172).map(|_| bits() as u8));
+            }
+            formats[2].1.push(Q5KMatrix::from_q5_k(&q5, r, c).into());
             let mut q6 = Vec::with_capacity(blocks * 210);
             for _ in 0..blocks {
                 q6.extend((0..208).map(|_| bits() as u8));
                 q6.extend(f16(bits()));
             }
-            formats[2].1.push(Q6KMatrix::from_q6_k(&q6, r, c).into());
+            formats[3].1.push(Q6KMatrix::from_q6_k(&q6, r, c).into());
+            // The 32-value formats: an f16 scale and 16 (Q4_0) or 20
+            // (Q5_0) bytes of quants per block.
+            let small = r * c / 32;
+            let mut q4_0 = Vec::with_capacity(small * 18);
+            let mut q5_0 = Vec::with_capacity(small * 22);
+            for _ in 0..small {
+                q4_0.extend(f16(bits()));
+                q4_0.extend((0..16).map(|_| bits() as u8));
+                q5_0.extend(f16(bits()));
+                q5_0.extend((0..20).map(|_| bits() as u8));
+            }
+            formats[4].1.push(Q4_0Matrix::from_q4_0(&q4_0, r, c).into());
+            formats[5].1.push(Q5_0Matrix::from_q5_0(&q5_0, r, c).into());
         }
     }
     let weights: usize = formats[0].1.iter().map(|m| m.rows() * m.cols()).sum();

@@ -14,17 +14,21 @@
 //! vector serves up to eight tokens of a batch. Products split the panels
 //! across a rayon pool.
 //!
-//! GGUF's 4-bit and 6-bit K-quant formats (Q4_K, Q6_K) are held as they
-//! are, in the same panels (see [`Q4KMatrix`], [`Q6KMatrix`]), and
-//! [`Weights`] holds any of the three for the forward pass.
+//! GGUF's K-quant formats Q4_K, Q5_K and Q6_K and its 32-value block
+//! formats Q4_0 and Q5_0 are held as they are, in the same panels (see
+//! [`Q4KMatrix`], [`Q5KMatrix`], [`Q6KMatrix`], [`Q4_0Matrix`],
+//! [`Q5_0Matrix`]), and [`Weights`] holds any of them for the forward
+//! pass.
 
 #![deny(missing_docs)]
 
 mod kquant;
+mod legacy;
 pub mod sampling;
 mod weights;
 
-pub use kquant::{Q4KMatrix, Q6KMatrix, SUPER_BLOCK};
+pub use kquant::{Q4KMatrix, Q5KMatrix, Q6KMatrix, SUPER_BLOCK};
+pub use legacy::{Q4_0Matrix, Q5_0Matrix};
 pub use weights::Weights;
 
 /// Values per quantisation block.
@@ -237,10 +241,11 @@ pub struct Activations {
     scales: Vec<f32>,
     /// 32 times the sum of each 16 quantised values: Q6_K stores `q + 32`
     /// with `q` in −32..=31, and `Σ (q + 32)·x − 32·Σx` removes the offset
-    /// once per token and 16 columns instead of once per weight.
+    /// once per token and 16 columns instead of once per weight (Q4_0 and
+    /// Q5_0 take `8·Σx` and `16·Σx` per block from two of these).
     offsets: Vec<i32>,
-    /// Each block's scale times the sum of its 32 quantised values: Q4_K's
-    /// `− dmin·m` term multiplies it.
+    /// Each block's scale times the sum of its 32 quantised values: the
+    /// `− dmin·m` term of Q4_K and Q5_K multiplies it.
     scaled_sums: Vec<f32>,
 }
 

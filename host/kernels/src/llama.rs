@@ -96,7 +96,8 @@ struct Scratch {
 impl Llama {
     /// Assembles a model; `output` is `None` when tied to the embedding.
     /// Matrices may be [`Weights`] or anything that converts into it
-    /// ([`Q8Matrix`], [`crate::Q4KMatrix`], [`crate::Q6KMatrix`]).
+    /// ([`Q8Matrix`], [`crate::Q4KMatrix`], [`crate::Q6KMatrix`], and the
+    /// other GGUF formats' matrices).
     pub fn new<W: Into<Weights>>(
         cfg: Config,
         embedding: impl Into<Weights>,

@@ -1,9 +1,12 @@
 //! Any weight matrix the forward pass can hold.
 
-use crate::{Activations, Isa, Panels, Q4KMatrix, Q6KMatrix, Q8Matrix, product};
+use crate::{
+    Activations, Isa, Panels, Q4_0Matrix, Q4KMatrix, Q5_0Matrix, Q5KMatrix, Q6KMatrix, Q8Matrix,
+    product,
+};
 
 /// A weight matrix in whichever format its file gave: 8-bit blocks, or
-/// GGUF's Q4_K or Q6_K kept as they are.
+/// GGUF's Q4_K, Q5_K, Q6_K, Q4_0 or Q5_0 kept as they are.
 ///
 /// A fused projection whose parts differ in format (a Q4_K_M file stores
 /// some layers' V or down projections as Q6_K beside Q4_K ones) is a
@@ -15,8 +18,14 @@ pub enum Weights {
     Q8(Q8Matrix),
     /// GGUF Q4_K.
     Q4K(Q4KMatrix),
+    /// GGUF Q5_K.
+    Q5K(Q5KMatrix),
     /// GGUF Q6_K.
     Q6K(Q6KMatrix),
+    /// GGUF Q4_0.
+    Q4_0(Q4_0Matrix),
+    /// GGUF Q5_0.
+    Q5_0(Q5_0Matrix),
     /// Row blocks of different formats, stacked in order: at least two,
     /// none of them `Mixed`, neighbours of different formats.
     Mixed(Vec<Weights>),
@@ -34,9 +43,27 @@ impl From<Q4KMatrix> for Weights {
     }
 }
 
+impl From<Q5KMatrix> for Weights {
+    fn from(m: Q5KMatrix) -> Weights {
+        Weights::Q5K(m)
+    }
+}
+
 impl From<Q6KMatrix> for Weights {
     fn from(m: Q6KMatrix) -> Weights {
         Weights::Q6K(m)
+    }
+}
+
+impl From<Q4_0Matrix> for Weights {
+    fn from(m: Q4_0Matrix) -> Weights {
+        Weights::Q4_0(m)
+    }
+}
+
+impl From<Q5_0Matrix> for Weights {
+    fn from(m: Q5_0Matrix) -> Weights {
+        Weights::Q5_0(m)
     }
 }
 
@@ -46,7 +73,10 @@ impl Weights {
         match self {
             Weights::Q8(m) => m.rows(),
             Weights::Q4K(m) => m.rows(),
+            Weights::Q5K(m) => m.rows(),
             Weights::Q6K(m) => m.rows(),
+            Weights::Q4_0(m) => m.rows(),
+            Weights::Q5_0(m) => m.rows(),
             Weights::Mixed(parts) => parts.iter().map(Weights::rows).sum(),
         }
     }
@@ -56,7 +86,10 @@ impl Weights {
         match self {
             Weights::Q8(m) => m.cols(),
             Weights::Q4K(m) => m.cols(),
+            Weights::Q5K(m) => m.cols(),
             Weights::Q6K(m) => m.cols(),
+            Weights::Q4_0(m) => m.cols(),
+            Weights::Q5_0(m) => m.cols(),
             Weights::Mixed(parts) => parts[0].cols(),
         }
     }
@@ -66,7 +99,10 @@ impl Weights {
         match self {
             Weights::Q8(m) => m.bytes(),
             Weights::Q4K(m) => m.bytes(),
+            Weights::Q5K(m) => m.bytes(),
             Weights::Q6K(m) => m.bytes(),
+            Weights::Q4_0(m) => m.bytes(),
+            Weights::Q5_0(m) => m.bytes(),
             Weights::Mixed(parts) => parts.iter().map(Weights::bytes).sum(),
         }
     }
@@ -77,7 +113,10 @@ impl Weights {
         match self {
             Weights::Q8(_) => "Q8_0",
             Weights::Q4K(_) => "Q4_K",
+            Weights::Q5K(_) => "Q5_K",
             Weights::Q6K(_) => "Q6_K",
+            Weights::Q4_0(_) => "Q4_0",
+            Weights::Q5_0(_) => "Q5_0",
             Weights::Mixed(_) => "mixed",
         }
     }
@@ -87,7 +126,10 @@ impl Weights {
         match self {
             Weights::Q8(m) => m.row(r, out),
             Weights::Q4K(m) => m.row(r, out),
+            Weights::Q5K(m) => m.row(r, out),
             Weights::Q6K(m) => m.row(r, out),
+            Weights::Q4_0(m) => m.row(r, out),
+            Weights::Q5_0(m) => m.row(r, out),
             Weights::Mixed(parts) => {
                 let mut r = r;
                 for part in parts {
@@ -174,7 +216,10 @@ impl Weights {
         match self {
             Weights::Q8(m) => m,
             Weights::Q4K(m) => m,
+            Weights::Q5K(m) => m,
             Weights::Q6K(m) => m,
+            Weights::Q4_0(m) => m,
+            Weights::Q5_0(m) => m,
             Weights::Mixed(_) => unreachable!("stack flattens mixed parts"),
         }
     }
@@ -198,7 +243,10 @@ fn merge(mut run: Vec<Weights>) -> Weights {
     match run[0] {
         Weights::Q8(_) => Weights::Q8(Q8Matrix::stack(&parts!(Q8))),
         Weights::Q4K(_) => Weights::Q4K(Q4KMatrix::stack(&parts!(Q4K))),
+        Weights::Q5K(_) => Weights::Q5K(Q5KMatrix::stack(&parts!(Q5K))),
         Weights::Q6K(_) => Weights::Q6K(Q6KMatrix::stack(&parts!(Q6K))),
+        Weights::Q4_0(_) => Weights::Q4_0(Q4_0Matrix::stack(&parts!(Q4_0))),
+        Weights::Q5_0(_) => Weights::Q5_0(Q5_0Matrix::stack(&parts!(Q5_0))),
         Weights::Mixed(_) => unreachable!("stack flattens mixed parts"),
     }
 }
@@ -206,7 +254,7 @@ fn merge(mut run: Vec<Weights>) -> Weights {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kquant::random::{Rng, q4_k, q6_k};
+    use crate::kquant::random::{Rng, q4_0, q4_k, q5_0, q5_k, q6_k};
 
     fn q4(rng: &mut Rng, rows: usize, cols: usize) -> Weights {
         Q4KMatrix::from_q4_k(&q4_k(rng, rows, cols), rows, cols).into()
@@ -214,6 +262,18 @@ mod tests {
 
     fn q6(rng: &mut Rng, rows: usize, cols: usize) -> Weights {
         Q6KMatrix::from_q6_k(&q6_k(rng, rows, cols), rows, cols).into()
+    }
+
+    fn q5(rng: &mut Rng, rows: usize, cols: usize) -> Weights {
+        Q5KMatrix::from_q5_k(&q5_k(rng, rows, cols), rows, cols).into()
+    }
+
+    fn q4_0s(rng: &mut Rng, rows: usize, cols: usize) -> Weights {
+        Q4_0Matrix::from_q4_0(&q4_0(rng, rows, cols), rows, cols).into()
+    }
+
+    fn q5_0s(rng: &mut Rng, rows: usize, cols: usize) -> Weights {
+        Q5_0Matrix::from_q5_0(&q5_0(rng, rows, cols), rows, cols).into()
     }
 
     fn q8(rng: &mut Rng, rows: usize, cols: usize) -> Weights {
@@ -305,5 +365,59 @@ mod tests {
         let mut plain = vec![0f32; 3 * 3];
         crate::matmul(m, &act, &mut plain, None);
         assert_eq!(y, plain);
+    }
+
+    /// Q5_K, Q4_0 and Q5_0 parts stack like the others: neighbours of a
+    /// format merge, the rest sit side by side with their own bits.
+    #[test]
+    fn every_format_stacks_beside_the_others() {
+        let mut rng = Rng(31);
+        let cols = 512;
+        let parts = [
+            q4_0s(&mut rng, 5, cols),
+            q4_0s(&mut rng, 12, cols),
+            q5(&mut rng, 19, cols),
+            q5(&mut rng, 2, cols),
+            q5_0s(&mut rng, 17, cols),
+            q6(&mut rng, 3, cols),
+            q5_0s(&mut rng, 1, cols),
+        ];
+        let stacked = Weights::stack(parts.iter().cloned());
+        let Weights::Mixed(inner) = &stacked else {
+            panic!("{stacked:?}")
+        };
+        assert_eq!(
+            inner.iter().map(Weights::format).collect::<Vec<_>>(),
+            ["Q4_0", "Q5_K", "Q5_0", "Q6_K", "Q5_0"]
+        );
+        assert_eq!(stacked.bytes(), inner.iter().map(Weights::bytes).sum());
+        let rows: usize = parts.iter().map(Weights::rows).sum();
+        assert_eq!((stacked.rows(), stacked.cols()), (rows, cols));
+        let (mut got, mut want) = (vec![0f32; cols], vec![0f32; cols]);
+        let mut r = 0;
+        for part in &parts {
+            for pr in 0..part.rows() {
+                stacked.row(r, &mut got);
+                part.row(pr, &mut want);
+                assert_eq!(got, want, "row {r}");
+                r += 1;
+            }
+        }
+        let x: Vec<f32> = (0..5 * cols).map(|_| rng.f32()).collect();
+        let mut act = Activations::default();
+        act.quantize(&x, cols);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let refs: Vec<&Weights> = parts.iter().collect();
+        for isa in Isa::available() {
+            let want = side_by_side(&refs, &act, isa);
+            for threads in [None, Some(&pool)] {
+                let mut y = vec![0f32; 5 * rows];
+                stacked.matmul_on(isa, &act, &mut y, threads);
+                assert_eq!(y, want, "{isa:?}");
+            }
+        }
     }
 }

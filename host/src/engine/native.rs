@@ -6,9 +6,10 @@
 //! keeps the token embedding quantised instead of expanding it to f32, and
 //! allocates nothing per token.
 //!
-//! Weights stay in the file's format where a kernel reads it: Q8_0, Q4_K
-//! and Q6_K (what Q4_K_M files hold) are used as they are; any other type
-//! is widened to f32 at load and re-quantised to 8-bit blocks.
+//! Weights stay in the file's format where a kernel reads it: Q8_0, Q4_0,
+//! Q5_0, Q4_K, Q5_K and Q6_K (what the common Q4_K_M and Q5_K_M files hold)
+//! are used as they are; any other type is widened to f32 at load and
+//! re-quantised to 8-bit blocks.
 
 use super::error::EngineError;
 use super::gguf::ModelFile;
@@ -37,7 +38,7 @@ impl NativeLlama {
                 .is_some_and(|d| d % 32 == 0)
     }
 
-    /// Loads the weights: Q8_0, Q4_K and Q6_K matrices as they are, any
+    /// Loads the weights: Q8_0, Q4_0, Q5_0 and Q4_K–Q6_K matrices as they are, any
     /// other type converted to 8-bit blocks.
     pub fn load(file: &ModelFile, threads: usize) -> Result<NativeLlama, EngineError> {
         let bad = |reason: String| EngineError::BadFile {
@@ -145,14 +146,22 @@ impl NativeLlama {
     }
 }
 
-/// A GGUF weight matrix in the format the kernels read: Q4_K and Q6_K
-/// blocks as they are, anything else as 8-bit blocks (see [`to_q8`]).
+/// A GGUF weight matrix in the format the kernels read: Q4_K, Q5_K, Q6_K,
+/// Q4_0 and Q5_0 blocks as they are, anything else as 8-bit blocks (see
+/// [`to_q8`]).
 fn to_weights(t: &QTensor) -> candle_core::Result<Weights> {
+    use hearth_kernels::{Q4_0Matrix, Q5_0Matrix, Q5KMatrix};
     let (rows, cols) = shape(t)?;
     Ok(match t.dtype() {
-        // GGUF stores K-quants only for rows that are whole super-blocks.
+        // GGUF stores K-quants only for rows that are whole super-blocks
+        // (256 values).
         GgmlDType::Q4K => Q4KMatrix::from_q4_k(&t.data()?, rows, cols).into(),
+        GgmlDType::Q5K => Q5KMatrix::from_q5_k(&t.data()?, rows, cols).into(),
         GgmlDType::Q6K => Q6KMatrix::from_q6_k(&t.data()?, rows, cols).into(),
+        // And Q4_0 and Q5_0 only for rows of whole 32-value blocks (which
+        // `supports` asks of every matrix's columns anyway).
+        GgmlDType::Q4_0 => Q4_0Matrix::from_q4_0(&t.data()?, rows, cols).into(),
+        GgmlDType::Q5_0 => Q5_0Matrix::from_q5_0(&t.data()?, rows, cols).into(),
         _ => to_q8(t)?.into(),
     })
 }
