@@ -11,6 +11,9 @@ use hearth::engine::{
 };
 use std::path::Path;
 
+/// The type each weight matrix is stored in, by tensor name.
+type DtypeOf = fn(&str) -> GgmlDType;
+
 /// The shape and weight types of a small model written by [`tiny_model`].
 struct Tiny {
     arch: &'static str,
@@ -19,8 +22,8 @@ struct Tiny {
     kv_heads: usize,
     ffn: usize,
     blocks: usize,
-    /// The type each weight matrix is stored in, by tensor name.
-    dtype: fn(&str) -> GgmlDType,
+    /// The type each weight matrix is stored in.
+    dtype: DtypeOf,
     /// A separate `output.weight` (else the embedding is tied).
     output: bool,
 }
@@ -157,7 +160,7 @@ fn quantised_llamas_run_natively_and_agree_with_candle() {
     fn wide(name: &str) -> bool {
         name.contains("attn_v") || name.contains("ffn_down") || name == "output.weight"
     }
-    let mixes: [(&str, fn(&str) -> GgmlDType); 4] = [
+    let mixes: [(&str, DtypeOf); 4] = [
         ("q4_k_m", |n| {
             if wide(n) {
                 GgmlDType::Q6K
