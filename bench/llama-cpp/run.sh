@@ -14,6 +14,8 @@
 #   ROUNDS       rounds per thread count (default 5)
 #   HEARTH       hearth binary (default target/release/hearth in the repo root)
 #   LLAMA_BENCH  llama-bench binary (default bench/llama-cpp/.work/bin/llama-bench)
+#   PROMPT_TOKENS, GEN_TOKENS  the test sizes (default 49 and 64; the
+#                usual llama-bench sizes are 512 and 128)
 #   RESULTS_DIR  where raw outputs go (default bench/llama-cpp/.work/results/DATE)
 set -euo pipefail
 
@@ -35,8 +37,8 @@ done
 
 rounds="${ROUNDS:-5}"
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer: $rounds"
-prompt_tokens=49
-gen_tokens=64
+prompt_tokens="${PROMPT_TOKENS:-49}"
+gen_tokens="${GEN_TOKENS:-64}"
 
 hearth="${HEARTH:-target/release/hearth}"
 [[ "$hearth" == */* && "$hearth" != /* ]] && hearth="$repo/$hearth"
