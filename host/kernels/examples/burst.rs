@@ -22,6 +22,7 @@ fn main() {
         eps: 1e-5,
         rope_base: 100_000.0,
         rope_dim: 64,
+        rope_halves: false,
     };
     let mut model = Llama::random(cfg, 30, 49_152, 0.1, threads).unwrap();
     let tokens = |n: usize, salt: u32| -> Vec<u32> {

@@ -33,6 +33,7 @@
 //! to bytes), Q5_K 5.625 (the file's 5.5, likewise), Q6_K 6.5625 (the
 //! file's).
 
+use crate::store::{Buf, Image, records};
 use crate::{Activations, BLOCK, Isa, PANEL, Panels, TILE, Tile, product};
 
 /// Values per K-quant super-block: a K-quant matrix's column count is a
@@ -626,7 +627,7 @@ pub struct Q4KMatrix {
     cols: usize,
     /// One record of `Q4K_RECORD` bytes per panel and super-block,
     /// panel-major.
-    data: Vec<u8>,
+    data: Buf<u8>,
 }
 
 impl Q4KMatrix {
@@ -645,7 +646,11 @@ impl Q4KMatrix {
             let rec = &mut data[(r / PANEL * ns + s) * Q4K_RECORD..][..Q4K_RECORD];
             Q4KBlock::parse(b).place(rec, r % PANEL);
         }
-        Q4KMatrix { rows, cols, data }
+        Q4KMatrix {
+            rows,
+            cols,
+            data: data.into(),
+        }
     }
 
     /// The matrix as GGUF Q4_K blocks, row-major: the bytes
@@ -681,6 +686,31 @@ impl Q4KMatrix {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    /// A matrix whose panels lie in a weight image (see [`crate::image`]):
+    /// `len` bytes at `start`, checked against the shape.
+    pub(crate) fn mapped(
+        image: &Image,
+        rows: usize,
+        cols: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Q4KMatrix, String> {
+        let data = records(
+            image,
+            (rows, cols),
+            SUPER_BLOCK,
+            Q4K_RECORD,
+            (start, len),
+            "Q4_K",
+        )?;
+        Ok(Q4KMatrix { rows, cols, data })
+    }
+
+    /// The panels' bytes, as [`Q4KMatrix::mapped`] takes them.
+    pub(crate) fn raw(&self) -> &[u8] {
+        self.data.as_bytes()
     }
 
     /// Panel `g`'s record for super-block `s`.
@@ -756,7 +786,7 @@ pub struct Q5KMatrix {
     cols: usize,
     /// One record of `Q5K_RECORD` bytes per panel and super-block,
     /// panel-major.
-    data: Vec<u8>,
+    data: Buf<u8>,
 }
 
 impl Q5KMatrix {
@@ -775,7 +805,11 @@ impl Q5KMatrix {
             let rec = &mut data[(r / PANEL * ns + s) * Q5K_RECORD..][..Q5K_RECORD];
             Q5KBlock::parse(b).place(rec, r % PANEL);
         }
-        Q5KMatrix { rows, cols, data }
+        Q5KMatrix {
+            rows,
+            cols,
+            data: data.into(),
+        }
     }
 
     /// The matrix as GGUF Q5_K blocks, row-major: the bytes
@@ -811,6 +845,31 @@ impl Q5KMatrix {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    /// A matrix whose panels lie in a weight image (see [`crate::image`]):
+    /// `len` bytes at `start`, checked against the shape.
+    pub(crate) fn mapped(
+        image: &Image,
+        rows: usize,
+        cols: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Q5KMatrix, String> {
+        let data = records(
+            image,
+            (rows, cols),
+            SUPER_BLOCK,
+            Q5K_RECORD,
+            (start, len),
+            "Q5_K",
+        )?;
+        Ok(Q5KMatrix { rows, cols, data })
+    }
+
+    /// The panels' bytes, as [`Q5KMatrix::mapped`] takes them.
+    pub(crate) fn raw(&self) -> &[u8] {
+        self.data.as_bytes()
     }
 
     /// Panel `g`'s record for super-block `s`.
@@ -886,7 +945,7 @@ pub struct Q6KMatrix {
     cols: usize,
     /// One record of `Q6K_RECORD` bytes per panel and super-block,
     /// panel-major.
-    data: Vec<u8>,
+    data: Buf<u8>,
 }
 
 impl Q6KMatrix {
@@ -905,7 +964,11 @@ impl Q6KMatrix {
             let rec = &mut data[(r / PANEL * ns + s) * Q6K_RECORD..][..Q6K_RECORD];
             Q6KBlock::parse(b).place(rec, r % PANEL);
         }
-        Q6KMatrix { rows, cols, data }
+        Q6KMatrix {
+            rows,
+            cols,
+            data: data.into(),
+        }
     }
 
     /// The matrix as GGUF Q6_K blocks, row-major: the bytes
@@ -941,6 +1004,31 @@ impl Q6KMatrix {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    /// A matrix whose panels lie in a weight image (see [`crate::image`]):
+    /// `len` bytes at `start`, checked against the shape.
+    pub(crate) fn mapped(
+        image: &Image,
+        rows: usize,
+        cols: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Q6KMatrix, String> {
+        let data = records(
+            image,
+            (rows, cols),
+            SUPER_BLOCK,
+            Q6K_RECORD,
+            (start, len),
+            "Q6_K",
+        )?;
+        Ok(Q6KMatrix { rows, cols, data })
+    }
+
+    /// The panels' bytes, as [`Q6KMatrix::mapped`] takes them.
+    pub(crate) fn raw(&self) -> &[u8] {
+        self.data.as_bytes()
     }
 
     /// Panel `g`'s record for super-block `s`.

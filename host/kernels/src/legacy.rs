@@ -26,6 +26,7 @@ use crate::kquant::{
     FIVES, NIBBLES, add_halves, dot_i16, f16_to_f32, halves, nibble_at, place_fives, take_fives,
     unpack_fives, unpack_nibbles,
 };
+use crate::store::{Buf, Image, records};
 use crate::{Activations, BLOCK, Isa, PANEL, Panels, TILE, Tile, product};
 
 /// Where a record keeps the sixteen rows' `d` (f16).
@@ -49,7 +50,7 @@ struct Blocks<const FIVE: bool> {
     cols: usize,
     /// One record of `Self::RECORD` bytes per panel and block,
     /// panel-major.
-    data: Vec<u8>,
+    data: Buf<u8>,
 }
 
 impl<const FIVE: bool> Blocks<FIVE> {
@@ -161,7 +162,11 @@ impl<const FIVE: bool> Blocks<FIVE> {
             let rec = &mut data[(r / PANEL * nb + c) * Self::RECORD..][..Self::RECORD];
             Self::place(&Self::parse(b), rec, r % PANEL);
         }
-        Blocks { rows, cols, data }
+        Blocks {
+            rows,
+            cols,
+            data: data.into(),
+        }
     }
 
     fn to_file(&self) -> Vec<u8> {
@@ -186,6 +191,24 @@ impl<const FIVE: bool> Blocks<FIVE> {
 
     fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    fn mapped(
+        image: &Image,
+        rows: usize,
+        cols: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self, String> {
+        let data = records(
+            image,
+            (rows, cols),
+            BLOCK,
+            Self::RECORD,
+            (start, len),
+            Self::NAME,
+        )?;
+        Ok(Blocks { rows, cols, data })
     }
 
     /// Panel `g`'s record for block `c`.
@@ -517,6 +540,24 @@ macro_rules! block_matrix {
             /// Bytes held.
             pub fn bytes(&self) -> usize {
                 self.0.bytes()
+            }
+
+            /// A matrix whose panels lie in a weight image (see
+            /// [`crate::image`]): `len` bytes at `start`, checked against
+            /// the shape.
+            pub(crate) fn mapped(
+                image: &Image,
+                rows: usize,
+                cols: usize,
+                start: usize,
+                len: usize,
+            ) -> Result<$name, String> {
+                Blocks::mapped(image, rows, cols, start, len).map($name)
+            }
+
+            /// The panels' bytes, as `mapped` takes them.
+            pub(crate) fn raw(&self) -> &[u8] {
+                self.0.data.as_bytes()
             }
 
             /// Row `r` as f32 (embedding lookups), as ggml dequantises it.

@@ -22,14 +22,19 @@
 
 #![deny(missing_docs)]
 
+pub mod image;
 mod kquant;
 mod legacy;
 pub mod sampling;
+mod store;
 mod weights;
 
 pub use kquant::{Q4KMatrix, Q5KMatrix, Q6KMatrix, SUPER_BLOCK};
 pub use legacy::{Q4_0Matrix, Q5_0Matrix};
+pub use store::Image;
 pub use weights::Weights;
+
+use store::Buf;
 
 /// Values per quantisation block.
 pub const BLOCK: usize = 32;
@@ -54,9 +59,9 @@ const PANEL_BLOCK: usize = PANEL * BLOCK;
 pub struct Q8Matrix {
     rows: usize,
     cols: usize,
-    quants: Vec<i8>,
+    quants: Buf<i8>,
     /// For each panel and block, the sixteen rows' scales.
-    scales: Vec<f32>,
+    scales: Buf<f32>,
 }
 
 impl Q8Matrix {
@@ -113,8 +118,8 @@ impl Q8Matrix {
         Q8Matrix {
             rows,
             cols,
-            quants: q,
-            scales: s,
+            quants: q.into(),
+            scales: s.into(),
         }
     }
 
@@ -167,6 +172,30 @@ impl Q8Matrix {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.quants.len() + self.scales.len() * 4
+    }
+
+    /// A matrix whose panels lie in a weight image (see [`image`]): the
+    /// quantised values' and the scales' (start, length) in bytes,
+    /// checked against the shape.
+    pub(crate) fn mapped(
+        image: &Image,
+        rows: usize,
+        cols: usize,
+        quants: (usize, usize),
+        scales: (usize, usize),
+    ) -> Result<Q8Matrix, String> {
+        Ok(Q8Matrix {
+            rows,
+            cols,
+            quants: store::records(image, (rows, cols), BLOCK, PANEL_BLOCK, quants, "Q8_0")?,
+            scales: store::records(image, (rows, cols), BLOCK, PANEL, scales, "Q8_0 scales")?,
+        })
+    }
+
+    /// The quantised values' and the scales' bytes, as
+    /// [`Q8Matrix::mapped`] takes them.
+    pub(crate) fn raw(&self) -> (&[u8], &[u8]) {
+        (self.quants.as_bytes(), self.scales.as_bytes())
     }
 
     /// Panel `g`'s quantised values and scales.

@@ -2,9 +2,11 @@
 //! these kernels: fused projections, one f32 KV cache per sequence, and
 //! batches of sequences evaluated together (continuous batching).
 
+use std::io::{self, Seek, Write};
 use std::sync::Arc;
 
-use crate::{Activations, Q8Matrix, Weights, dot_f32};
+use crate::image::{Reader, Writer, float_bytes};
+use crate::{Activations, Image, Q8Matrix, Weights, dot_f32};
 
 /// One transformer block's weights.
 ///
@@ -24,6 +26,13 @@ pub struct Layer<W = Weights> {
     pub gate_up: W,
     /// Down projection.
     pub down: W,
+    /// Biases added to Q, K and V (Qwen 2), stacked; empty for none.
+    pub qkv_bias: Vec<f32>,
+    /// RMS norm weights applied to each query head before rotation
+    /// (Qwen 3), one per head dimension; empty for none.
+    pub q_norm: Vec<f32>,
+    /// The same for each key head; empty for none.
+    pub k_norm: Vec<f32>,
 }
 
 impl<W: Into<Weights>> Layer<W> {
@@ -36,6 +45,9 @@ impl<W: Into<Weights>> Layer<W> {
             ffn_norm: self.ffn_norm,
             gate_up: self.gate_up.into(),
             down: self.down.into(),
+            qkv_bias: self.qkv_bias,
+            q_norm: self.q_norm,
+            k_norm: self.k_norm,
         }
     }
 }
@@ -59,6 +71,18 @@ pub struct Config {
     pub rope_base: f32,
     /// Dimensions per head that rotate.
     pub rope_dim: usize,
+    /// Rotary pairs are a head's halves (dimension `i` with `i + rope_dim
+    /// / 2`, "NeoX" style, as Qwen stores them) rather than neighbours
+    /// (`2i` with `2i + 1`, as GGUF llama files are permuted for).
+    pub rope_halves: bool,
+}
+
+impl Config {
+    /// Query values per position: heads × head size (the hidden size for
+    /// most models; not for Qwen 3, whose heads are wider).
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
 }
 
 /// A llama-architecture model.
@@ -106,6 +130,10 @@ impl Llama {
         layers: Vec<Layer<W>>,
         threads: usize,
     ) -> Result<Llama, String> {
+        let embedding = embedding.into();
+        let output = output.map(Into::into);
+        let layers: Vec<Layer> = layers.into_iter().map(Layer::into_weights).collect();
+        check_shapes(&cfg, &embedding, output.as_ref(), &out_norm, &layers)?;
         let inv_freq = (0..cfg.rope_dim / 2)
             .map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.rope_dim as f32))
             .collect();
@@ -120,10 +148,10 @@ impl Llama {
             .map_err(|e| format!("starting {threads} CPU threads: {e}"))?;
         Ok(Llama {
             cfg,
-            embedding: embedding.into(),
-            output: output.map(Into::into),
+            embedding,
+            output,
             out_norm,
-            layers: layers.into_iter().map(Layer::into_weights).collect(),
+            layers,
             inv_freq,
             pool,
             scratch: Scratch::default(),
@@ -153,14 +181,18 @@ impl Llama {
             Q8Matrix::from_f32(&data, rows, cols)
         };
         let kv = cfg.kv_heads * cfg.head_dim;
+        let q = cfg.q_dim();
         let layers = (0..layers)
             .map(|_| Layer {
                 attn_norm: vec![1.0; cfg.dim],
-                qkv: matrix(cfg.dim + 2 * kv, cfg.dim),
-                wo: matrix(cfg.dim, cfg.dim),
+                qkv: matrix(q + 2 * kv, cfg.dim),
+                wo: matrix(cfg.dim, q),
                 ffn_norm: vec![1.0; cfg.dim],
                 gate_up: matrix(2 * cfg.ffn, cfg.dim),
                 down: matrix(cfg.dim, cfg.ffn),
+                qkv_bias: Vec::new(),
+                q_norm: Vec::new(),
+                k_norm: Vec::new(),
             })
             .collect();
         let embedding = matrix(vocab, cfg.dim);
@@ -172,6 +204,90 @@ impl Llama {
             layers,
             threads,
         )
+    }
+
+    /// Writes the model as a weight image (see [`crate::image`]) that
+    /// [`Llama::from_image`] maps back; `key` names what it was made from
+    /// (the model file's digest, say) and must be given again to read it.
+    pub fn write_image<W: Write + Seek>(&self, key: &[u8; 32], out: W) -> io::Result<W> {
+        let mut w = Writer::new(out)?;
+        let c = &self.cfg;
+        for v in [c.dim, c.heads, c.kv_heads, c.head_dim, c.ffn, c.rope_dim] {
+            w.word(v as u64);
+        }
+        w.word(c.eps.to_bits().into());
+        w.word(c.rope_base.to_bits().into());
+        w.word(c.rope_halves.into());
+        self.embedding.save(&mut w)?;
+        match &self.output {
+            Some(output) => {
+                w.word(1);
+                output.save(&mut w)?;
+            }
+            None => w.word(0),
+        }
+        w.blob(&float_bytes(&self.out_norm))?;
+        w.word(self.layers.len() as u64);
+        for layer in &self.layers {
+            w.blob(&float_bytes(&layer.attn_norm))?;
+            layer.qkv.save(&mut w)?;
+            layer.wo.save(&mut w)?;
+            w.blob(&float_bytes(&layer.ffn_norm))?;
+            layer.gate_up.save(&mut w)?;
+            layer.down.save(&mut w)?;
+            w.blob(&float_bytes(&layer.qkv_bias))?;
+            w.blob(&float_bytes(&layer.q_norm))?;
+            w.blob(&float_bytes(&layer.k_norm))?;
+        }
+        w.finish(key)
+    }
+
+    /// A model whose matrices stay in `image` (a mapped weight image that
+    /// [`Llama::write_image`] wrote with the same `key`). Everything the
+    /// image says is checked (bounds, shapes against the configuration),
+    /// so a damaged or foreign image is an error.
+    pub fn from_image(image: Image, key: &[u8; 32], threads: usize) -> Result<Llama, String> {
+        let mut r = Reader::open(&image, key)?;
+        let cfg = Config {
+            dim: r.size()?,
+            heads: r.size()?,
+            kv_heads: r.size()?,
+            head_dim: r.size()?,
+            ffn: r.size()?,
+            rope_dim: r.size()?,
+            eps: f32::from_bits(r.word()? as u32),
+            rope_base: f32::from_bits(r.word()? as u32),
+            rope_halves: r.word()? != 0,
+        };
+        let embedding = Weights::load(&mut r)?;
+        let output = match r.word()? {
+            0 => None,
+            _ => Some(Weights::load(&mut r)?),
+        };
+        let out_norm = r.floats()?;
+        let n = r.size()?;
+        let mut layers = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            layers.push(Layer {
+                attn_norm: r.floats()?,
+                qkv: Weights::load(&mut r)?,
+                wo: Weights::load(&mut r)?,
+                ffn_norm: r.floats()?,
+                gate_up: Weights::load(&mut r)?,
+                down: Weights::load(&mut r)?,
+                qkv_bias: r.floats()?,
+                q_norm: r.floats()?,
+                k_norm: r.floats()?,
+            });
+        }
+        r.finish()?;
+        Llama::new(cfg, embedding, output, out_norm, layers, threads)
+    }
+
+    /// Bytes of key/value cache one position of a sequence takes (keys and
+    /// values, f32, every layer).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.layers.len() * self.cfg.kv_heads * self.cfg.head_dim * 4
     }
 
     /// The vocabulary size (length of one row of logits).
@@ -213,7 +329,8 @@ impl Llama {
     ) -> Result<(), String> {
         let c = self.cfg;
         let kv_dim = c.kv_heads * c.head_dim;
-        let qkv_dim = c.dim + 2 * kv_dim;
+        let q_dim = c.q_dim();
+        let qkv_dim = q_dim + 2 * kv_dim;
         let vocab = self.embedding.rows();
         let layers = self.layers.len();
         let s = &mut self.scratch;
@@ -221,6 +338,7 @@ impl Llama {
         s.rows.clear();
         for (i, step) in steps.iter_mut().enumerate() {
             step.cache.ensure_layers(layers, kv_dim);
+            step.cache.reserve(step.tokens.len());
             let pos = step.cache.len;
             s.rows.extend((0..step.tokens.len()).map(|t| (i, pos + t)));
         }
@@ -237,7 +355,7 @@ impl Llama {
         }
         s.h.resize(n * c.dim, 0.0);
         s.qkv.resize(n * qkv_dim, 0.0);
-        s.attn.resize(n * c.dim, 0.0);
+        s.attn.resize(n * q_dim, 0.0);
         s.proj.resize(n * c.dim, 0.0);
         s.gate_up.resize(n * 2 * c.ffn, 0.0);
         s.act.resize(n * c.ffn, 0.0);
@@ -253,19 +371,30 @@ impl Llama {
             rms_norm(&s.x, &layer.attn_norm, c.eps, &mut s.h);
             s.a.quantize(&s.h, c.dim);
             layer.qkv.matmul(&s.a, &mut s.qkv, pool);
+            if !layer.qkv_bias.is_empty() {
+                for row in s.qkv.chunks_exact_mut(qkv_dim) {
+                    add(row, &layer.qkv_bias);
+                }
+            }
             for ((row, &(seq, _)), rot) in s
                 .qkv
                 .chunks_exact_mut(qkv_dim)
                 .zip(&s.rows)
                 .zip(s.rot.chunks_exact(half))
             {
-                let (q, kv) = row.split_at_mut(c.dim);
+                let (q, kv) = row.split_at_mut(q_dim);
                 let (k, v) = kv.split_at_mut(kv_dim);
-                for head in q.chunks_exact_mut(c.head_dim) {
-                    rope(head, rot);
-                }
-                for head in k.chunks_exact_mut(c.head_dim) {
-                    rope(head, rot);
+                for (heads, norm) in [(q, &layer.q_norm), (k, &layer.k_norm)] {
+                    for head in heads.chunks_exact_mut(c.head_dim) {
+                        if !norm.is_empty() {
+                            rms_norm_in_place(head, norm, c.eps);
+                        }
+                        if c.rope_halves {
+                            rope_halves(head, rot);
+                        } else {
+                            rope(head, rot);
+                        }
+                    }
                 }
                 // Rows of one sequence come in position order, so pushing
                 // keeps the cache position-major.
@@ -277,7 +406,7 @@ impl Llama {
                 let (seq, p) = s.rows[t];
                 attention(
                     &c,
-                    &s.qkv[t * qkv_dim..t * qkv_dim + c.dim],
+                    &s.qkv[t * qkv_dim..t * qkv_dim + q_dim],
                     &steps[seq].cache.parts(l, p + 1),
                     out,
                 );
@@ -287,13 +416,13 @@ impl Llama {
             if pool.is_some() && n > 1 {
                 use rayon::prelude::*;
                 s.attn
-                    .par_chunks_exact_mut(c.dim)
+                    .par_chunks_exact_mut(q_dim)
                     .enumerate()
                     .for_each(attend);
             } else {
-                s.attn.chunks_exact_mut(c.dim).enumerate().for_each(attend);
+                s.attn.chunks_exact_mut(q_dim).enumerate().for_each(attend);
             }
-            s.a.quantize(&s.attn, c.dim);
+            s.a.quantize(&s.attn, q_dim);
             layer.wo.matmul(&s.a, &mut s.proj, pool);
             add(&mut s.x, &s.proj);
             rms_norm(&s.x, &layer.ffn_norm, c.eps, &mut s.h);
@@ -329,6 +458,91 @@ impl Llama {
     }
 }
 
+/// Checks every matrix and vector against the configuration, so a model
+/// whose file or image disagrees with itself is an error here rather than
+/// a bad index in the forward pass.
+fn check_shapes(
+    c: &Config,
+    embedding: &Weights,
+    output: Option<&Weights>,
+    out_norm: &[f32],
+    layers: &[Layer],
+) -> Result<(), String> {
+    let kv = c.kv_heads * c.head_dim;
+    let sane = c.dim > 0
+        && c.heads > 0
+        && c.kv_heads > 0
+        && c.heads.is_multiple_of(c.kv_heads)
+        && c.head_dim > 0
+        && c.rope_dim <= c.head_dim
+        && c.rope_dim.is_multiple_of(2)
+        && c.ffn > 0;
+    if !sane {
+        return Err(format!("an impossible model configuration: {c:?}"));
+    }
+    let matrix = |name: &str, m: &Weights, rows: Option<usize>, cols: usize| {
+        if m.cols() != cols || rows.is_some_and(|r| r != m.rows()) {
+            Err(format!(
+                "{name} is {}×{}, the configuration asks for {}×{cols}",
+                m.rows(),
+                m.cols(),
+                rows.map_or("any".to_string(), |r| r.to_string())
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let vector = |name: &str, v: &[f32]| {
+        if v.len() == c.dim {
+            Ok(())
+        } else {
+            Err(format!("{name} has {} values, not {}", v.len(), c.dim))
+        }
+    };
+    matrix("the embedding", embedding, None, c.dim)?;
+    if let Some(output) = output {
+        matrix("the output", output, Some(embedding.rows()), c.dim)?;
+    }
+    vector("the output norm", out_norm)?;
+    for (i, l) in layers.iter().enumerate() {
+        vector(&format!("layer {i}'s attention norm"), &l.attn_norm)?;
+        vector(&format!("layer {i}'s feed-forward norm"), &l.ffn_norm)?;
+        matrix(
+            &format!("layer {i}'s QKV"),
+            &l.qkv,
+            Some(c.q_dim() + 2 * kv),
+            c.dim,
+        )?;
+        matrix(
+            &format!("layer {i}'s attention output"),
+            &l.wo,
+            Some(c.dim),
+            c.q_dim(),
+        )?;
+        let optional = |name: &str, v: &[f32], len: usize| {
+            if v.is_empty() || v.len() == len {
+                Ok(())
+            } else {
+                Err(format!(
+                    "layer {i}'s {name} has {} values, not {len}",
+                    v.len()
+                ))
+            }
+        };
+        optional("QKV bias", &l.qkv_bias, c.q_dim() + 2 * kv)?;
+        optional("query norm", &l.q_norm, c.head_dim)?;
+        optional("key norm", &l.k_norm, c.head_dim)?;
+        matrix(
+            &format!("layer {i}'s gate and up"),
+            &l.gate_up,
+            Some(2 * c.ffn),
+            c.dim,
+        )?;
+        matrix(&format!("layer {i}'s down"), &l.down, Some(c.dim), c.ffn)?;
+    }
+    Ok(())
+}
+
 /// One sequence's part of a [`Llama::forward_batch`] call.
 pub struct Step<'a> {
     /// The sequence's keys and values so far; the tokens go after them.
@@ -337,8 +551,12 @@ pub struct Step<'a> {
     pub tokens: &'a [u32],
 }
 
+/// Positions a sequence's key/value cache grows by at a time.
+pub const KV_BLOCK: usize = 256;
+
 /// The keys and values of one sequence, per layer, position-major. Grows
-/// as the sequence does; nothing is reserved for the whole context.
+/// as the sequence does, [`KV_BLOCK`] positions at a time; nothing is
+/// reserved for the whole context.
 ///
 /// A prompt prefix several sequences have in common (the system prompt and
 /// tool descriptions of every chat) is held once: [`share_prefix`]
@@ -451,6 +669,33 @@ impl KvCache {
             },
         );
         self.shared.push((Arc::new(frozen), own));
+    }
+
+    /// Makes room for `positions` more, in whole blocks of
+    /// [`KV_BLOCK`] positions: a sequence holds at most one block it does
+    /// not use (a vector left to grow by doubling may hold twice what it
+    /// uses), and grows without a copy per token.
+    fn reserve(&mut self, positions: usize) {
+        let own = self.len - self.base();
+        let want = (own + positions).next_multiple_of(KV_BLOCK) * self.per;
+        for v in self.own.keys.iter_mut().chain(&mut self.own.values) {
+            if v.capacity() < (own + positions) * self.per {
+                v.reserve_exact(want - v.len());
+            }
+        }
+    }
+
+    /// Bytes this sequence's own positions take, slack included (shared
+    /// prefix segments are counted by the sequences that made them).
+    pub fn bytes(&self) -> usize {
+        let floats: usize = self
+            .own
+            .keys
+            .iter()
+            .chain(&self.own.values)
+            .map(Vec::capacity)
+            .sum();
+        floats * 4
     }
 
     fn ensure_layers(&mut self, layers: usize, per: usize) {
@@ -1102,6 +1347,27 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMS norm of one vector in place (Qwen 3's per-head query and key
+/// norms).
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let ms = dot_f32(x, x) / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for (v, w) in x.iter_mut().zip(weight) {
+        *v = *v * inv * w;
+    }
+}
+
+/// Rotary embedding over a head's halves (NeoX style: pairs `i`,
+/// `i + rope_dim / 2`); `rot` as for [`rope`].
+fn rope_halves(head: &mut [f32], rot: &[(f32, f32)]) {
+    let half = rot.len();
+    for (i, &(sin, cos)) in rot.iter().enumerate() {
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * cos - b * sin;
+        head[i + half] = a * sin + b * cos;
+    }
+}
+
 /// Interleaved rotary embedding (GGUF llama: pairs 2i, 2i+1); `rot` holds
 /// the (sin, cos) of each pair's angle at this position.
 fn rope(head: &mut [f32], rot: &[(f32, f32)]) {
@@ -1171,6 +1437,7 @@ mod tests {
             eps: 1e-5,
             rope_base: 10_000.0,
             rope_dim: 16,
+            rope_halves: false,
         };
         Llama::random(cfg, 2, 50, 0.4, threads).unwrap()
     }
@@ -1245,6 +1512,7 @@ mod tests {
             eps: 1e-5,
             rope_base: 10_000.0,
             rope_dim: 64,
+            rope_halves: false,
         };
         let mut rng = Rng(99);
         let mut q4 = |rows: usize, cols: usize| -> Weights {
@@ -1263,6 +1531,9 @@ mod tests {
                 ffn_norm: vec![1.0; cfg.dim],
                 gate_up: Weights::stack([q4(cfg.ffn, cfg.dim), q4(cfg.ffn, cfg.dim)]),
                 down: q6(cfg.dim, cfg.ffn),
+                qkv_bias: Vec::new(),
+                q_norm: Vec::new(),
+                k_norm: Vec::new(),
             })
             .collect();
         assert_eq!(layers[0].qkv.format(), "mixed");
@@ -1291,6 +1562,9 @@ mod tests {
                 ffn_norm: Vec::new(),
                 gate_up: Q8Matrix::stack(&[m(cfg.ffn, cfg.dim), m(cfg.ffn, cfg.dim)]),
                 down: m(cfg.dim, cfg.ffn),
+                qkv_bias: Vec::new(),
+                q_norm: Vec::new(),
+                k_norm: Vec::new(),
             });
         }
         for layer in layers.iter_mut() {
@@ -1302,6 +1576,158 @@ mod tests {
             Llama::new(cfg, m(50, cfg.dim), output, vec![1.0; cfg.dim], layers, 1).unwrap();
         assert_eq!(model.vocab(), 50);
         assert_eq!(alone(&mut model, &[1, 2], 1)[0].len(), 50);
+    }
+
+    /// Image bytes at an 8-byte aligned address, as a mapping's are.
+    struct Aligned(Vec<u64>, usize);
+
+    impl AsRef<[u8]> for Aligned {
+        fn as_ref(&self) -> &[u8] {
+            // SAFETY: u64s are initialised bytes; `1` is at most their length.
+            unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.1) }
+        }
+    }
+
+    fn image_of(bytes: &[u8]) -> Image {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: the words hold at least `bytes.len()` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast(), bytes.len())
+        };
+        Arc::new(Aligned(words, bytes.len()))
+    }
+
+    fn write(model: &Llama, key: &[u8; 32]) -> Vec<u8> {
+        model
+            .write_image(key, io::Cursor::new(Vec::new()))
+            .unwrap()
+            .into_inner()
+    }
+
+    #[test]
+    fn a_model_read_back_from_its_image_gives_the_same_bits() {
+        let key = [7u8; 32];
+        for (mut model, what) in [(tiny(1), "Q8"), (tiny_k_quant(2), "Q4_K_M mix")] {
+            let bytes = write(&model, &key);
+            let mut mapped = Llama::from_image(image_of(&bytes), &key, 2).unwrap();
+            assert_eq!(mapped.cfg.dim, model.cfg.dim, "{what}");
+            let prompt = [3, 1, 4, 1, 5];
+            assert_eq!(
+                alone(&mut mapped, &prompt, 4),
+                alone(&mut model, &prompt, 4),
+                "{what}"
+            );
+            // And the bytes written again from the mapped model are the same.
+            assert_eq!(write(&mapped, &key), bytes, "{what}");
+            check_batched_equals_alone(mapped, what);
+        }
+    }
+
+    /// A Qwen-style model: heads wider than the hidden size divides
+    /// into (Qwen 3), Q/K/V biases (Qwen 2), per-head query and key norms
+    /// (Qwen 3), rotation over halves.
+    fn tiny_qwen(threads: usize) -> Llama {
+        let cfg = Config {
+            dim: 64,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+            ffn: 96,
+            eps: 1e-6,
+            rope_base: 1e6,
+            rope_dim: 32,
+            rope_halves: true,
+        };
+        let mut model = Llama::random(cfg, 2, 50, 0.4, threads).unwrap();
+        let qkv = cfg.q_dim() + 2 * cfg.kv_heads * cfg.head_dim;
+        for (i, layer) in model.layers.iter_mut().enumerate() {
+            layer.qkv_bias = (0..qkv).map(|j| ((i + j) % 5) as f32 * 0.02).collect();
+            layer.q_norm = (0..32).map(|j| 0.5 + (j % 3) as f32 * 0.25).collect();
+            layer.k_norm = (0..32).map(|j| 1.5 - (j % 4) as f32 * 0.25).collect();
+        }
+        model
+    }
+
+    #[test]
+    fn qwen_style_layers_batch_like_alone_and_survive_their_image() {
+        for threads in [1, 2] {
+            check_batched_equals_alone(tiny_qwen(threads), "qwen-style");
+        }
+        let key = [1u8; 32];
+        let mut model = tiny_qwen(1);
+        let bytes = write(&model, &key);
+        let mut mapped = Llama::from_image(image_of(&bytes), &key, 1).unwrap();
+        assert!(mapped.cfg.rope_halves);
+        assert_eq!(mapped.layers[1].q_norm, model.layers[1].q_norm);
+        let prompt = [5, 6, 7];
+        assert_eq!(
+            alone(&mut mapped, &prompt, 3),
+            alone(&mut model, &prompt, 3)
+        );
+        // The biases and norms are used: without them the logits change.
+        let mut plain = tiny_qwen(1);
+        for layer in plain.layers.iter_mut() {
+            layer.qkv_bias.clear();
+            layer.q_norm.clear();
+        }
+        assert_ne!(alone(&mut plain, &prompt, 1), alone(&mut model, &prompt, 1));
+    }
+
+    #[test]
+    fn the_cache_grows_in_blocks_and_holds_at_most_one_unused() {
+        let mut model = tiny(1);
+        let per_token = model.kv_bytes_per_token();
+        assert_eq!(per_token, 2 * 2 * 2 * 16 * 4);
+        let mut cache = KvCache::default();
+        let mut feed = vec![1u32; 300];
+        for _ in 0..3 {
+            model
+                .forward_batch(&mut [Step {
+                    cache: &mut cache,
+                    tokens: &feed,
+                }])
+                .unwrap();
+            feed = vec![2];
+            let blocks = cache.len().div_ceil(KV_BLOCK);
+            assert_eq!(
+                cache.bytes(),
+                blocks * KV_BLOCK * per_token,
+                "{} positions",
+                cache.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_image_is_refused_with_a_reason() {
+        let key = [7u8; 32];
+        let bytes = write(&tiny_k_quant(1), &key);
+        let err = |b: &[u8], k: &[u8; 32]| Llama::from_image(image_of(b), k, 1).err().unwrap();
+        assert!(err(&bytes, &[8u8; 32]).contains("another model file"));
+        assert!(err(&bytes[..bytes.len() - 8], &key).contains("past its end"));
+        assert!(err(&bytes[..40], &key).contains("not a hearth weight image"));
+        let mut other = bytes.clone();
+        other[8] = 99;
+        assert!(err(&other, &key).contains("format 99"));
+        // Buffers cut short (the index moved up to follow them) are
+        // caught: the index is checked against the file, not trusted.
+        let index_at = u64::from_le_bytes(bytes[48..56].try_into().unwrap()) as usize;
+        for cut in (64..index_at).step_by(index_at / 50) {
+            let mut shorter = bytes[..cut].to_vec();
+            shorter.extend_from_slice(&bytes[index_at..]);
+            shorter[48..56].copy_from_slice(&(cut as u64).to_le_bytes());
+            assert!(
+                Llama::from_image(image_of(&shorter), &key, 1).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // A shape the configuration does not allow is refused.
+        let mut wrong = bytes.clone();
+        wrong[index_at..index_at + 8].copy_from_slice(&128u64.to_le_bytes());
+        assert!(
+            Llama::from_image(image_of(&wrong), &key, 1).is_err(),
+            "a wrong dimension"
+        );
     }
 
     #[test]
@@ -1336,6 +1762,7 @@ mod tests {
             eps: 1e-5,
             rope_base: 1e4,
             rope_dim: 64,
+            rope_halves: false,
         };
         let mut seed = 7u32;
         let mut next = || {

@@ -1,5 +1,6 @@
 //! Any weight matrix the forward pass can hold.
 
+use crate::image::{Reader, Writer};
 use crate::{
     Activations, Isa, Panels, Q4_0Matrix, Q4KMatrix, Q5_0Matrix, Q5KMatrix, Q6KMatrix, Q8Matrix,
     product,
@@ -119,6 +120,107 @@ impl Weights {
             Weights::Q5_0(_) => "Q5_0",
             Weights::Mixed(_) => "mixed",
         }
+    }
+
+    /// Writes the matrix into a weight image: its format's tag, shape and
+    /// buffers (see [`crate::image`]).
+    pub(crate) fn save<W: std::io::Write + std::io::Seek>(
+        &self,
+        w: &mut Writer<W>,
+    ) -> std::io::Result<()> {
+        let mut head = |tag: u64, rows: usize, cols: usize| {
+            w.word(tag);
+            w.word(rows as u64);
+            w.word(cols as u64);
+        };
+        match self {
+            Weights::Q8(m) => {
+                head(0, m.rows(), m.cols());
+                let (quants, scales) = m.raw();
+                w.blob(quants)?;
+                w.blob(scales)
+            }
+            Weights::Q4K(m) => {
+                head(1, m.rows(), m.cols());
+                w.blob(m.raw())
+            }
+            Weights::Q5K(m) => {
+                head(2, m.rows(), m.cols());
+                w.blob(m.raw())
+            }
+            Weights::Q6K(m) => {
+                head(3, m.rows(), m.cols());
+                w.blob(m.raw())
+            }
+            Weights::Q4_0(m) => {
+                head(4, m.rows(), m.cols());
+                w.blob(m.raw())
+            }
+            Weights::Q5_0(m) => {
+                head(5, m.rows(), m.cols());
+                w.blob(m.raw())
+            }
+            Weights::Mixed(parts) => {
+                w.word(6);
+                w.word(parts.len() as u64);
+                parts.iter().try_for_each(|p| p.save(w))
+            }
+        }
+    }
+
+    /// Reads a matrix [`Weights::save`] wrote; its buffers stay in the
+    /// image.
+    pub(crate) fn load(r: &mut Reader<'_>) -> Result<Weights, String> {
+        Weights::load_part(r, true)
+    }
+
+    fn load_part(r: &mut Reader<'_>, top: bool) -> Result<Weights, String> {
+        let tag = r.word()?;
+        if tag == 6 {
+            let n = r.size()?;
+            // A mixed matrix is at least two parts, none of them mixed,
+            // of at most the six formats in turn... a handful in practice.
+            if !top || !(2..=64).contains(&n) {
+                return Err(format!("a mixed matrix of {n} parts in the weight image"));
+            }
+            let parts = (0..n)
+                .map(|_| Weights::load_part(r, false))
+                .collect::<Result<Vec<_>, _>>()?;
+            if parts.iter().any(|p| p.cols() != parts[0].cols()) {
+                return Err("a mixed matrix whose parts differ in columns".into());
+            }
+            return Ok(Weights::Mixed(parts));
+        }
+        let (rows, cols) = (r.size()?, r.size()?);
+        let image = r.image();
+        Ok(match tag {
+            0 => Q8Matrix::mapped(image, rows, cols, r.span()?, r.span()?)?.into(),
+            1 => {
+                let (start, len) = r.span()?;
+                Q4KMatrix::mapped(image, rows, cols, start, len)?.into()
+            }
+            2 => {
+                let (start, len) = r.span()?;
+                Q5KMatrix::mapped(image, rows, cols, start, len)?.into()
+            }
+            3 => {
+                let (start, len) = r.span()?;
+                Q6KMatrix::mapped(image, rows, cols, start, len)?.into()
+            }
+            4 => {
+                let (start, len) = r.span()?;
+                Q4_0Matrix::mapped(image, rows, cols, start, len)?.into()
+            }
+            5 => {
+                let (start, len) = r.span()?;
+                Q5_0Matrix::mapped(image, rows, cols, start, len)?.into()
+            }
+            other => {
+                return Err(format!(
+                    "a matrix of unknown format {other} in the weight image"
+                ));
+            }
+        })
     }
 
     /// Row `r` as f32 (embedding lookups).
