@@ -24,6 +24,13 @@ impl Home {
         })
     }
 
+    /// The native engine's weight images (see
+    /// [`crate::engine::WeightCache`]): safe to delete at any time; a
+    /// model's image is made again on its next load.
+    pub fn weight_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("weights")
+    }
+
     /// User configuration overrides per plugin: `config/<namespace>.toml`.
     pub fn config_dir(&self) -> PathBuf {
         self.root.join("config")

@@ -22,6 +22,9 @@ struct Tiny {
     kv_heads: usize,
     ffn: usize,
     blocks: usize,
+    /// Size of one head; 0 for `dim / heads`. Written as
+    /// `attention.key_length` when set (Qwen 3's heads are wider).
+    head_dim: usize,
     /// The type each weight matrix is stored in.
     dtype: DtypeOf,
     /// A separate `output.weight` (else the embedding is tied).
@@ -40,6 +43,7 @@ fn tiny_qwen2(path: &Path) {
             kv_heads: 2,
             ffn: 128,
             blocks: 2,
+            head_dim: 0,
             dtype: |_| GgmlDType::F32,
             output: false,
         },
@@ -68,11 +72,13 @@ fn tiny_model(path: &Path, shape: &Tiny) {
         kv_heads,
         ffn,
         blocks,
+        head_dim,
         dtype,
         output,
     } = *shape;
     let vocab = source.info().vocab;
-    let kv_dim = kv_heads * dim / heads;
+    let hd = if head_dim == 0 { dim / heads } else { head_dim };
+    let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
     let tensor = |name: &str, data: Vec<f32>, shape: &[usize]| {
         let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
         let ty = if shape.len() == 2 {
@@ -96,10 +102,10 @@ fn tiny_model(path: &Path, shape: &Tiny) {
     for b in 0..blocks {
         let p = |n: &str| format!("blk.{b}.{n}");
         for (name, rows, cols) in [
-            ("attn_q.weight", dim, dim),
+            ("attn_q.weight", q_dim, dim),
             ("attn_k.weight", kv_dim, dim),
             ("attn_v.weight", kv_dim, dim),
-            ("attn_output.weight", dim, dim),
+            ("attn_output.weight", dim, q_dim),
             ("ffn_gate.weight", ffn, dim),
             ("ffn_up.weight", ffn, dim),
             ("ffn_down.weight", dim, ffn),
@@ -108,11 +114,17 @@ fn tiny_model(path: &Path, shape: &Tiny) {
         }
         if arch == "qwen2" {
             for (name, n) in [
-                ("attn_q.bias", dim),
+                ("attn_q.bias", q_dim),
                 ("attn_k.bias", kv_dim),
                 ("attn_v.bias", kv_dim),
             ] {
                 tensors.push(tensor(&p(name), random(n, 0.1), &[n]));
+            }
+        }
+        if arch == "qwen3" {
+            for name in ["attn_q_norm.weight", "attn_k_norm.weight"] {
+                let norm = random(hd, 0.5).iter().map(|v| 1.0 + v).collect();
+                tensors.push(tensor(&p(name), norm, &[hd]));
             }
         }
         tensors.push(tensor(&p("attn_norm.weight"), vec![1.0; dim], &[dim]));
@@ -131,17 +143,18 @@ fn tiny_model(path: &Path, shape: &Tiny) {
         (key("block_count"), Value::U32(blocks as u32)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
         (key("rope.freq_base"), Value::F32(1e6)),
-        (
-            key("rope.dimension_count"),
-            Value::U32((dim / heads) as u32),
-        ),
+        (key("rope.dimension_count"), Value::U32(hd as u32)),
     ];
+    if head_dim != 0 {
+        metadata.push((key("attention.key_length"), Value::U32(hd as u32)));
+        metadata.push((key("attention.value_length"), Value::U32(hd as u32)));
+    }
     for (key, value) in &source.content.metadata {
-        if key.starts_with("tokenizer.") && (key != "tokenizer.ggml.pre" || arch != "qwen2") {
+        if key.starts_with("tokenizer.") && (key != "tokenizer.ggml.pre" || arch == "llama") {
             metadata.push((key.clone(), value.clone()));
         }
     }
-    if arch == "qwen2" {
+    if arch != "llama" {
         metadata.push(("tokenizer.ggml.pre".into(), Value::String("qwen2".into())));
     }
     let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -190,6 +203,7 @@ fn quantised_llamas_run_natively_and_agree_with_candle() {
                 kv_heads: 2,
                 ffn: 512,
                 blocks: 2,
+                head_dim: 0,
                 dtype,
                 output: true,
             },
@@ -253,16 +267,70 @@ fn a_qwen2_model_loads_tokenizes_and_generates() {
     let (a, b) = (run(), run());
     assert!(a.usage.completion_tokens <= 6 && a.usage.prompt_tokens > 5);
     assert_eq!(a.text, b.text, "greedy output is deterministic");
+}
 
-    // The native backend is for llama only, and says so.
-    let native = EngineOptions {
-        backend: hearth::engine::Backend::Native,
-        ..Default::default()
-    };
-    let err = Engine::load(&path, &native).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("native backend runs dense llama models"),
-        "{err}"
-    );
+/// Qwen 2 (Q/K/V biases) and Qwen 3 (per-head query and key norms, heads
+/// wider than the hidden size divides into) run on hearth's own kernels
+/// and agree with candle on the same file; Q8_0 and the Q4_K_M mix.
+#[test]
+fn qwen_models_run_natively_and_agree_with_candle() {
+    let _memory = crate::MEMORY.blocking_read();
+    let dir = tempfile::tempdir().unwrap();
+    let mixes: [(&str, DtypeOf); 2] = [
+        ("q8_0", |_| GgmlDType::Q8_0),
+        ("q4_k_m", |n| {
+            if n.contains("attn_v") || n.contains("ffn_down") {
+                GgmlDType::Q6K
+            } else {
+                GgmlDType::Q4K
+            }
+        }),
+    ];
+    for (arch, head_dim) in [("qwen2", 0), ("qwen3", 128)] {
+        for (mix, dtype) in mixes {
+            let path = dir.path().join(format!("tiny-{arch}-{mix}.gguf"));
+            tiny_model(
+                &path,
+                &Tiny {
+                    arch,
+                    dim: 256,
+                    heads: 4,
+                    kv_heads: 2,
+                    ffn: 512,
+                    blocks: 2,
+                    head_dim,
+                    dtype,
+                    output: false,
+                },
+            );
+            let what = format!("{arch} {mix}");
+            let load = |backend| {
+                let options = EngineOptions {
+                    backend,
+                    ..Default::default()
+                };
+                Engine::load(&path, &options).unwrap()
+            };
+            let (native, candle) = (
+                load(hearth::engine::Backend::Native),
+                load(hearth::engine::Backend::Candle),
+            );
+            let run = |engine: &Engine| {
+                let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hello")]);
+                req.params = SamplingParams::greedy(3);
+                engine.generate(req).unwrap().wait(&mut |_| {}).unwrap()
+            };
+            let (a, b) = (run(&native), run(&native));
+            assert_eq!(a.text, b.text, "{what}: greedy output is deterministic");
+            let c = run(&candle);
+            let first = |t: &str| native.tokenizer().encode(t).unwrap().first().copied();
+            assert_eq!(
+                first(&a.text),
+                first(&c.text),
+                "{what}: native {:?} vs candle {:?}",
+                a.text,
+                c.text
+            );
+        }
+    }
 }

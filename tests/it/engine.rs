@@ -478,3 +478,89 @@ fn broken_files_are_named() {
     let err = Engine::load(&missing, &EngineOptions::default()).unwrap_err();
     assert!(err.to_string().contains("missing.gguf"), "{err}");
 }
+
+/// The native engine's weight image: the first load writes it, later ones
+/// map it (it shows in this process's mappings) and answer exactly as a
+/// load from the file does; a damaged image is rebuilt, not trusted.
+#[test]
+fn weights_are_mapped_from_their_image_after_the_first_load() {
+    let _memory = crate::MEMORY.blocking_read();
+    let cache = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        weight_cache: Some(cache.path().to_path_buf()),
+        ..EngineOptions::default()
+    };
+    let answer = |engine: &Engine| {
+        let mut req = GenerateRequest::chat(vec![ChatMessage::new(
+            Role::User,
+            "What is the capital of France?",
+        )]);
+        req.params = SamplingParams::greedy(12);
+        engine
+            .generate(req)
+            .unwrap()
+            .wait(&mut |_| {})
+            .unwrap()
+            .text
+    };
+    let private = answer(&Engine::load(&model_path(), &EngineOptions::default()).unwrap());
+    assert!(private.contains("Paris"), "{private}");
+    let images = || -> Vec<PathBuf> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "weights"))
+            .collect()
+    };
+    let mapped = |image: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .contains(image.to_str().unwrap())
+    };
+
+    // First load: the image is written, then mapped.
+    let first = Engine::load(&model_path(), &options).unwrap();
+    let [image] = images().try_into().unwrap();
+    assert!(mapped(&image), "{} is not mapped", image.display());
+    assert_eq!(answer(&first), private);
+    drop(first);
+    let written = std::fs::metadata(&image).unwrap().len();
+    let file = std::fs::metadata(model_path()).unwrap().len();
+    // Q8_0 blocks widen their scale to f32: a little over the file's size.
+    assert!(
+        written > file * 9 / 10 && written < file * 13 / 10,
+        "image {written} bytes for a {file}-byte model"
+    );
+
+    // Second load: the same image, mapped, the same answer.
+    let modified = std::fs::metadata(&image).unwrap().modified().unwrap();
+    let second = Engine::load(&model_path(), &options).unwrap();
+    assert_eq!(images(), [image.clone()]);
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().modified().unwrap(),
+        modified
+    );
+    assert!(mapped(&image));
+    assert_eq!(answer(&second), private);
+    drop(second);
+
+    // A damaged image (cut short) is rebuilt.
+    let bytes = std::fs::read(&image).unwrap();
+    std::fs::write(&image, &bytes[..bytes.len() / 2]).unwrap();
+    let third = Engine::load(&model_path(), &options).unwrap();
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), written);
+    assert_eq!(answer(&third), private);
+    drop(third);
+
+    // A cache that cannot be written costs only the cache.
+    let blocked = cache.path().join("not-a-folder");
+    std::fs::write(&blocked, b"").unwrap();
+    let options = EngineOptions {
+        weight_cache: Some(blocked),
+        ..EngineOptions::default()
+    };
+    assert_eq!(
+        answer(&Engine::load(&model_path(), &options).unwrap()),
+        private
+    );
+}

@@ -383,9 +383,20 @@ fn a_full_queue_answers_503_with_retry_after_and_disconnects_stop_generation() {
         "hearth_queue_depth{class=\"interactive\"} 0",
         "hearth_model_loaded 1",
         "hearth_resident_memory_bytes ",
+        // SmolLM2-135M: 30 layers × 3 key/value heads × 64 × (K and V) × 4 bytes.
+        "hearth_kv_cache_bytes_per_token 46080",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
+    // The generation that ran left its cache in its slot (for the next
+    // prompt with the same start): whole blocks of 256 positions.
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hearth_kv_cache_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(held > 0 && held % (256 * 46080) == 0, "{held}");
 }
 
 /// The bundled plugins, activated in a fresh data directory.

@@ -29,15 +29,22 @@ pub struct ModelArgs {
     /// for f16/f32 files): done once, kept in the data directory.
     #[arg(long)]
     pub quantize: Option<String>,
+    /// Read the weights into private memory instead of mapping the weight
+    /// image kept in the data directory (`cache/weights`; made on the
+    /// first load of a model, mapped on later ones).
+    #[arg(long, env = "HEARTH_NO_WEIGHT_CACHE")]
+    pub no_weight_cache: bool,
 }
 
 impl ModelArgs {
-    /// The engine options these flags ask for.
-    pub fn options(&self) -> EngineOptions {
+    /// The engine options these flags ask for, with the weight images
+    /// kept in `home`'s cache.
+    pub fn options(&self, home: &Home) -> EngineOptions {
         EngineOptions {
             context: self.context,
             backend: self.backend,
             parallel: None,
+            weight_cache: (!self.no_weight_cache).then(|| home.weight_cache_dir()),
         }
     }
 }
@@ -181,7 +188,7 @@ pub fn pull_with_bar(home: &Home, spec: &Spec, to: &str) -> anyhow::Result<PathB
 
 fn load(home: &Home, args: &ModelArgs) -> anyhow::Result<Engine> {
     let path = resolve_model(home, args)?;
-    Ok(Engine::load(&path, &args.options())?)
+    Ok(Engine::load(&path, &args.options(home))?)
 }
 
 /// How `hearth run` and `hearth chat` use the assistant.
@@ -448,6 +455,10 @@ pub fn info(path: &Path, json: bool) -> anyhow::Result<i32> {
         "shape         {} layers, {} dims, {} heads / {} KV heads",
         info.layers, info.embedding, info.heads, info.kv_heads
     );
+    println!(
+        "KV cache      {} KiB a token a sequence",
+        info.kv_bytes_per_token.div_ceil(1024)
+    );
     println!("tokenizer     {}, {} tokens", info.tokenizer, info.vocab);
     println!(
         "chat template {}",
@@ -483,7 +494,7 @@ pub fn bench(
     json: bool,
 ) -> anyhow::Result<i32> {
     let path = resolve_model(home, model)?;
-    let engine = Engine::load(&path, &model.options())?;
+    let engine = Engine::load(&path, &model.options(home))?;
     // One untimed run warms caches and page-faults the weights in.
     engine.bench(prompt_tokens.min(8), 2)?;
     let mut prompt = Vec::new();

@@ -103,7 +103,7 @@ impl LazyModel {
             let (home, model) = (inner.home.clone(), inner.model.clone());
             let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let path = generate::resolve_model(&home, &model)?;
-                Ok(crate::engine::Engine::load(&path, &model.options())?)
+                Ok(crate::engine::Engine::load(&path, &model.options(&home))?)
             })
             .await;
             let result = match loaded {

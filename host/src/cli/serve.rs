@@ -147,7 +147,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         let path = generate::resolve_model(&model_home, &model)?;
         let options = crate::engine::EngineOptions {
             parallel: Some(parallel),
-            ..model.options()
+            ..model.options(&model_home)
         };
         let engine = crate::engine::Engine::load(&path, &options)?;
         Ok((path, engine))

@@ -49,6 +49,9 @@ pub struct ModelInfo {
     pub heads: usize,
     /// Key/value heads.
     pub kv_heads: usize,
+    /// Bytes of key/value cache one position of one sequence takes on
+    /// hearth's kernels (K and V, f32, every layer).
+    pub kv_bytes_per_token: u64,
     /// Whether the file carries a chat template.
     pub chat_template: bool,
     /// Tokenizer model and pre-tokenizer, e.g. `gpt2 (pre smollm)`.
@@ -199,6 +202,7 @@ impl ModelFile {
                 .arch_int("attention.head_count_kv")
                 .unwrap_or(self.arch_int("attention.head_count").unwrap_or(0))
                 as usize,
+            kv_bytes_per_token: self.kv_bytes_per_token(),
             chat_template: self.str("tokenizer.chat_template").is_some(),
             tokenizer,
             vocab,
@@ -235,6 +239,13 @@ impl ModelFile {
 
     /// Bytes of f32 KV cache for `context` tokens.
     pub fn kv_bytes(&self, context: usize) -> u64 {
+        // candle grows the cache by concatenation, so budget one extra
+        // copy for the step that grows it.
+        self.kv_bytes_per_token() * context as u64 * 3 / 2
+    }
+
+    /// Bytes of K and V (f32, every layer) one position takes.
+    pub fn kv_bytes_per_token(&self) -> u64 {
         // Read from the metadata directly: `info` walks every tensor.
         let get = |k: &str| self.arch_int(k).unwrap_or(0) as usize;
         let heads = get("attention.head_count");
@@ -247,9 +258,7 @@ impl ModelFile {
         let head_dim = self
             .arch_int("attention.key_length")
             .map_or(get("embedding_length") / heads, |v| v as usize);
-        // K and V, f32, per layer; candle grows the cache by concatenation,
-        // so budget one extra copy for the step that grows it.
-        (2 * get("block_count") * context * kv_heads * head_dim * 4) as u64 * 3 / 2
+        (2 * get("block_count") * kv_heads * head_dim * 4) as u64
     }
 
     /// Refuses to load when the weights plus the KV cache for `context`

@@ -22,6 +22,7 @@ pub mod sample;
 pub mod template;
 pub mod tokenizer;
 pub mod tools;
+mod weight_cache;
 mod worker;
 
 pub use constrain::OutputFormat;
@@ -31,11 +32,12 @@ pub use model::Backend;
 pub use sample::SamplingParams;
 pub use template::{ChatMessage, Role, ToolSpec, UnknownRole};
 pub use tools::{ToolCall, parse_tool_calls};
+pub use weight_cache::{Source as WeightSource, WeightCache};
 
 use constrain::{Constraint, TokenVocab};
 use model::Network;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -86,6 +88,10 @@ pub struct EngineOptions {
     /// Sequences generated together (continuous batching; default 1).
     /// Lowered to what fits in memory, and to 1 on candle.
     pub parallel: Option<usize>,
+    /// A folder for the native engine's weight images (see
+    /// [`WeightCache`]): mapped instead of read on later starts. `None`
+    /// reads the weights into private memory every time.
+    pub weight_cache: Option<PathBuf>,
 }
 
 /// What to generate from.
@@ -313,8 +319,19 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The key/value cache's size, published by the engine thread.
+#[derive(Debug, Default)]
+struct KvUsage {
+    /// Bytes the sequences' caches hold now, slack included.
+    bytes: std::sync::atomic::AtomicU64,
+    /// Bytes one position of one sequence takes (0 when the network keeps
+    /// its own cache: candle's models).
+    per_token: std::sync::atomic::AtomicU64,
+}
+
 struct Shared {
     info: ModelInfo,
+    kv: Arc<KvUsage>,
     tokenizer: Arc<Tokenizer>,
     template: template::ChatTemplate,
     context: usize,
@@ -365,6 +382,9 @@ impl Engine {
         )?;
         let device = model::device()?;
         let backend = options.backend;
+        let cache = options.weight_cache.clone().map(WeightCache::new);
+        let kv = Arc::new(KvUsage::default());
+        let thread_kv = kv.clone();
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
         let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Job>();
         let (slots_tx, slots_rx) = std::sync::mpsc::channel();
@@ -372,7 +392,8 @@ impl Engine {
         std::thread::Builder::new()
             .name("hearth-engine".into())
             .spawn(move || {
-                let network = match Network::load(file, &device, backend, threads()) {
+                let network = match Network::load(file, &device, backend, threads(), cache.as_ref())
+                {
                     Ok(n) => {
                         let _ = loaded_tx.send(Ok(()));
                         n
@@ -383,6 +404,8 @@ impl Engine {
                     }
                 };
                 let slots = if network.batches() { slots } else { 1 };
+                let per_token = network.kv_bytes_per_token().unwrap_or(0) as u64;
+                thread_kv.per_token.store(per_token, Ordering::Relaxed);
                 let _ = slots_tx.send(slots);
                 let mut worker = Worker {
                     network,
@@ -391,6 +414,7 @@ impl Engine {
                     context,
                     slots: (0..slots).map(|_| Slot::default()).collect(),
                     clock: 0,
+                    kv: thread_kv,
                 };
                 worker.serve(&jobs_rx);
             })
@@ -406,6 +430,7 @@ impl Engine {
             jobs: jobs_tx,
             shared: Arc::new(Shared {
                 info,
+                kv,
                 tokenizer,
                 template,
                 context,
@@ -413,6 +438,18 @@ impl Engine {
                 vocab,
             }),
         })
+    }
+
+    /// The key/value cache: bytes the sequences hold now (slack
+    /// included: each grows a block of positions at a time) and bytes one
+    /// position takes. Both 0 when the network keeps its own cache
+    /// (candle's models).
+    pub fn kv_cache(&self) -> (u64, u64) {
+        let kv = &self.shared.kv;
+        (
+            kv.bytes.load(Ordering::Relaxed),
+            kv.per_token.load(Ordering::Relaxed),
+        )
     }
 
     /// What the model is.

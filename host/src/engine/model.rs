@@ -4,6 +4,7 @@
 use super::error::EngineError;
 use super::gguf::ModelFile;
 use super::native::NativeLlama;
+use super::weight_cache::WeightCache;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 pub use hearth_kernels::llama::KvCache;
@@ -89,6 +90,7 @@ impl Network {
         device: &Device,
         backend: Backend,
         threads: usize,
+        cache: Option<&WeightCache>,
     ) -> Result<Network, EngineError> {
         file.check_supported()?;
         let native_ok = device.is_cpu() && NativeLlama::supports(&file);
@@ -96,12 +98,12 @@ impl Network {
             Backend::Native if !native_ok => {
                 return Err(EngineError::Unsupported {
                     path: file.path.clone(),
-                    reason: "the native backend runs dense llama models on the CPU; use --backend candle".into(),
+                    reason: "the native backend runs dense llama, qwen2 and qwen3 models on the CPU; use --backend candle".into(),
                 });
             }
             Backend::Native | Backend::Auto if native_ok => {
                 return Ok(Network::Native(Box::new(NativeLlama::load(
-                    &file, threads,
+                    &file, threads, cache,
                 )?)));
             }
             _ => {}
@@ -151,6 +153,15 @@ impl Network {
                 self.clear();
                 0
             }
+        }
+    }
+
+    /// Bytes of key/value cache one position of a sequence takes, where
+    /// hearth's kernels hold the cache (candle's models keep their own).
+    pub fn kv_bytes_per_token(&self) -> Option<usize> {
+        match self {
+            Network::Native(n) => Some(n.kv_bytes_per_token()),
+            _ => None,
         }
     }
 

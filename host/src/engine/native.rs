@@ -1,5 +1,6 @@
-//! hearth's own CPU implementation of the llama architecture (Llama,
-//! SmolLM, Mistral-style dense models), used instead of candle's on the
+//! hearth's own CPU implementation of dense decoder models (Llama,
+//! SmolLM, Mistral-style; Qwen 2 and 2.5 with their Q/K/V biases; Qwen 3
+//! with its per-head query and key norms), used instead of candle's on the
 //! CPU. Why: candle's CPU path spends its time in 8-bit×8-bit dot products
 //! and per-op tensor bookkeeping; this one runs fused projections through
 //! `hearth-kernels` (the file's weights × 16-bit activations, see there),
@@ -13,6 +14,7 @@
 
 use super::error::EngineError;
 use super::gguf::ModelFile;
+use super::weight_cache::{Source, WeightCache};
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor};
 use hearth_kernels::llama::{Config, Layer, Llama, Step};
@@ -20,120 +22,51 @@ use hearth_kernels::{Q4KMatrix, Q6KMatrix, Q8Matrix, Weights};
 use std::fs::File;
 use std::io::BufReader;
 
-/// A llama-architecture model on hearth's CPU kernels.
+/// A dense llama-family model on hearth's CPU kernels.
 pub struct NativeLlama {
     model: Llama,
 }
 
 impl NativeLlama {
-    /// Whether this file can run here: a dense llama model.
+    /// Whether this file can run here: a dense llama, qwen2 or qwen3
+    /// model whose matrices' rows are whole 32-value blocks.
     pub fn supports(file: &ModelFile) -> bool {
-        file.str("general.architecture") == Some("llama")
+        let Some(arch) = file.str("general.architecture") else {
+            return false;
+        };
+        let blocks = |key: &str| file.arch_int(key).is_some_and(|d| d > 0 && d % 32 == 0);
+        NATIVE.contains(&arch)
             && file.arch_int("expert_count").unwrap_or(0) == 0
-            && file
-                .arch_int("embedding_length")
-                .is_some_and(|d| d % 32 == 0)
-            && file
-                .arch_int("feed_forward_length")
-                .is_some_and(|d| d % 32 == 0)
+            && blocks("embedding_length")
+            && blocks("feed_forward_length")
+            && heads(file).is_some_and(|(heads, _, head_dim)| (heads * head_dim) % 32 == 0)
     }
 
-    /// Loads the weights: Q8_0, Q4_0, Q5_0 and Q4_K–Q6_K matrices as they are, any
-    /// other type converted to 8-bit blocks.
-    pub fn load(file: &ModelFile, threads: usize) -> Result<NativeLlama, EngineError> {
-        let bad = |reason: String| EngineError::BadFile {
-            path: file.path.clone(),
-            reason,
+    /// Loads the weights: mapped from their image in `cache` when there is
+    /// one (made on the first load), else read from the file (see
+    /// [`read`]).
+    pub fn load(
+        file: &ModelFile,
+        threads: usize,
+        cache: Option<&WeightCache>,
+    ) -> Result<NativeLlama, EngineError> {
+        let started = std::time::Instant::now();
+        let (model, source) = match cache {
+            Some(cache) => cache.load(&file.path, threads, || read(file, threads))?,
+            None => (read(file, threads)?, Source::Private),
         };
-        let need = |key: &str| {
-            file.arch_int(key)
-                .map(|v| v as usize)
-                .ok_or_else(|| bad(format!("no llama.{key}")))
-        };
-        let dim = need("embedding_length")?;
-        let heads = need("attention.head_count")?;
-        let kv_heads = file
-            .arch_int("attention.head_count_kv")
-            .map_or(heads, |v| v as usize);
-        let layers_n = need("block_count")?;
-        let ffn = need("feed_forward_length")?;
-        let head_dim = dim / heads;
-        let float = |key: &str, default: f32| {
-            file.content
-                .metadata
-                .get(&format!("llama.{key}"))
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(default)
-        };
-        let cfg = Config {
-            dim,
-            heads,
-            kv_heads,
-            head_dim,
-            ffn,
-            eps: float("attention.layer_norm_rms_epsilon", 1e-5),
-            rope_base: float("rope.freq_base", 10_000.0),
-            rope_dim: file
-                .arch_int("rope.dimension_count")
-                .map_or(head_dim, |v| v as usize),
-        };
-        let mut reader = BufReader::new(File::open(&file.path).map_err(|e| EngineError::Io {
-            path: file.path.clone(),
-            reason: e.to_string(),
-        })?);
-        let cpu = Device::Cpu;
-        let mut tensor = |name: &str| -> Result<QTensor, EngineError> {
-            file.content
-                .tensor(&mut reader, name, &cpu)
-                .map_err(|e| bad(format!("tensor {name}: {e}")))
-        };
-        let mut matrix = |name: &str| -> Result<Weights, EngineError> {
-            to_weights(&tensor(name)?).map_err(|e| bad(format!("tensor {name}: {e}")))
-        };
-        let embedding = matrix("token_embd.weight")?;
-        let output = if file.content.tensor_infos.contains_key("output.weight") {
-            Some(matrix("output.weight")?)
-        } else {
-            None
-        };
-        let mut layers = Vec::with_capacity(layers_n);
-        for i in 0..layers_n {
-            let p = |n: &str| format!("blk.{i}.{n}.weight");
-            // Parts of different formats (Q4_K_M files keep V in Q6_K)
-            // stay as they are, side by side.
-            let qkv = Weights::stack([
-                matrix(&p("attn_q"))?,
-                matrix(&p("attn_k"))?,
-                matrix(&p("attn_v"))?,
-            ]);
-            let gate_up = Weights::stack([matrix(&p("ffn_gate"))?, matrix(&p("ffn_up"))?]);
-            layers.push(Layer {
-                attn_norm: Vec::new(),
-                qkv,
-                wo: matrix(&p("attn_output"))?,
-                ffn_norm: Vec::new(),
-                gate_up,
-                down: matrix(&p("ffn_down"))?,
-            });
-        }
-        let mut vector = |name: &str| -> Result<Vec<f32>, EngineError> {
-            let t = file
-                .content
-                .tensor(&mut reader, name, &cpu)
-                .and_then(|q| q.dequantize(&cpu))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| bad(format!("tensor {name}: {e}")))?;
-            Ok(t)
-        };
-        for (i, layer) in layers.iter_mut().enumerate() {
-            layer.attn_norm = vector(&format!("blk.{i}.attn_norm.weight"))?;
-            layer.ffn_norm = vector(&format!("blk.{i}.ffn_norm.weight"))?;
-        }
-        let out_norm = vector("output_norm.weight")?;
-        let model = Llama::new(cfg, embedding, output, out_norm, layers, threads)
-            .map_err(EngineError::Model)?;
+        tracing::info!(
+            model = %file.path.display(),
+            weights = ?source,
+            ms = started.elapsed().as_millis() as u64,
+            "native weights loaded"
+        );
         Ok(NativeLlama { model })
+    }
+
+    /// Bytes of key/value cache one position of a sequence takes.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.model.kv_bytes_per_token()
     }
 
     /// Evaluates a batch of sequences (see [`Llama::forward_batch`]);
@@ -144,6 +77,143 @@ impl NativeLlama {
             .map(<[f32]>::to_vec)
             .map_err(EngineError::Model)
     }
+}
+
+/// Reads the weights from the file: Q8_0, Q4_0, Q5_0 and Q4_K–Q6_K
+/// matrices as they are, any other type converted to 8-bit blocks.
+fn read(file: &ModelFile, threads: usize) -> Result<Llama, EngineError> {
+    let bad = |reason: String| EngineError::BadFile {
+        path: file.path.clone(),
+        reason,
+    };
+    let arch = file.architecture()?;
+    let need = |key: &str| {
+        file.arch_int(key)
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(format!("no {arch}.{key}")))
+    };
+    let dim = need("embedding_length")?;
+    let (heads, kv_heads, head_dim) =
+        heads(file).ok_or_else(|| bad(format!("no usable {arch}.attention.head_count")))?;
+    let layers_n = need("block_count")?;
+    let ffn = need("feed_forward_length")?;
+    let float = |key: &str, default: f32| {
+        file.content
+            .metadata
+            .get(&format!("{arch}.{key}"))
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(default)
+    };
+    let cfg = Config {
+        dim,
+        heads,
+        kv_heads,
+        head_dim,
+        ffn,
+        eps: float("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_base: float("rope.freq_base", 10_000.0),
+        rope_dim: file
+            .arch_int("rope.dimension_count")
+            .map_or(head_dim, |v| v as usize),
+        // llama.cpp's converter permutes llama's Q and K so that rotary
+        // pairs are neighbours; Qwen's are stored as trained, in halves.
+        rope_halves: arch != "llama",
+    };
+    let mut reader = BufReader::new(File::open(&file.path).map_err(|e| EngineError::Io {
+        path: file.path.clone(),
+        reason: e.to_string(),
+    })?);
+    let cpu = Device::Cpu;
+    let mut tensor = |name: &str| -> Result<QTensor, EngineError> {
+        file.content
+            .tensor(&mut reader, name, &cpu)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))
+    };
+    let mut matrix = |name: &str| -> Result<Weights, EngineError> {
+        to_weights(&tensor(name)?).map_err(|e| bad(format!("tensor {name}: {e}")))
+    };
+    let embedding = matrix("token_embd.weight")?;
+    let output = if file.content.tensor_infos.contains_key("output.weight") {
+        Some(matrix("output.weight")?)
+    } else {
+        None
+    };
+    let mut layers = Vec::with_capacity(layers_n);
+    for i in 0..layers_n {
+        let p = |n: &str| format!("blk.{i}.{n}.weight");
+        // Parts of different formats (Q4_K_M files keep V in Q6_K)
+        // stay as they are, side by side.
+        let qkv = Weights::stack([
+            matrix(&p("attn_q"))?,
+            matrix(&p("attn_k"))?,
+            matrix(&p("attn_v"))?,
+        ]);
+        let gate_up = Weights::stack([matrix(&p("ffn_gate"))?, matrix(&p("ffn_up"))?]);
+        layers.push(Layer {
+            attn_norm: Vec::new(),
+            qkv,
+            wo: matrix(&p("attn_output"))?,
+            ffn_norm: Vec::new(),
+            gate_up,
+            down: matrix(&p("ffn_down"))?,
+            qkv_bias: Vec::new(),
+            q_norm: Vec::new(),
+            k_norm: Vec::new(),
+        });
+    }
+    let mut vector = |name: &str| -> Result<Vec<f32>, EngineError> {
+        let t = file
+            .content
+            .tensor(&mut reader, name, &cpu)
+            .and_then(|q| q.dequantize(&cpu))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        Ok(t)
+    };
+    let has = |name: &str| file.content.tensor_infos.contains_key(name);
+    for (i, layer) in layers.iter_mut().enumerate() {
+        let p = |n: &str| format!("blk.{i}.{n}");
+        layer.attn_norm = vector(&p("attn_norm.weight"))?;
+        layer.ffn_norm = vector(&p("ffn_norm.weight"))?;
+        // Qwen 2's Q, K and V biases (all three or none).
+        if has(&p("attn_q.bias")) {
+            for name in ["attn_q.bias", "attn_k.bias", "attn_v.bias"] {
+                let bias = vector(&p(name))?;
+                layer.qkv_bias.extend(bias);
+            }
+        }
+        // Qwen 3's per-head query and key norms.
+        if has(&p("attn_q_norm.weight")) {
+            layer.q_norm = vector(&p("attn_q_norm.weight"))?;
+            layer.k_norm = vector(&p("attn_k_norm.weight"))?;
+        }
+    }
+    let out_norm = vector("output_norm.weight")?;
+    Llama::new(cfg, embedding, output, out_norm, layers, threads).map_err(EngineError::Model)
+}
+
+/// Architectures the native path runs.
+const NATIVE: &[&str] = &["llama", "qwen2", "qwen3"];
+
+/// (heads, key/value heads, head size) from the metadata: the head size is
+/// `attention.key_length` when given (Qwen 3's heads are wider than the
+/// hidden size divided among them), else the hidden size over the heads.
+fn heads(file: &ModelFile) -> Option<(usize, usize, usize)> {
+    let heads = file.arch_int("attention.head_count")? as usize;
+    let dim = file.arch_int("embedding_length")? as usize;
+    let kv_heads = file
+        .arch_int("attention.head_count_kv")
+        .map_or(heads, |v| v as usize);
+    let head_dim = match file.arch_int("attention.key_length") {
+        Some(k) => k as usize,
+        None => dim.checked_div(heads)?,
+    };
+    let value = file
+        .arch_int("attention.value_length")
+        .map_or(head_dim, |v| v as usize);
+    (heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0 && value == head_dim)
+        .then_some((heads, kv_heads, head_dim))
 }
 
 /// A GGUF weight matrix in the format the kernels read: Q4_K, Q5_K, Q6_K,

@@ -41,6 +41,8 @@ pub(super) struct Worker {
     pub(super) slots: Vec<Slot>,
     /// Counts admissions, for first-come order and least-recent reuse.
     pub(super) clock: u64,
+    /// Where the slots' key/value cache size is published.
+    pub(super) kv: Arc<super::KvUsage>,
 }
 
 /// One sequence's place: its KV cache, the tokens in it, and the
@@ -261,6 +263,10 @@ impl Worker {
             );
             result
         };
+        let held: usize = self.slots.iter().map(|s| s.cache.bytes()).sum();
+        self.kv
+            .bytes
+            .store(held as u64, std::sync::atomic::Ordering::Relaxed);
         let logits = match result {
             Ok(logits) => logits,
             Err(e) => {

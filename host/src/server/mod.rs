@@ -245,6 +245,13 @@ async fn dispatch(
         )),
         Route::Metrics => {
             let mut text = state.metrics.render(&scheduler.stats(), true);
+            let (kv_bytes, kv_per_token) = scheduler.engine().kv_cache();
+            text.push_str(&format!(
+                "# HELP hearth_kv_cache_bytes Key/value cache held by the sequences now.\n\
+                 # TYPE hearth_kv_cache_bytes gauge\nhearth_kv_cache_bytes {kv_bytes}\n\
+                 # HELP hearth_kv_cache_bytes_per_token Key/value cache one position of a sequence takes.\n\
+                 # TYPE hearth_kv_cache_bytes_per_token gauge\nhearth_kv_cache_bytes_per_token {kv_per_token}\n"
+            ));
             if let Some(runtime) = state.assistant.plugins() {
                 let (used, budget) = runtime.plugin_memory();
                 text.push_str(&format!(
