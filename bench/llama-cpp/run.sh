@@ -71,6 +71,36 @@ run_hearth() { # threads round
     mv "$out.tmp" "$out"
 }
 
+# Start-up: process start to exit for one prompt token and one decoded
+# token (each tool's warm-up included), and peak resident memory, on the
+# first thread count. hearth's first start also writes its weight image
+# (kept in HEARTH_HOME's cache), so it is reported apart from the rest.
+start_llama() { # round
+    python3 "$here/measure.py" "$llama_bench" -m "$model" -t "${threads[0]}" -p 1 -n 1 -r 1 \
+        --repack 0 >"$results/start-r$1-llama.json" \
+        || die "llama-bench failed to start (round $1)"
+}
+
+start_hearth() { # round
+    python3 "$here/measure.py" "$hearth" bench model --model "$model" --threads "${threads[0]}" \
+        --prompt-tokens 1 --gen-tokens 1 --reps 1 --format json >"$results/start-r$1-hearth.json" \
+        || die "hearth failed to start (round $1)"
+}
+
+export HEARTH_HOME="${HEARTH_HOME:-$results/home}"
+start_hearth 0
+mv "$results/start-r0-hearth.json" "$results/first-start-hearth.json"
+for ((r = 1; r <= rounds; r++)); do
+    say "start-up, round $r/$rounds"
+    if ((r % 2)); then
+        start_llama "$r"
+        start_hearth "$r"
+    else
+        start_hearth "$r"
+        start_llama "$r"
+    fi
+done
+
 for t in "${threads[@]}"; do
     for ((r = 1; r <= rounds; r++)); do
         say "threads $t, round $r/$rounds"

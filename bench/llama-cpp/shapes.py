@@ -9,7 +9,7 @@ borrow: the default model, SmolLM2-135M-Instruct, so every file has its
 embedding and output are then smaller than the real model's; the layers,
 where the time goes, are the real ones). Each shape gives OUT_DIR/SHAPE.f16.gguf
 (F16 weights, F32 norms); `llama-quantize` turns it into Q8_0, Q4_K_M and
-the rest (see run-shapes.sh).
+the rest (see README.md).
 
 Weights are drawn from a fixed seed, so a file is the same on every run and
 machine: normal values scaled by 1/sqrt(fan-in), as trained layers roughly

@@ -4,6 +4,8 @@
 The directory holds one file per measurement, named
     t<THREADS>-r<ROUND>-llama.json   output of `llama-bench ... -o json`
     t<THREADS>-r<ROUND>-hearth.json  output of `hearth bench model ... --format json`
+    start-r<ROUND>-{llama,hearth}.json  measure.py's start-up figures
+    first-start-hearth.json          hearth's first start (writes its weight image)
 
 llama-bench writes a JSON array; the entry with n_prompt > 0 is prompt
 processing and the one with n_gen > 0 is decode, each with avg_ts (tokens/s).
@@ -108,6 +110,29 @@ def main(argv):
     print("Medians over rounds (hearth/llama.cpp rounds: "
           + ", ".join(f"{a}/{b}" for a, b in sorted(counts))
           + "); ratio = hearth / llama.cpp, above 1 means hearth is faster.")
+    start = defaultdict(list)
+    for path in sorted(results.glob("start-r*-*.json")):
+        engine = path.stem.rsplit("-", 1)[1]
+        try:
+            start[engine].append(json.loads(path.read_text()))
+        except ValueError as e:
+            problems.append(f"{path.name}: {e}")
+    if start:
+        print()
+        print("| start-up (1 prompt + 1 decoded token) | hearth | llama.cpp | ratio |")
+        print("|---|---:|---:|---:|")
+        for key, label in (("wall_s", "process start to exit, s"),
+                           ("max_rss_mb", "peak resident memory, MB")):
+            h = median([s[key] for s in start["hearth"]])
+            l = median([s[key] for s in start["llama"]])
+            print(f"| {label} | {fmt(h, 2)} | {fmt(l, 2)} | {fmt(ratio(h, l), 2)} |")
+        first = results / "first-start-hearth.json"
+        if first.exists():
+            f = json.loads(first.read_text())
+            print()
+            print(f"hearth's first start (reads the model, writes its weight image): "
+                  f"{f['wall_s']:.2f} s, peak {f['max_rss_mb']:.0f} MB. "
+                  "Ratios here are hearth / llama.cpp: below 1 is faster and smaller.")
     for p in problems:
         print(f"warning: could not parse {p}", file=sys.stderr)
     return 0
