@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+#
+# hearth in a container: the one binary on a distroless base (glibc and CA
+# certificates; no shell, no package manager), run as a non-root user, its
+# state in HEARTH_HOME=/data.
+#
+# Build (Docker with BuildKit, or Buildah/Podman):
+#   docker build -t hearth:0.1.0 .
+#   buildah bud --layers -t hearth:0.1.0 .
+# Run (deploy/README.md has more):
+#   docker run --rm -p 8080:8080 -v hearth-data:/data -v "$PWD/models:/models:ro" \
+#     -e HEARTH_API_KEYS="$KEY" -e HEARTH_MODEL=/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+#     hearth:0.1.0
+#
+# The default command listens on 0.0.0.0:8080, where hearth refuses to
+# start without an API key (HEARTH_API_KEYS or --api-key). There is no pip
+# in the image, so hearth cannot fetch its default model at run time: give
+# it a GGUF file (HEARTH_MODEL, --model, or `model` in a --config file), or
+# put one in /data/models beforehand.
+#
+# The two stages must agree on glibc: rust:*-bookworm links against Debian
+# 12's glibc 2.36, which distroless cc-debian12 carries. (Plain rust:1.95
+# may be a newer Debian, whose binaries need a newer glibc than that.)
+ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+# host/build.rs compiles the bundled plugins (calc, notes, weather) to
+# WebAssembly components for this target.
+RUN rustup target add wasm32-wasip2
+COPY . .
+# The cargo registry and target/ are cache mounts (kept between builds, not
+# in the image), so the binary is copied out in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p hearth --bin hearth \
+ && install -D -m 0755 target/release/hearth /out/usr/local/bin/hearth \
+ && install -d /out/data
+
+FROM ${RUNTIME_IMAGE}
+COPY --from=build /out/usr/local/bin/hearth /usr/local/bin/hearth
+COPY --from=build --chown=65532:65532 /out/data /data
+ENV HEARTH_HOME=/data
+# distroless's "nonroot" user; numeric, so that runAsNonRoot can verify it.
+USER 65532:65532
+VOLUME ["/data"]
+EXPOSE 8080
+# No HEALTHCHECK: the image has no shell, curl or wget, and hearth has no
+# health-check subcommand yet. Orchestrators probe GET /healthz (process
+# up) and GET /readyz (model loaded) over HTTP instead (deploy/k8s). Note
+# also that Docker's HEALTHCHECK is kept only in Docker-format images;
+# Buildah and Podman build OCI images by default and drop it.
+# hearth handles SIGTERM itself (stop accepting, 503 to the queue, exit), so
+# it can be PID 1 without an init.
+ENTRYPOINT ["/usr/local/bin/hearth"]
+CMD ["--log-format", "json", "serve", "--addr", "0.0.0.0:8080"]

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Builds and runs the repository's Dockerfile with Buildah and Podman
+# without a registry, a Docker daemon or a Rust build: the two base images
+# are replaced (through the Dockerfile's RUST_IMAGE and RUNTIME_IMAGE build
+# arguments) by stand-ins made here from Debian's static busybox, whose
+# `cargo` and `rustup` only check the arguments they are given and write a
+# stub `hearth` script. What this shows: the Dockerfile parses and builds
+# under Buildah, the build context honours .dockerignore, the build step
+# receives the workspace and runs the expected commands, and the final
+# image has the intended user, HEARTH_HOME volume (owned by that user),
+# port, entrypoint and command, and runs read-only as that user. What it
+# does not show: that hearth compiles in rust:1.95-bookworm, or that the
+# real binary runs on distroless (both need the real base images).
+#
+# Needs (Debian): buildah podman runc busybox-static. Run as root (the
+# sandbox this was written in had no user namespaces for rootless builds);
+# all images live in a throwaway storage under a temporary directory.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+
+for tool in buildah podman runc busybox; do
+    command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install buildah podman runc busybox-static" >&2; exit 2; }
+done
+busybox=$(command -v busybox)
+file -L "$busybox" 2>/dev/null | grep -q "statically linked" || { echo "$busybox is not static: apt-get install busybox-static" >&2; exit 2; }
+
+tmp=$(mktemp -d)
+store=(--root "$tmp/storage" --runroot "$tmp/run" --storage-driver vfs)
+cleanup() {
+    podman "${store[@]}" rm -af >/dev/null 2>&1 || true
+    buildah "${store[@]}" rm -a >/dev/null 2>&1 || true
+    buildah "${store[@]}" rmi -af >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+B=(buildah "${store[@]}")
+# runc: Debian's crun refuses this sandbox's hybrid cgroup layout. The
+# lowered ulimits: the sandbox refuses podman's default of raising them.
+P=(podman "${store[@]}" --runtime runc --cgroup-manager cgroupfs --events-backend file)
+RUNOPTS=(--network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+
+echo "== stand-in base images"
+mkdir -p "$tmp/rust" "$tmp/runtime"
+cp "$busybox" "$tmp/rust/busybox"
+cp "$busybox" "$tmp/runtime/busybox"
+cat >"$tmp/rust/cargo" <<'EOF'
+#!/bin/sh
+echo "stand-in cargo: $*"
+[ "$*" = "build --release --locked -p hearth --bin hearth" ] || { echo "unexpected cargo arguments" >&2; exit 1; }
+for f in Cargo.toml Cargo.lock host/build.rs host/src/main.rs registry.toml wit/v0.1.0/world.wit sdk/build/Cargo.toml tests/Cargo.toml; do
+    [ -f "$f" ] || { echo "missing from the build context: $f" >&2; exit 1; }
+done
+for d in .git bench/llama-cpp/.work deploy Dockerfile; do
+    [ ! -e "$d" ] || { echo "should have been left out by .dockerignore: $d" >&2; exit 1; }
+done
+mkdir -p target/release
+printf '#!/busybox/sh\necho "stand-in hearth: uid=$(/busybox/id -u) HEARTH_HOME=$HEARTH_HOME args: $*"\n/busybox/touch "$HEARTH_HOME/written" && echo "HEARTH_HOME writable"\n/busybox/touch /usr/local/bin/x 2>/dev/null || echo "root filesystem read-only"\n' >target/release/hearth
+EOF
+cat >"$tmp/rust/rustup" <<'EOF'
+#!/bin/sh
+echo "stand-in rustup: $*"
+[ "$*" = "target add wasm32-wasip2" ] || { echo "unexpected rustup arguments" >&2; exit 1; }
+EOF
+# Debian's static busybox has no `install` applet (the real image has
+# coreutils'): the two forms the Dockerfile uses.
+cat >"$tmp/rust/install" <<'EOF'
+#!/bin/sh
+case "$1 $2" in
+    "-D -m") mkdir -p "$(dirname "$5")" && cp "$4" "$5" && chmod "$3" "$5" ;;
+    "-d "*) mkdir -p "$2" ;;
+    *) echo "stand-in install: unsupported: $*" >&2; exit 1 ;;
+esac
+EOF
+chmod +x "$tmp/rust/cargo" "$tmp/rust/rustup" "$tmp/rust/install"
+cat >"$tmp/rust/Containerfile" <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY cargo rustup /usr/local/cargo/bin/
+COPY install /usr/local/bin/install
+ENV PATH=/usr/local/cargo/bin:/usr/local/bin:/usr/bin:/bin CARGO_HOME=/usr/local/cargo
+EOF
+printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$tmp/runtime/passwd"
+cat >"$tmp/runtime/Containerfile" <<'EOF'
+FROM scratch
+COPY busybox /busybox/busybox
+RUN ["/busybox/busybox", "--install", "-s", "/busybox"]
+COPY passwd /etc/passwd
+EOF
+"${B[@]}" bud --isolation chroot -q -t localhost/stand-in-rust:1.95-bookworm "$tmp/rust" >/dev/null
+"${B[@]}" bud --isolation chroot -q -t localhost/stand-in-distroless:nonroot "$tmp/runtime" >/dev/null
+"${B[@]}" images
+
+echo "== buildah bud: the repository's Dockerfile (OCI format, then Docker format)"
+for format in oci docker; do
+    "${B[@]}" bud --isolation chroot --pull-never --format "$format" \
+        --build-arg RUST_IMAGE=localhost/stand-in-rust:1.95-bookworm \
+        --build-arg RUNTIME_IMAGE=localhost/stand-in-distroless:nonroot \
+        -t "localhost/hearth-smoke:$format" -f "$root/Dockerfile" "$root" 2>&1 | sed 's/^/    /'
+done
+
+echo "== image configuration"
+"${B[@]}" inspect --format 'user={{.OCIv1.Config.User}} env={{.OCIv1.Config.Env}} volumes={{.OCIv1.Config.Volumes}} ports={{.OCIv1.Config.ExposedPorts}} entrypoint={{.OCIv1.Config.Entrypoint}} cmd={{.OCIv1.Config.Cmd}}' localhost/hearth-smoke:oci
+echo
+expect() { grep -qF -- "$1" <<<"$2" || { echo "FAIL: expected $1" >&2; exit 1; }; }
+config=$("${B[@]}" inspect --format '{{.OCIv1.Config.User}}|{{.OCIv1.Config.Env}}|{{.OCIv1.Config.Volumes}}|{{.OCIv1.Config.ExposedPorts}}|{{.OCIv1.Config.Entrypoint}}|{{.OCIv1.Config.Cmd}}' localhost/hearth-smoke:oci)
+expect "65532:65532|" "$config"
+expect "HEARTH_HOME=/data" "$config"
+expect "map[/data:{}]" "$config"
+expect "map[8080/tcp:{}]" "$config"
+expect "[/usr/local/bin/hearth]" "$config"
+expect "[--log-format json serve --addr 0.0.0.0:8080]" "$config"
+ctr=$("${B[@]}" from localhost/hearth-smoke:oci)
+mnt=$("${B[@]}" mount "$ctr")
+ls -ln "$mnt/data" -d "$mnt/usr/local/bin/hearth" | sed "s|$mnt||"
+[ "$(stat -c %u:%g "$mnt/data")" = 65532:65532 ] || { echo "FAIL: /data is not owned by 65532" >&2; exit 1; }
+"${B[@]}" umount "$ctr" >/dev/null
+"${B[@]}" rm "$ctr" >/dev/null
+
+echo "== podman run --read-only, a named volume on /data"
+out=$("${P[@]}" run --rm --read-only "${RUNOPTS[@]}" -v hearth-smoke-data:/data localhost/hearth-smoke:oci 2>&1)
+echo "$out" | sed 's/^/    /'
+expect "uid=65532 HEARTH_HOME=/data args: --log-format json serve --addr 0.0.0.0:8080" "$out"
+expect "HEARTH_HOME writable" "$out"
+expect "root filesystem read-only" "$out"
+out=$("${P[@]}" run --rm --read-only "${RUNOPTS[@]}" localhost/hearth-smoke:oci serve --addr 127.0.0.1:8081 2>&1)
+expect "args: serve --addr 127.0.0.1:8081" "$out"
+echo "    arguments after the image replace CMD: ok"
+echo "container: smoke test passed"
