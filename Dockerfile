@@ -47,12 +47,15 @@ ENV HEARTH_HOME=/data
 USER 65532:65532
 VOLUME ["/data"]
 EXPOSE 8080
-# No HEALTHCHECK: the image has no shell, curl or wget, and hearth has no
-# health-check subcommand yet. Orchestrators probe GET /healthz (process
-# up) and GET /readyz (model loaded) over HTTP instead (deploy/k8s). Note
-# also that Docker's HEALTHCHECK is kept only in Docker-format images;
-# Buildah and Podman build OCI images by default and drop it.
-# hearth handles SIGTERM itself (stop accepting, 503 to the queue, exit), so
-# it can be PID 1 without an init.
+# `hearth health` asks the server's /readyz (there is no shell or curl in
+# the image). The start period covers loading the model. Docker keeps
+# HEALTHCHECK only in Docker-format images: build with Buildah/Podman as
+# `--format docker` to keep it (Kubernetes ignores it and probes over HTTP,
+# see deploy/k8s).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["/usr/local/bin/hearth", "health", "--addr", "127.0.0.1:8080"]
+# hearth handles SIGTERM itself (stops accepting, /readyz 503, lets requests
+# in progress finish for --shutdown-grace seconds, exits), so it can be PID 1
+# without an init.
 ENTRYPOINT ["/usr/local/bin/hearth"]
 CMD ["--log-format", "json", "serve", "--addr", "0.0.0.0:8080"]

@@ -23,7 +23,7 @@ import tomllib
 config = tomllib.load(open("hearth.toml", "rb"))
 # ServeConfig in host/src/cli/serve.rs (deny_unknown_fields).
 known = {"addr", "model", "context", "api-keys", "admin-keys", "insecure-no-auth", "queue",
-         "parallel", "mcp-allowed-hosts", "mcp"}
+         "parallel", "shutdown-grace", "kv", "mcp-allowed-hosts", "mcp"}
 unknown = set(config) - known
 assert not unknown, f"unknown keys: {unknown}"
 assert "api-keys" not in config, "keys belong in /etc/hearth/keys.env"

@@ -41,7 +41,7 @@ fn config_file_json_logs_and_request_spans_with_plugin_calls() {
     std::fs::write(
         &config,
         format!(
-            "addr = \"127.0.0.1:0\"\nmodel = {:?}\napi-keys = [\"cfg-key\"]\nparallel = 2\nqueue = 4\n",
+            "addr = \"127.0.0.1:0\"\nmodel = {:?}\napi-keys = [\"cfg-key\"]\nparallel = 2\nqueue = 4\nshutdown-grace = 5\n",
             common::default_model()
         ),
     )
@@ -117,12 +117,27 @@ fn config_file_json_logs_and_request_spans_with_plugin_calls() {
         "{fresh}"
     );
 
+    // `hearth health` (a container's health check) says ready.
+    let health = || {
+        Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["health", "--addr", &addr])
+            .env("HEARTH_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let ready = health();
+    assert!(ready.status.success(), "{ready:?}");
+
     let ok = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
     assert!(server.wait().unwrap().success());
+    let gone = health();
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
+    let said = String::from_utf8_lossy(&gone.stderr);
+    assert!(said.contains(&addr), "{said}");
     let rest = reader.join().unwrap();
     let logs: Vec<Value> = rest
         .lines()

@@ -535,7 +535,7 @@ fn weights_are_mapped_from_their_image_after_the_first_load() {
     // Second load: the same image, mapped, the same answer.
     let modified = std::fs::metadata(&image).unwrap().modified().unwrap();
     let second = Engine::load(&model_path(), &options).unwrap();
-    assert_eq!(images(), [image.clone()]);
+    assert_eq!(images(), std::slice::from_ref(&image));
     assert_eq!(
         std::fs::metadata(&image).unwrap().modified().unwrap(),
         modified

@@ -396,7 +396,7 @@ fn a_full_queue_answers_503_with_retry_after_and_disconnects_stop_generation() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(held > 0 && held % (256 * 46080) == 0, "{held}");
+    assert!(held > 0 && held.is_multiple_of(256 * 46080), "{held}");
 }
 
 /// The bundled plugins, activated in a fresh data directory.
@@ -786,4 +786,91 @@ fn ambiguous_framing_is_refused() {
         !body.contains("\"object\":\"list\""),
         "the smuggled request ran: {body}"
     );
+}
+
+/// Shutting down drains: the listener closes at once (a load balancer's
+/// next connection goes elsewhere), while a stream already being answered
+/// and a request still queued behind it both run to their ends; then
+/// `serve` returns.
+#[test]
+fn shutting_down_refuses_new_connections_and_lets_requests_in_progress_finish() {
+    let _memory = crate::MEMORY.blocking_read();
+    let scheduler = Scheduler::new(
+        engine(),
+        SchedulerOptions {
+            capacity: 8,
+            parallel: Some(1),
+        },
+    );
+    let state = Arc::new(AppState::new(
+        scheduler.clone(),
+        "smollm2".into(),
+        options(),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let stop = async {
+                let _ = stop_rx.await;
+            };
+            hearth::server::serve(listener, state, stop, Duration::from_secs(120))
+                .await
+                .unwrap();
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    let chat = |stream: bool| {
+        let body = json!({"messages": [{"role": "user", "content": "Tell me a story about the sea."}], "stream": stream, "max_tokens": 40, "temperature": 0}).to_string();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        s.write_all(format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ).as_bytes()).unwrap();
+        s
+    };
+    // One streaming (its first event read), one queued behind it.
+    let mut streaming = chat(true);
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&head).contains("data: ") {
+        let n = streaming.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head_text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head_text.contains("x-accel-buffering: no"), "{head_text}");
+    let mut queued = chat(false);
+    while scheduler.stats().queued.iter().sum::<usize>() < 1 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    stop_tx.send(()).unwrap();
+    let refused = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < refused, "still accepting connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut rest = Vec::new();
+    streaming.read_to_end(&mut rest).unwrap();
+    head.extend_from_slice(&rest);
+    let text = String::from_utf8_lossy(&head);
+    assert!(text.contains("data: [DONE]"), "{text}");
+    assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
+    let mut answer = Vec::new();
+    queued.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(json_of(body)["usage"]["completion_tokens"], 40, "{body}");
+    server.join().unwrap();
 }

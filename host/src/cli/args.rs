@@ -74,6 +74,17 @@ pub enum Command {
     Bench(BenchCommand),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Ask a running `hearth serve` whether it is ready (`GET /readyz`):
+    /// exits 0 if so, 1 if not, printing why. For container health
+    /// checks, where there is no curl.
+    Health {
+        /// Where the server listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Serve the installed plugins' tools over MCP (Model Context Protocol)
     /// on stdin and stdout, for MCP clients that start it (Claude Desktop
     /// and the like). Logs go to stderr.
@@ -128,13 +139,24 @@ pub struct ServeArgs {
     /// weights [default: 8].
     #[arg(long)]
     pub(crate) parallel: Option<usize>,
+    /// On SIGTERM or Ctrl-C, how long requests already received (streams
+    /// included) may take to finish, in seconds, before they are stopped;
+    /// no new connection is accepted meanwhile and `/readyz` says 503
+    /// [default: 30].
+    #[arg(long)]
+    pub(crate) shutdown_grace: Option<u64>,
+    /// Keep the plugins' key-value data on this Redis server
+    /// (`redis://host:port/db`) instead of the data directory, so that
+    /// replicas share it.
+    #[arg(long, env = "HEARTH_KV", hide_env_values = true)]
+    pub(crate) kv: Option<String>,
     /// More host names (or host:port) that `/mcp` answers to, besides the
     /// loopback names and the --addr host: a request naming another Host
     /// or Origin is refused (protection against DNS rebinding).
     #[arg(long = "mcp-allowed-host", value_delimiter = ',')]
     pub(crate) mcp_allowed_hosts: Vec<String>,
     /// A TOML file with any of: addr, model, context, api-keys, admin-keys,
-    /// insecure-no-auth, queue, parallel, mcp-allowed-hosts, and [[mcp]]
+    /// insecure-no-auth, queue, parallel, shutdown-grace, kv, mcp-allowed-hosts, and [[mcp]]
     /// entries (MCP servers whose tools the model may call; see README).
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,

@@ -261,7 +261,8 @@ impl Target {
             None
         } else {
             let (runtime, set) =
-                super::serve::serving_plugins(home, std::sync::Arc::new(scheduler.clone())).await?;
+                super::serve::serving_plugins(home, std::sync::Arc::new(scheduler.clone()), None)
+                    .await?;
             for problem in &set.resolution.problems {
                 eprintln!("warning: {}", super::render::one_line(&problem.to_string()));
             }

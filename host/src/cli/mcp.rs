@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 pub(super) async fn mcp(home: Home, args: McpArgs) -> anyhow::Result<i32> {
     let model = LazyModel::new(home.clone(), args.model);
-    let (runtime, set) = serving_plugins(&home, Arc::new(model.clone())).await?;
+    let (runtime, set) = serving_plugins(&home, Arc::new(model.clone()), None).await?;
     for problem in &set.resolution.problems {
         eprintln!("warning: {}", one_line(&problem.to_string()));
     }

@@ -46,6 +46,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             assistant,
         } => generate::run_once(&home, &model, &sampling, &assistant, &prompt).await,
         Command::Serve(args) => serve::serve(home, args).await,
+        Command::Health { addr, timeout } => {
+            serve::health(addr, std::time::Duration::from_secs(timeout.max(1)))
+        }
         Command::Mcp(args) => mcp::mcp(home, args).await,
         Command::Chat {
             model,

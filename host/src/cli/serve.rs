@@ -25,6 +25,8 @@ struct ServeConfig {
     insecure_no_auth: bool,
     queue: Option<usize>,
     parallel: Option<usize>,
+    shutdown_grace: Option<u64>,
+    kv: Option<String>,
     #[serde(default)]
     mcp_allowed_hosts: Vec<String>,
     /// MCP servers whose tools the model may call.
@@ -54,6 +56,8 @@ impl ServeArgs {
         self.insecure_no_auth |= file.insecure_no_auth;
         self.queue = self.queue.or(file.queue);
         self.parallel = self.parallel.or(file.parallel);
+        self.shutdown_grace = self.shutdown_grace.or(file.shutdown_grace);
+        self.kv = self.kv.or(file.kv);
         // Both lists count: the file's names are the standing ones, a flag
         // adds one for this run.
         self.mcp_allowed_hosts.extend(file.mcp_allowed_hosts);
@@ -104,10 +108,12 @@ fn positive_env(name: &str, unit: &str) -> anyhow::Result<Option<u64>> {
 pub(crate) async fn serving_plugins(
     home: &Home,
     llm: std::sync::Arc<dyn crate::plugins::LlmBackend>,
+    kv_redis: Option<String>,
 ) -> anyhow::Result<(Runtime, ActiveSet)> {
     let discovery = manager::discover_installed(home)?;
     let mut options = runtime_options(home)?;
     options.llm = Some(llm);
+    options.kv_redis = kv_redis;
     let runtime = Runtime::new(options)?;
     let set = manager::load_and_activate(&runtime, home, discovery).await;
     Ok((runtime, set))
@@ -122,6 +128,8 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         insecure_no_auth,
         queue,
         parallel,
+        shutdown_grace,
+        kv,
         mcp_allowed_hosts,
         mcp_sources,
         config: _,
@@ -160,7 +168,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
             parallel: None,
         },
     );
-    let (runtime, set) = serving_plugins(&home, std::sync::Arc::new(scheduler.clone())).await?;
+    let (runtime, set) = serving_plugins(&home, std::sync::Arc::new(scheduler.clone()), kv).await?;
     for problem in &set.resolution.problems {
         eprintln!("warning: {}", one_line(&problem.to_string()));
     }
@@ -169,6 +177,14 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         set.resolution.order.join(", ")
     );
     let mcp_sources = connect_mcp_sources(mcp_sources, &set).await?;
+    // Installs, removals, enables and disables made beside this server (by
+    // `hearth plugin …`, or by another replica sharing the data directory
+    // through its admin routes) reach it within a couple of seconds.
+    manager::watch_installed(
+        runtime.clone(),
+        home.clone(),
+        std::time::Duration::from_secs(2),
+    );
     let model_id = crate::server::model_id(&path);
     let options = crate::server::ServerOptions {
         api_keys,
@@ -200,7 +216,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         listener,
         state,
         shutdown_signal(),
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(shutdown_grace.unwrap_or(30)),
     )
     .await?;
     eprintln!("hearth: stopped");
@@ -251,6 +267,39 @@ async fn connect_mcp_sources(
         );
     }
     Ok(sources)
+}
+
+/// `hearth health`: 0 when `GET /readyz` at `addr` answers 200, else 1
+/// with the status line or the connection error on stderr.
+pub(super) fn health(
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> anyhow::Result<i32> {
+    use std::io::{Read, Write};
+    let check = || -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut answer = Vec::new();
+        // The status line and a little of the body are enough.
+        stream.take(4096).read_to_end(&mut answer)?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    match check() {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") => Ok(0),
+        Ok(answer) => {
+            let status = answer.lines().next().unwrap_or("no answer");
+            eprintln!("hearth: {addr} is not ready: {}", one_line(status));
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("hearth: {addr}: {e}");
+            Ok(1)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -34,12 +34,15 @@ impl NativeLlama {
         let Some(arch) = file.str("general.architecture") else {
             return false;
         };
-        let blocks = |key: &str| file.arch_int(key).is_some_and(|d| d > 0 && d % 32 == 0);
+        let blocks = |key: &str| {
+            file.arch_int(key)
+                .is_some_and(|d| d > 0 && d.is_multiple_of(32))
+        };
         NATIVE.contains(&arch)
             && file.arch_int("expert_count").unwrap_or(0) == 0
             && blocks("embedding_length")
             && blocks("feed_forward_length")
-            && heads(file).is_some_and(|(heads, _, head_dim)| (heads * head_dim) % 32 == 0)
+            && heads(file).is_some_and(|(heads, _, head_dim)| (heads * head_dim).is_multiple_of(32))
     }
 
     /// Loads the weights: mapped from their image in `cache` when there is
@@ -212,7 +215,11 @@ fn heads(file: &ModelFile) -> Option<(usize, usize, usize)> {
     let value = file
         .arch_int("attention.value_length")
         .map_or(head_dim, |v| v as usize);
-    (heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim > 0 && value == head_dim)
+    (heads > 0
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && head_dim > 0
+        && value == head_dim)
         .then_some((heads, kv_heads, head_dim))
 }
 

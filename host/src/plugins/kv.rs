@@ -1,4 +1,5 @@
-//! The plugins' key-value store: one redb database, keys confined to the
+//! The plugins' key-value store: one redb database (or a Redis server
+//! several replicas share, see [`super::kv_redis`]), keys confined to the
 //! plugin's namespace, with a per-call write buffer.
 //!
 //! A call's writes go to a [`KvTxn`] and reach the database in one atomic
@@ -15,7 +16,7 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const DATA: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("kv");
@@ -59,12 +60,22 @@ pub const ENTRY_OVERHEAD: u64 = 64;
 /// Errors as the guest sees them.
 pub use super::contract::latest::hearth::plugin::kv::Error as KvError;
 
-/// The shared database, opened on first use so that commands which never
-/// touch a key-value plugin do not take the database's lock.
+/// The shared store: a redb database, opened on first use so that
+/// commands which never touch a key-value plugin do not take the
+/// database's lock, or a Redis server.
 #[derive(Clone)]
 pub struct KvStore {
-    path: Arc<Path>,
-    db: Arc<Mutex<Option<Arc<Database>>>>,
+    backend: Arc<Backend>,
+}
+
+enum Backend {
+    Redb {
+        path: PathBuf,
+        db: Mutex<Option<Arc<Database>>>,
+    },
+    /// Boxed: a client and its connection pool, much larger than the
+    /// redb variant.
+    Redis(Box<super::kv_redis::RedisKv>),
 }
 
 impl std::fmt::Debug for KvStore {
@@ -81,26 +92,49 @@ impl KvStore {
     /// A store in `path`; the file is created or opened on first use.
     pub fn open(path: &Path) -> KvStore {
         KvStore {
-            path: path.into(),
-            db: Arc::new(Mutex::new(None)),
+            backend: Arc::new(Backend::Redb {
+                path: path.to_path_buf(),
+                db: Mutex::new(None),
+            }),
         }
     }
 
+    /// A store on the Redis server at `url` (`redis://host:port/db`),
+    /// shared by every hearth that names it; fails unless the server
+    /// answers.
+    pub fn redis(url: &str) -> Result<KvStore, String> {
+        Ok(KvStore {
+            backend: Arc::new(Backend::Redis(Box::new(super::kv_redis::RedisKv::connect(
+                url,
+            )?))),
+        })
+    }
+
     fn db(&self) -> Result<Arc<Database>, KvError> {
-        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let Backend::Redb { path, db } = &*self.backend else {
+            unreachable!("only the redb store has a database");
+        };
+        let mut slot = db.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(db) = slot.as_ref() {
             return Ok(db.clone());
         }
-        if let Some(parent) = self.path.parent() {
+        if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| KvError::Io(format!("creating {}: {e}", parent.display())))?;
         }
         let db = Arc::new(
-            Database::create(&self.path)
-                .map_err(|e| KvError::Io(format!("opening {}: {e}", self.path.display())))?,
+            Database::create(path)
+                .map_err(|e| KvError::Io(format!("opening {}: {e}", path.display())))?,
         );
         *slot = Some(db.clone());
         Ok(db)
+    }
+
+    fn redis_kv(&self) -> Option<&super::kv_redis::RedisKv> {
+        match &*self.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::Redb { .. } => None,
+        }
     }
 
     /// Starts the write buffer of one call for `namespace`.
@@ -116,6 +150,9 @@ impl KvStore {
     }
 
     fn read(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(redis) = self.redis_kv() {
+            return redis.read(namespace, key);
+        }
         let txn = self.db()?.begin_read().map_err(io)?;
         let table = match txn.open_table(DATA) {
             Ok(t) => t,
@@ -129,6 +166,9 @@ impl KvStore {
     }
 
     fn keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, KvError> {
+        if let Some(redis) = self.redis_kv() {
+            return redis.keys(namespace, prefix);
+        }
         let txn = self.db()?.begin_read().map_err(io)?;
         let table = match txn.open_table(DATA) {
             Ok(t) => t,
@@ -149,6 +189,9 @@ impl KvStore {
 
     /// Bytes `namespace` is counted as storing (see [`NAMESPACE_QUOTA`]).
     pub fn usage(&self, namespace: &str) -> Result<u64, KvError> {
+        if let Some(redis) = self.redis_kv() {
+            return redis.usage(namespace);
+        }
         let txn = self.db()?.begin_read().map_err(io)?;
         let data = match txn.open_table(DATA) {
             Ok(t) => t,
@@ -322,6 +365,9 @@ impl KvTxn {
             return Ok(());
         }
         let ns = self.namespace.as_str();
+        if let Some(redis) = self.store.redis_kv() {
+            return redis.commit(ns, &self.writes);
+        }
         // redb admits one write transaction at a time: from here to the
         // commit this call holds the namespace, and the usage read below
         // includes every call that committed before it.
@@ -359,7 +405,7 @@ impl KvTxn {
     }
 }
 
-fn quota_exceeded(namespace: &str, bytes: i128) -> KvError {
+pub(super) fn quota_exceeded(namespace: &str, bytes: i128) -> KvError {
     KvError::QuotaExceeded(format!(
         "namespace `{namespace}` would hold {bytes} bytes; the quota is {NAMESPACE_QUOTA}"
     ))
@@ -369,15 +415,115 @@ fn quota_exceeded(namespace: &str, bytes: i128) -> KvError {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, KvStore) {
+    fn redb_store() -> (tempfile::TempDir, KvStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = KvStore::open(&dir.path().join("kv.redb"));
         (dir, store)
     }
 
+    /// A `redis-server` of its own on a free loopback port, stopped when
+    /// dropped.
+    struct RedisServer {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn redis_store() -> (RedisServer, KvStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) runs the Redis backend's tests");
+        let server = RedisServer { child, _dir: dir };
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match KvStore::redis(&url) {
+                Ok(store) => return (server, store),
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Each case runs on redb and on a Redis server of its own: the two
+    /// backends keep the same semantics.
+    macro_rules! on_both_backends {
+        ($($case:ident),* $(,)?) => {
+            mod on_redb {
+                $(#[test]
+                fn $case() {
+                    let (_dir, store) = super::redb_store();
+                    super::$case(&store);
+                })*
+            }
+            mod on_redis {
+                $(#[test]
+                fn $case() {
+                    let (_server, store) = super::redis_store();
+                    super::$case(&store);
+                })*
+            }
+        };
+    }
+
+    on_both_backends!(
+        writes_are_invisible_until_commit_and_confined_to_the_namespace,
+        dropped_transactions_leave_no_trace,
+        lists_merge_pending_writes_and_deletes,
+        limits_are_enforced,
+        quota_is_enforced_across_calls,
+        transactions_that_fit_alone_but_not_together_commit_one,
+        entries_are_charged_their_overhead,
+        a_call_cannot_buffer_more_than_its_cap,
+    );
+
     #[test]
-    fn writes_are_invisible_until_commit_and_confined_to_the_namespace() {
-        let (_dir, store) = store();
+    fn two_stores_on_one_redis_server_see_each_others_commits() {
+        let (_server, a) = redis_store();
+        let url = match &*a.backend {
+            Backend::Redis(r) => r.url_for_tests(),
+            Backend::Redb { .. } => unreachable!(),
+        };
+        let b = KvStore::redis(&url).unwrap();
+        let mut t = a.begin("notes");
+        t.set("n1", b"from a".to_vec()).unwrap();
+        t.commit().unwrap();
+        assert_eq!(
+            b.begin("notes").get("n1").unwrap().as_deref(),
+            Some(&b"from a"[..])
+        );
+        assert_eq!(b.usage("notes").unwrap(), a.usage("notes").unwrap());
+    }
+
+    #[test]
+    fn an_unreachable_redis_server_is_named_in_the_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = KvStore::redis(&format!("redis://127.0.0.1:{port}/0")).unwrap_err();
+        assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(KvStore::redis("http://example.com").is_err());
+    }
+
+    fn writes_are_invisible_until_commit_and_confined_to_the_namespace(store: &KvStore) {
         let mut a = store.begin("alpha");
         a.set("k", b"one".to_vec()).unwrap();
         assert_eq!(a.get("k").unwrap().as_deref(), Some(&b"one"[..]));
@@ -391,9 +537,7 @@ mod tests {
         assert!(store.begin("beta").list_keys("").unwrap().is_empty());
     }
 
-    #[test]
-    fn dropped_transactions_leave_no_trace() {
-        let (_dir, store) = store();
+    fn dropped_transactions_leave_no_trace(store: &KvStore) {
         let mut t = store.begin("a");
         t.set("k", b"v".to_vec()).unwrap();
         drop(t);
@@ -401,9 +545,7 @@ mod tests {
         assert_eq!(store.usage("a").unwrap(), 0);
     }
 
-    #[test]
-    fn lists_merge_pending_writes_and_deletes() {
-        let (_dir, store) = store();
+    fn lists_merge_pending_writes_and_deletes(store: &KvStore) {
         let mut t = store.begin("a");
         for k in ["note:1", "note:2", "other"] {
             t.set(k, b"x".to_vec()).unwrap();
@@ -426,9 +568,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn limits_are_enforced() {
-        let (_dir, store) = store();
+    fn limits_are_enforced(store: &KvStore) {
         let mut t = store.begin("a");
         assert!(matches!(
             t.set(&"k".repeat(MAX_KEY + 1), vec![]),
@@ -447,9 +587,7 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn quota_is_enforced_across_calls() {
-        let (_dir, store) = store();
+    fn quota_is_enforced_across_calls(store: &KvStore) {
         let chunk = vec![0u8; MAX_VALUE];
         let per_call = MAX_CALL_BUFFER / MAX_VALUE - 1;
         let mut stored = 0u64;
@@ -486,10 +624,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn transactions_that_fit_alone_but_not_together_commit_one() {
-        let (_dir, store) = store();
-        fill(&store, "a", NAMESPACE_QUOTA - 8 * MAX_VALUE as u64);
+    fn transactions_that_fit_alone_but_not_together_commit_one(store: &KvStore) {
+        fill(store, "a", NAMESPACE_QUOTA - 8 * MAX_VALUE as u64);
         let room = NAMESPACE_QUOTA - store.usage("a").unwrap();
         // Each writes three quarters of the room left: both pass the check
         // made while buffering, as neither has committed yet.
@@ -529,9 +665,7 @@ mod tests {
         assert!(store.usage("a").unwrap() <= NAMESPACE_QUOTA);
     }
 
-    #[test]
-    fn entries_are_charged_their_overhead() {
-        let (dir, store) = store();
+    fn entries_are_charged_their_overhead(store: &KvStore) {
         let calls = 20;
         for call in 0..calls {
             let mut t = store.begin("a");
@@ -550,11 +684,13 @@ mod tests {
         assert_eq!(counted, expected);
         // Short keys with empty values: the file stays within a small
         // factor of what is counted (it was ~18x before the overhead).
-        let file = std::fs::metadata(dir.path().join("kv.redb")).unwrap().len();
-        assert!(
-            file <= 3 * counted,
-            "file {file} bytes for {counted} counted"
-        );
+        if let Backend::Redb { path, .. } = &*store.backend {
+            let file = std::fs::metadata(path).unwrap().len();
+            assert!(
+                file <= 3 * counted,
+                "file {file} bytes for {counted} counted"
+            );
+        }
         // The early check counts the overhead too: a namespace near its
         // quota cannot take an empty value.
         let mut t = store.begin("b");
@@ -562,9 +698,7 @@ mod tests {
         assert!(matches!(t.set("x", vec![]), Err(KvError::QuotaExceeded(_))));
     }
 
-    #[test]
-    fn a_call_cannot_buffer_more_than_its_cap() {
-        let (_dir, store) = store();
+    fn a_call_cannot_buffer_more_than_its_cap(store: &KvStore) {
         let mut t = store.begin("a");
         let chunk = vec![0u8; MAX_VALUE];
         let fit = MAX_CALL_BUFFER / MAX_VALUE - 1;
@@ -587,7 +721,7 @@ mod tests {
 
     #[test]
     fn usage_without_a_record_is_recomputed() {
-        let (_dir, store) = store();
+        let (_dir, store) = redb_store();
         // As a database from before the overhead was counted: entries, no
         // record in the current usage table.
         let txn = store.db().unwrap().begin_write().unwrap();

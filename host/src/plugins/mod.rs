@@ -37,6 +37,7 @@ pub mod contract;
 mod error;
 pub mod http;
 pub mod kv;
+mod kv_redis;
 mod load;
 pub mod manifest;
 mod plugin;

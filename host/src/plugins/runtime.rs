@@ -46,6 +46,9 @@ pub struct RuntimeOptions {
     pub cache_dir: PathBuf,
     /// The key-value database file.
     pub kv_path: PathBuf,
+    /// A Redis server (`redis://host:port/db`) holding the key-value data
+    /// instead of `kv_path`, shared by every hearth naming it.
+    pub kv_redis: Option<String>,
     /// Largest component accepted, in bytes.
     pub max_component_bytes: usize,
     /// Largest arguments accepted, in bytes.
@@ -100,6 +103,7 @@ impl RuntimeOptions {
         RuntimeOptions {
             cache_dir: dir.join("cache").join("components"),
             kv_path: dir.join("kv.redb"),
+            kv_redis: None,
             max_component_bytes: 64 << 20,
             max_input_bytes: 4 << 20,
             max_output_bytes: 4 << 20,
@@ -112,6 +116,16 @@ impl RuntimeOptions {
             max_concurrent_compiles: 2,
             spare_after: SPARE_AFTER,
         }
+    }
+}
+
+/// `url` with any `user:password@` replaced, for messages.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -128,6 +142,14 @@ pub enum RuntimeError {
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The Redis server named for the key-value store did not answer.
+    #[error("the key-value store at {url}: {reason}")]
+    Kv {
+        /// The server's URL as given.
+        url: String,
+        /// What went wrong.
+        reason: String,
     },
 }
 
@@ -237,7 +259,13 @@ impl Runtime {
                 path: options.cache_dir.clone(),
                 source,
             })?;
-        let kv = KvStore::open(&options.kv_path);
+        let kv = match &options.kv_redis {
+            Some(url) => KvStore::redis(url).map_err(|reason| RuntimeError::Kv {
+                url: without_password(url),
+                reason,
+            })?,
+            None => KvStore::open(&options.kv_path),
+        };
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();

@@ -84,6 +84,8 @@ pub struct AppState {
     /// `/mcp`, when the server has plugins and serves it.
     mcp: Option<crate::mcp::McpHttp>,
     options: ServerOptions,
+    /// Set when the server is shutting down: `/readyz` answers 503.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -107,6 +109,7 @@ impl AppState {
             home: None,
             mcp: None,
             options,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -187,6 +190,14 @@ pub async fn handle(
     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        // The connection closes after this answer, and the client knows
+        // not to send another request on it.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     state.metrics.request(
         label,
         response.status().as_u16(),
@@ -239,6 +250,12 @@ async fn dispatch(
     let scheduler = state.assistant.scheduler();
     match route {
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Readyz if state.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+            Ok(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "draining", "model": state.model_id, "queue": scheduler.stats()}),
+            ))
+        }
         Route::Readyz => Ok(json_response(
             StatusCode::OK,
             &json!({"status": "ready", "model": state.model_id, "queue": scheduler.stats()}),
@@ -283,9 +300,19 @@ async fn dispatch(
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting,
-/// shuts the scheduler down (queued requests get 503s, the running one is
-/// stopped) and waits up to `grace` for connections to finish.
+/// Serves on `listener` until `shutdown` resolves, then drains: stops
+/// accepting (a load balancer's next connection goes to another replica),
+/// answers `/readyz` with 503, and lets every request already received
+/// (queued or generating, streams included) finish, for up to `grace`.
+/// Only then is the scheduler stopped, which ends whatever is left with an
+/// error its client sees.
+///
+/// Open connections are not cut while idle: a client (nginx's pool of
+/// upstream connections) may be sending a request on one at that very
+/// moment, and a request lost that way cannot be retried safely. Instead
+/// every answer while draining says `Connection: close`, and idle
+/// connections are left to their client's keep-alive timeout or to the
+/// server's own (`header_timeout`); only after that are the rest closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -332,17 +359,45 @@ pub async fn serve(
         });
     }
     drop(listener);
-    state.assistant.scheduler().shutdown();
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        grace_s = grace.as_secs_f64(),
+        "draining: no new connections; requests in progress may finish"
+    );
     // MCP event streams would otherwise hold their connections open
     // through the whole grace period.
     if let Some(mcp) = &state.mcp {
         mcp.shutdown();
     }
-    let _ = closing_tx.send(true);
-    let _ = tokio::time::timeout(grace, async {
+    let deadline = tokio::time::Instant::now() + grace;
+    let idle_closed = (tokio::time::Instant::now() + state.options.header_timeout).min(deadline);
+    let _ = tokio::time::timeout_at(idle_closed, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
+    // What is left is answering a request, or idle past every keep-alive
+    // timeout: each finishes its request, then closes.
+    let _ = closing_tx.send(true);
+    let drained = tokio::time::timeout_at(deadline, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    state.assistant.scheduler().shutdown();
+    if !drained {
+        tracing::warn!(
+            left = connections.len(),
+            "grace period over: stopping the requests still in progress"
+        );
+        // Their generations were just stopped: give them a moment to tell
+        // their clients so.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+    }
     Ok(())
 }
 

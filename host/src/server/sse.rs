@@ -28,6 +28,9 @@ impl Sse {
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/event-stream")
             .header(header::CACHE_CONTROL, "no-cache")
+            // A proxy in front (nginx) passes events on as they come
+            // instead of buffering the stream.
+            .header("x-accel-buffering", "no")
             .body(BodyExt::boxed(ChannelBody(rx)))
             .expect("valid response");
         (Sse { tx }, response)
