@@ -58,4 +58,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
 # in progress finish for --shutdown-grace seconds, exits), so it can be PID 1
 # without an init.
 ENTRYPOINT ["/usr/local/bin/hearth"]
-CMD ["--log-format", "json", "serve", "--addr", "0.0.0.0:8080"]
+CMD ["--log-format", "json", "--log-to", "stdout", "serve", "--addr", "0.0.0.0:8080"]

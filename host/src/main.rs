@@ -1,8 +1,9 @@
 //! The `hearth` binary.
 
 use clap::Parser;
-use hearth::cli::{Cli, LogFormat, run};
+use hearth::cli::{Cli, LogFormat, LogTarget, run};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn main() {
     // The host runs this same binary to compile plugin components in a
@@ -33,8 +34,14 @@ fn main() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(match cli.log_to {
+            LogTarget::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            LogTarget::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        })
+        .with_writer(match cli.log_to {
+            LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
+            LogTarget::Stdout => BoxMakeWriter::new(std::io::stdout),
+        });
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

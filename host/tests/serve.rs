@@ -48,17 +48,33 @@ fn config_file_json_logs_and_request_spans_with_plugin_calls() {
     .unwrap();
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args(["serve", "--log-format", "json", "--config"])
+            .args([
+                "serve",
+                "--log-format",
+                "json",
+                "--log-to",
+                "stdout",
+                "--config",
+            ])
             .arg(&config)
             .env("HEARTH_HOME", home.path())
             .env("HEARTH_LOG", "hearth=debug")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
     let server = &mut server.0;
-    // Read the log as it comes, so a full pipe never stalls the server.
+    // Read the output as it comes, so a full pipe never stalls the server:
+    // the JSON log on stdout (--log-to stdout, as in a container), the
+    // start-up lines on stderr.
+    let stdout = BufReader::new(server.stdout.take().unwrap());
+    let log = std::thread::spawn(move || {
+        stdout
+            .lines()
+            .map(|l| l.unwrap() + "\n")
+            .collect::<String>()
+    });
     let stderr = BufReader::new(server.stderr.take().unwrap());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -78,6 +94,14 @@ fn config_file_json_logs_and_request_spans_with_plugin_calls() {
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("hearth serve printed its address");
     let auth = "Authorization: Bearer cfg-key";
+    // A streamed chat: its request line in the log comes when it ends,
+    // with its tokens.
+    let streamed = http(
+        &addr,
+        &format!("POST /v1/chat/completions HTTP/1.1\r\n{auth}\r\nX-Request-Id: stream-me"),
+        r#"{"messages":[{"role":"user","content":"Hi"}],"stream":true,"max_tokens":5}"#,
+    );
+    assert!(streamed.contains("data: [DONE]"), "{streamed}");
     let ok = http(
         &addr,
         &format!("POST /v1/plugins/calc/eval HTTP/1.1\r\n{auth}\r\nX-Request-Id: trace-me-1"),
@@ -138,7 +162,8 @@ fn config_file_json_logs_and_request_spans_with_plugin_calls() {
     assert_eq!(gone.status.code(), Some(1), "{gone:?}");
     let said = String::from_utf8_lossy(&gone.stderr);
     assert!(said.contains(&addr), "{said}");
-    let rest = reader.join().unwrap();
+    let _ = reader.join().unwrap();
+    let rest = log.join().unwrap();
     let logs: Vec<Value> = rest
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -159,6 +184,30 @@ fn config_file_json_logs_and_request_spans_with_plugin_calls() {
     assert_eq!(spans.last().unwrap()["tool"], "eval");
     let answered = in_request("trace-me-1", "answered").expect("request logged");
     assert_eq!(answered["fields"]["status"], 200);
+    assert_eq!(
+        answered["fields"]["route"],
+        "/v1/plugins/{namespace}/{tool}"
+    );
+    assert_eq!(answered["fields"]["plugin_calls"], 1);
+    assert!(answered["fields"]["elapsed_ms"].is_u64());
+    let stream = in_request("stream-me", "answered").expect("stream logged");
+    assert_eq!(stream["fields"]["route"], "/v1/chat/completions");
+    assert_eq!(stream["fields"]["stream"], "complete");
+    assert!(
+        stream["fields"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{stream}"
+    );
+    assert!(
+        stream["fields"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{stream}"
+    );
+    let lines = logs.iter().filter(|l| {
+        l["fields"]["message"] == "answered"
+            && l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["id"] == "stream-me"))
+    });
+    assert_eq!(lines.count(), 1, "one line per request");
     let failed = in_request("trace-me-2", "plugin call failed").expect("failure logged");
     assert!(
         failed["fields"]["error"]

@@ -11,9 +11,13 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, about)]
 pub struct Cli {
-    /// Log format on stderr.
+    /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Where logs go: stderr, or stdout (a container's log stream; not for
+    /// `run` and `chat`, whose answer is on stdout).
+    #[arg(long, value_enum, env = "HEARTH_LOG_TO", default_value_t = LogTarget::Stderr, global = true)]
+    pub log_to: LogTarget,
     /// CPU threads for the model (default: all available cores).
     #[arg(long, env = "HEARTH_THREADS", global = true)]
     pub threads: Option<usize>,
@@ -29,6 +33,15 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Where logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogTarget {
+    /// Standard error.
+    Stderr,
+    /// Standard output.
+    Stdout,
 }
 
 /// Top-level commands.

@@ -25,7 +25,7 @@ mod render;
 mod serve;
 
 pub use args::{
-    BenchCommand, Cli, Command, Format, LogFormat, McpArgs, ModelCommand, PluginCommand,
+    BenchCommand, Cli, Command, Format, LogFormat, LogTarget, McpArgs, ModelCommand, PluginCommand,
     RegistryCommand, ServeArgs,
 };
 pub use generate::{AssistantArgs, ModelArgs, SamplingArgs};

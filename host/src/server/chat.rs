@@ -54,16 +54,36 @@ pub(super) async fn chat(
         model: state.model_id.clone(),
     };
     if stream {
-        let (sse, response) = Sse::open();
+        let (sse, mut response) = Sse::open();
+        response.extensions_mut().insert(super::Streaming);
         let state = state.clone();
         let work = async move {
-            let _ = stream_turn(&state, conversation, &answer, &sse, started, include_usage).await;
+            let mut metrics = Observed::new(&state, started, true);
+            let ended = stream_turn(conversation, &answer, &sse, include_usage, &mut metrics).await;
+            // The request's line in the log, now that the stream is over.
+            tracing::info!(
+                route = "/v1/chat/completions",
+                status = 200u16,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                prompt_tokens = metrics.facts.prompt_tokens,
+                completion_tokens = metrics.facts.completion_tokens,
+                plugin_calls = metrics.facts.plugin_calls,
+                stream = if ended.is_ok() {
+                    "complete"
+                } else {
+                    "client gone"
+                },
+                "answered"
+            );
         };
         tokio::spawn(work.instrument(tracing::Span::current()));
         return Ok(response);
     }
     let mut metrics = Observed::new(state, started, false);
     let outcome = conversation.finish(|e| metrics.see(e)).await?;
+    metrics.facts.prompt_tokens = outcome.usage.prompt_tokens as u32;
+    metrics.facts.completion_tokens = outcome.usage.completion_tokens as u32;
+    let facts = metrics.facts;
     let mut message = json!({"role": "assistant", "content": outcome.content});
     if !outcome.calls.is_empty() {
         message["tool_calls"] = Value::Array(answer.calls(&outcome.calls));
@@ -71,14 +91,16 @@ pub(super) async fn chat(
             message["content"] = Value::Null;
         }
     }
-    Ok(json_response(
+    let mut response = json_response(
         StatusCode::OK,
         &json!({
             "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
             "choices": [{"index": 0, "message": message, "finish_reason": outcome.finish.as_str(), "logprobs": null}],
             "usage": usage(&outcome.usage),
         }),
-    ))
+    );
+    response.extensions_mut().insert(facts);
+    Ok(response)
 }
 
 /// What every chunk of one answer repeats.
@@ -106,16 +128,14 @@ impl Answer {
 /// Streams a turn: a role chunk, content deltas as the assistant releases
 /// them, then tool calls, the finish reason, usage if asked, `[DONE]`.
 async fn stream_turn(
-    state: &AppState,
     mut conversation: Conversation,
     answer: &Answer,
     sse: &Sse,
-    started: Instant,
     include_usage: bool,
+    metrics: &mut Observed<'_>,
 ) -> Result<(), Gone> {
     sse.send(&answer.chunk(json!({"role": "assistant", "content": ""}), None))
         .await?;
-    let mut metrics = Observed::new(state, started, true);
     loop {
         // Watch for the client going away even while nothing is being
         // sent (a queued request, a plugin call): dropping the
@@ -145,6 +165,8 @@ async fn stream_turn(
                 usage: used,
                 ..
             }) => {
+                metrics.facts.prompt_tokens = used.prompt_tokens as u32;
+                metrics.facts.completion_tokens = used.completion_tokens as u32;
                 for call in answer.calls(&calls) {
                     sse.send(&answer.chunk(json!({ "tool_calls": [call] }), None))
                         .await?;
@@ -173,6 +195,8 @@ struct Observed<'a> {
     started: Instant,
     /// Time to first token is measured for streamed answers only.
     first_token: bool,
+    /// For the request's line in the log.
+    facts: super::RequestFacts,
 }
 
 impl<'a> Observed<'a> {
@@ -181,6 +205,7 @@ impl<'a> Observed<'a> {
             state,
             started,
             first_token: streamed,
+            facts: super::RequestFacts::default(),
         }
     }
 
@@ -207,6 +232,7 @@ impl<'a> Observed<'a> {
                     Err(f) => f.outcome,
                 };
                 metrics.plugin_call(namespace, outcome);
+                self.facts.plugin_calls += 1;
             }
             _ => {}
         }

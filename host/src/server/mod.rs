@@ -190,6 +190,8 @@ pub async fn handle(
     if let Ok(value) = http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    let facts = response.extensions_mut().remove::<RequestFacts>();
+    let streaming = response.extensions_mut().remove::<Streaming>().is_some();
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         // The connection closes after this answer, and the client knows
         // not to send another request on it.
@@ -203,15 +205,38 @@ pub async fn handle(
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "answered"
-        )
-    });
+    // A stream logs its own line when it ends (see `chat::stream_turn`):
+    // its tokens and its whole time are known only then.
+    if !streaming {
+        let facts = facts.unwrap_or_default();
+        span.in_scope(|| {
+            tracing::info!(
+                route = label,
+                status = response.status().as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                prompt_tokens = facts.prompt_tokens,
+                completion_tokens = facts.completion_tokens,
+                plugin_calls = facts.plugin_calls,
+                "answered"
+            )
+        });
+    }
     Ok(response)
 }
+
+/// What a handler tells the request log about its answer (a response
+/// extension, taken off before the answer goes out).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RequestFacts {
+    pub(super) prompt_tokens: u32,
+    pub(super) completion_tokens: u32,
+    pub(super) plugin_calls: u32,
+}
+
+/// Marks a streamed answer, whose request line is logged when the stream
+/// ends.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Streaming;
 
 /// The caller's `X-Request-Id` when it is a plain token (a load balancer's
 /// or client's id, so logs can be joined), otherwise a new one.

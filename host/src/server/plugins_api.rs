@@ -53,7 +53,12 @@ pub(super) async fn invoke_plugin(
         Ok(result) => {
             state.metrics.plugin_call(namespace, "ok");
             // The runtime has checked that the result is JSON.
-            Ok(json_text_response(StatusCode::OK, result))
+            let mut response = json_text_response(StatusCode::OK, result);
+            response.extensions_mut().insert(super::RequestFacts {
+                plugin_calls: 1,
+                ..Default::default()
+            });
+            Ok(response)
         }
         Err(e) => {
             let status = match e.kind() {
