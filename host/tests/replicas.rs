@@ -357,6 +357,9 @@ fn three_replicas_behind_nginx_survive_a_kill_and_a_rolling_restart() {
     // Replica 1 dies at once (SIGKILL): what it was answering may fail.
     let killed_at = Instant::now();
     drop(replicas[0].take());
+    // Dying takes a moment (the kernel closes its sockets as the process
+    // exits): a request that reached it meanwhile was in flight on it too.
+    let dead_at = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
     // Replica 2 is restarted as a rollout does it: SIGTERM, wait for it to
     // drain and exit, start it again. Nothing it had received may fail.
@@ -419,12 +422,17 @@ fn three_replicas_behind_nginx_survive_a_kill_and_a_rolling_restart() {
         count("chat") >= 10 && count("plugin call") >= 10,
         "too little load to judge"
     );
-    // Only requests in flight when replica 1 was killed failed: one per
-    // client at most, each started before the kill and ended after it.
+    // Only requests in flight while replica 1 was being killed failed: one
+    // per client at most, each started before it was dead and ended after
+    // the signal.
     assert!(failed.len() <= 6, "{} failures", failed.len());
+    eprintln!(
+        "the kill took {:.1} ms",
+        (dead_at - killed_at).as_secs_f64() * 1e3
+    );
     for f in &failed {
         assert!(
-            f.started <= killed_at && f.ended >= killed_at,
+            f.started <= dead_at && f.ended >= killed_at,
             "a {} failed that was not in flight at the kill: {:?}",
             f.what,
             f.failure

@@ -854,6 +854,7 @@ fn shutting_down_refuses_new_connections_and_lets_requests_in_progress_finish() 
     }
 
     stop_tx.send(()).unwrap();
+    let stopped = Instant::now();
     let refused = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_ok() {
         assert!(Instant::now() < refused, "still accepting connections");
@@ -867,7 +868,13 @@ fn shutting_down_refuses_new_connections_and_lets_requests_in_progress_finish() 
     assert!(text.contains("data: [DONE]"), "{text}");
     assert!(text.contains("\"finish_reason\":\"length\""), "{text}");
     let mut answer = Vec::new();
-    queued.read_to_end(&mut answer).unwrap();
+    if let Err(e) = queued.read_to_end(&mut answer) {
+        panic!(
+            "reading the queued request's answer, {:?} after the stop: {e}; read so far: {:?}",
+            stopped.elapsed(),
+            String::from_utf8_lossy(&answer)
+        );
+    }
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let (_, body) = answer.split_once("\r\n\r\n").unwrap();
