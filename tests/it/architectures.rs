@@ -208,38 +208,44 @@ fn quantised_llamas_run_natively_and_agree_with_candle() {
                 output: true,
             },
         );
-        let load = |backend| {
-            let options = EngineOptions {
-                backend,
-                ..Default::default()
-            };
-            Engine::load(&path, &options).unwrap()
-        };
-        let (native, candle) = (
-            load(hearth::engine::Backend::Native),
-            load(hearth::engine::Backend::Candle),
-        );
-        let run = |engine: &Engine| {
-            let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hello")]);
-            req.params = SamplingParams::greedy(3);
-            engine.generate(req).unwrap().wait(&mut |_| {}).unwrap()
-        };
-        let (a, b) = (run(&native), run(&native));
-        assert_eq!(a.text, b.text, "{mix}: greedy output is deterministic");
-        assert_eq!(a.usage.completion_tokens, 3, "{mix}");
-        // Both read the same blocks; they quantise activations differently
-        // (16-bit here, 8-bit in candle), so only the first token, whose
-        // margin is wide with these weights, is compared.
-        let c = run(&candle);
-        let first = |t: &str| native.tokenizer().encode(t).unwrap().first().copied();
-        assert_eq!(
-            first(&a.text),
-            first(&c.text),
-            "{mix}: native {:?} vs candle {:?}",
-            a.text,
-            c.text
-        );
+        native_agrees_with_candle(&path, mix);
     }
+}
+
+/// Loads `path` on hearth's kernels and on candle: greedy output on the
+/// native path is deterministic, three tokens long, and starts with the
+/// token candle's does. Both read the same blocks; they quantise
+/// activations differently (16-bit here, 8-bit in candle), so only the
+/// first token, whose margin is wide with these weights, is compared.
+fn native_agrees_with_candle(path: &Path, what: &str) {
+    let load = |backend| {
+        let options = EngineOptions {
+            backend,
+            ..Default::default()
+        };
+        Engine::load(path, &options).unwrap()
+    };
+    let (native, candle) = (
+        load(hearth::engine::Backend::Native),
+        load(hearth::engine::Backend::Candle),
+    );
+    let run = |engine: &Engine| {
+        let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hello")]);
+        req.params = SamplingParams::greedy(3);
+        engine.generate(req).unwrap().wait(&mut |_| {}).unwrap()
+    };
+    let (a, b) = (run(&native), run(&native));
+    assert_eq!(a.text, b.text, "{what}: greedy output is deterministic");
+    assert_eq!(a.usage.completion_tokens, 3, "{what}");
+    let c = run(&candle);
+    let first = |t: &str| native.tokenizer().encode(t).unwrap().first().copied();
+    assert_eq!(
+        first(&a.text),
+        first(&c.text),
+        "{what}: native {:?} vs candle {:?}",
+        a.text,
+        c.text
+    );
 }
 
 #[test]
@@ -303,34 +309,7 @@ fn qwen_models_run_natively_and_agree_with_candle() {
                     output: false,
                 },
             );
-            let what = format!("{arch} {mix}");
-            let load = |backend| {
-                let options = EngineOptions {
-                    backend,
-                    ..Default::default()
-                };
-                Engine::load(&path, &options).unwrap()
-            };
-            let (native, candle) = (
-                load(hearth::engine::Backend::Native),
-                load(hearth::engine::Backend::Candle),
-            );
-            let run = |engine: &Engine| {
-                let mut req = GenerateRequest::chat(vec![ChatMessage::new(Role::User, "Hello")]);
-                req.params = SamplingParams::greedy(3);
-                engine.generate(req).unwrap().wait(&mut |_| {}).unwrap()
-            };
-            let (a, b) = (run(&native), run(&native));
-            assert_eq!(a.text, b.text, "{what}: greedy output is deterministic");
-            let c = run(&candle);
-            let first = |t: &str| native.tokenizer().encode(t).unwrap().first().copied();
-            assert_eq!(
-                first(&a.text),
-                first(&c.text),
-                "{what}: native {:?} vs candle {:?}",
-                a.text,
-                c.text
-            );
+            native_agrees_with_candle(&path, &format!("{arch} {mix}"));
         }
     }
 }
