@@ -802,11 +802,13 @@ fn shutting_down_refuses_new_connections_and_lets_requests_in_progress_finish() 
             parallel: Some(1),
         },
     );
-    let state = Arc::new(AppState::new(
-        scheduler.clone(),
-        "smollm2".into(),
-        options(),
-    ));
+    // A short idle timeout: the streamed answer's connection, idle once
+    // the stream is over, is closed by it rather than after 10 s.
+    let options = ServerOptions {
+        header_timeout: Duration::from_millis(500),
+        ..options()
+    };
+    let state = Arc::new(AppState::new(scheduler.clone(), "smollm2".into(), options));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {

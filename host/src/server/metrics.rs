@@ -1,9 +1,19 @@
-//! Prometheus text-format metrics, kept in memory by the server.
+//! The server's Prometheus metrics, kept with the Prometheus organisation's
+//! `prometheus-client` and exposed in the Prometheus text format (0.0.4).
+//!
+//! Counters and histograms are updated as requests are answered; what
+//! other parts own (the scheduler's queue, the KV cache, plugin memory,
+//! the process's memory and its limit) is read when `/metrics` is scraped
+//! and set just before encoding.
 
 use crate::scheduler::Stats;
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering;
 
 /// Upper bounds (seconds) shared by the latency histograms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -12,172 +22,303 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Upper bounds (tokens/s) for generation speed.
 const SPEED_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0];
 
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOnly {
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusClass {
+    /// `4xx` or `5xx`.
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginOutcome {
+    namespace: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueClass {
+    class: &'static str,
+}
+
+type Histograms = Family<RouteOnly, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+/// What the server reads from elsewhere at each scrape.
 #[derive(Debug, Clone, Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+pub struct Scrape {
+    /// The scheduler's queue and counts.
+    pub stats: Stats,
+    /// Whether the model is loaded.
+    pub model_loaded: bool,
+    /// Key/value cache bytes held now and bytes a position takes.
+    pub kv_cache: (u64, u64),
+    /// Plugin linear memory held now and the budget, when plugins run.
+    pub plugin_memory: Option<(usize, usize)>,
 }
 
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; bounds.len()];
-        }
-        for (c, b) in self.counts.iter_mut().zip(bounds) {
-            if v <= *b {
-                *c += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in bounds.iter().enumerate() {
-            let c = self.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    errors: Family<StatusClass, Counter>,
+    latency: Histograms,
     ttft: Histogram,
     speed: Histogram,
-    plugin_calls: BTreeMap<(String, &'static str), u64>,
+    plugin_calls: Family<PluginOutcome, Counter>,
+    queue_depth: Family<QueueClass, Gauge>,
+    in_flight: Gauge,
+    generations: Counter,
+    rejected: Counter,
+    expired: Counter,
+    abandoned: Counter,
+    model_loaded: Gauge,
+    model_load_attempts: Counter,
+    model_loads: Counter,
+    resident: Gauge,
+    memory_limit: Gauge,
+    kv_bytes: Gauge,
+    kv_per_token: Gauge,
+    plugin_memory: Gauge,
+    plugin_budget: Gauge,
 }
 
-/// The server's counters.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ttft: latency_histogram(),
+            speed: Histogram::new(SPEED_BUCKETS.iter().copied()),
+            plugin_calls: Family::default(),
+            queue_depth: Family::default(),
+            in_flight: Gauge::default(),
+            generations: Counter::default(),
+            rejected: Counter::default(),
+            expired: Counter::default(),
+            abandoned: Counter::default(),
+            model_loaded: Gauge::default(),
+            model_load_attempts: Counter::default(),
+            model_loads: Counter::default(),
+            resident: Gauge::default(),
+            memory_limit: Gauge::default(),
+            kv_bytes: Gauge::default(),
+            kv_per_token: Gauge::default(),
+            plugin_memory: Gauge::default(),
+            plugin_budget: Gauge::default(),
+            registry: Registry::default(),
+        };
+        // (prometheus-client adds `_total` to counters, and a full stop to
+        // each help text.)
+        let r = &mut registry;
+        r.register(
+            "hearth_requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "hearth_error_responses",
+            "Answers with a 4xx or 5xx status, by class",
+            m.errors.clone(),
+        );
+        r.register(
+            "hearth_request_duration_seconds",
+            "Time to answer, by route (a streamed chat: to its headers)",
+            m.latency.clone(),
+        );
+        r.register(
+            "hearth_time_to_first_token_seconds",
+            "From a streamed chat request to its first token",
+            m.ttft.clone(),
+        );
+        r.register(
+            "hearth_generation_tokens_per_second",
+            "Decode speed per generation",
+            m.speed.clone(),
+        );
+        r.register(
+            "hearth_plugin_calls",
+            "Plugin tool calls made for the model, by namespace and outcome",
+            m.plugin_calls.clone(),
+        );
+        r.register(
+            "hearth_queue_depth",
+            "Requests waiting for the model, by class",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "hearth_in_flight_generations",
+            "Generations running now",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "hearth_generations",
+            "Generations run to an end",
+            m.generations.clone(),
+        );
+        r.register(
+            "hearth_rejected",
+            "Requests refused because the queue was full",
+            m.rejected.clone(),
+        );
+        r.register(
+            "hearth_expired",
+            "Requests whose deadline passed in the queue",
+            m.expired.clone(),
+        );
+        r.register(
+            "hearth_abandoned",
+            "Queued requests whose client went away",
+            m.abandoned.clone(),
+        );
+        r.register(
+            "hearth_model_loaded",
+            "Whether the model is loaded",
+            m.model_loaded.clone(),
+        );
+        r.register(
+            "hearth_model_load_attempts",
+            "Model loads this process began",
+            m.model_load_attempts.clone(),
+        );
+        r.register(
+            "hearth_model_loads",
+            "Model loads this process completed",
+            m.model_loads.clone(),
+        );
+        r.register(
+            "hearth_resident_memory_bytes",
+            "Resident memory of the process",
+            m.resident.clone(),
+        );
+        r.register(
+            "hearth_memory_limit_bytes",
+            "The memory the process may use: its cgroup's limit or HEARTH_MEMORY_LIMIT, else the machine's (0 if none can be read)",
+            m.memory_limit.clone(),
+        );
+        r.register(
+            "hearth_kv_cache_bytes",
+            "Key/value cache held by the sequences now",
+            m.kv_bytes.clone(),
+        );
+        r.register(
+            "hearth_kv_cache_bytes_per_token",
+            "Key/value cache one position of a sequence takes",
+            m.kv_per_token.clone(),
+        );
+        r.register(
+            "hearth_plugin_memory_bytes",
+            "Linear memory held by plugin calls now",
+            m.plugin_memory.clone(),
+        );
+        r.register(
+            "hearth_plugin_memory_budget_bytes",
+            "What all plugin calls together may hold",
+            m.plugin_budget.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
     /// One request answered.
     pub fn request(&self, route: &str, status: u16, seconds: f64) {
-        let mut m = self.inner.lock().expect("metrics");
-        *m.requests.entry((route.to_string(), status)).or_default() += 1;
-        m.latency
-            .entry(route.to_string())
-            .or_default()
-            .observe(LATENCY_BUCKETS, seconds);
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        if status >= 400 {
+            let class = if status >= 500 { "5xx" } else { "4xx" };
+            self.errors.get_or_create(&StatusClass { class }).inc();
+        }
+        self.latency
+            .get_or_create(&RouteOnly {
+                route: route.to_string(),
+            })
+            .observe(seconds);
     }
 
     /// Time from a chat request's arrival to its first token.
     pub fn time_to_first_token(&self, seconds: f64) {
-        self.inner
-            .lock()
-            .expect("metrics")
-            .ttft
-            .observe(LATENCY_BUCKETS, seconds);
+        self.ttft.observe(seconds);
     }
 
     /// Decode speed of one generation.
     pub fn tokens_per_second(&self, v: f64) {
-        self.inner
-            .lock()
-            .expect("metrics")
-            .speed
-            .observe(SPEED_BUCKETS, v);
+        self.speed.observe(v);
     }
 
     /// One plugin tool call and how it ended (`ok`, `error`, `timeout`, `trap`).
     pub fn plugin_call(&self, namespace: &str, outcome: &'static str) {
-        *self
-            .inner
-            .lock()
-            .expect("metrics")
-            .plugin_calls
-            .entry((namespace.to_string(), outcome))
-            .or_default() += 1;
+        self.plugin_calls
+            .get_or_create(&PluginOutcome {
+                namespace: namespace.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
-    /// The exposition text.
-    pub fn render(&self, stats: &Stats, model_loaded: bool) -> String {
-        let m = self.inner.lock().expect("metrics");
-        let mut out = String::new();
-        out.push_str("# HELP hearth_requests_total HTTP requests by route and status.\n# TYPE hearth_requests_total counter\n");
-        for ((route, status), n) in &m.requests {
-            let _ = writeln!(
-                out,
-                "hearth_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+    /// A model load began, and whether it completed.
+    pub fn model_load(&self, completed: bool) {
+        self.model_load_attempts.inc();
+        if completed {
+            self.model_loads.inc();
         }
-        out.push_str("# HELP hearth_request_duration_seconds Time to answer, by route.\n# TYPE hearth_request_duration_seconds histogram\n");
-        for (route, h) in &m.latency {
-            h.render(
-                &mut out,
-                "hearth_request_duration_seconds",
-                &format!("route=\"{route}\""),
-                LATENCY_BUCKETS,
-            );
+    }
+
+    /// The exposition text, with what `scrape` read just now.
+    pub fn render(&self, scrape: &Scrape) -> String {
+        let s = &scrape.stats;
+        for (class, n) in ["interactive", "plugin", "background"].iter().zip(s.queued) {
+            self.queue_depth
+                .get_or_create(&QueueClass { class })
+                .set(n as i64);
         }
-        out.push_str("# HELP hearth_time_to_first_token_seconds From a streamed chat request to its first token.\n# TYPE hearth_time_to_first_token_seconds histogram\n");
-        m.ttft.render(
-            &mut out,
-            "hearth_time_to_first_token_seconds",
-            "",
-            LATENCY_BUCKETS,
-        );
-        out.push_str("# HELP hearth_generation_tokens_per_second Decode speed per generation.\n# TYPE hearth_generation_tokens_per_second histogram\n");
-        m.speed.render(
-            &mut out,
-            "hearth_generation_tokens_per_second",
-            "",
-            SPEED_BUCKETS,
-        );
-        out.push_str("# HELP hearth_queue_depth Requests waiting for the model, by class.\n# TYPE hearth_queue_depth gauge\n");
-        for (class, n) in ["interactive", "plugin", "background"]
-            .iter()
-            .zip(stats.queued)
-        {
-            let _ = writeln!(out, "hearth_queue_depth{{class=\"{class}\"}} {n}");
+        self.in_flight.set(s.in_flight as i64);
+        // Counted by the scheduler: set, not added to.
+        for (counter, value) in [
+            (&self.generations, s.completed),
+            (&self.rejected, s.rejected_full),
+            (&self.expired, s.expired),
+            (&self.abandoned, s.abandoned),
+        ] {
+            counter.inner().store(value, Ordering::Relaxed);
         }
-        let _ = write!(
-            out,
-            "# HELP hearth_in_flight_generations Generations running now.\n# TYPE hearth_in_flight_generations gauge\nhearth_in_flight_generations {}\n\
-             # HELP hearth_generations_total Generations run to an end.\n# TYPE hearth_generations_total counter\nhearth_generations_total {}\n\
-             # HELP hearth_rejected_total Requests refused because the queue was full.\n# TYPE hearth_rejected_total counter\nhearth_rejected_total {}\n\
-             # HELP hearth_expired_total Requests whose deadline passed in the queue.\n# TYPE hearth_expired_total counter\nhearth_expired_total {}\n\
-             # HELP hearth_abandoned_total Queued requests whose client went away.\n# TYPE hearth_abandoned_total counter\nhearth_abandoned_total {}\n\
-             # HELP hearth_model_loaded Whether the model is loaded.\n# TYPE hearth_model_loaded gauge\nhearth_model_loaded {}\n",
-            stats.in_flight,
-            stats.completed,
-            stats.rejected_full,
-            stats.expired,
-            stats.abandoned,
-            u8::from(model_loaded)
-        );
-        out.push_str("# HELP hearth_plugin_calls_total Plugin tool calls made for the model, by namespace and outcome.\n# TYPE hearth_plugin_calls_total counter\n");
-        for ((ns, outcome), n) in &m.plugin_calls {
-            let _ = writeln!(
-                out,
-                "hearth_plugin_calls_total{{namespace=\"{ns}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
+        self.model_loaded.set(i64::from(scrape.model_loaded));
         if let Some(rss) = resident_bytes() {
-            let _ = writeln!(
-                out,
-                "# HELP hearth_resident_memory_bytes Resident memory of the process.\n# TYPE hearth_resident_memory_bytes gauge\nhearth_resident_memory_bytes {rss}"
-            );
+            self.resident.set(rss as i64);
         }
+        self.memory_limit
+            .set(memory_limit().map_or(0, |b| b.min(i64::MAX as u64) as i64));
+        self.kv_bytes.set(scrape.kv_cache.0 as i64);
+        self.kv_per_token.set(scrape.kv_cache.1 as i64);
+        if let Some((used, budget)) = scrape.plugin_memory {
+            self.plugin_memory.set(used as i64);
+            self.plugin_budget.set(budget as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 }
@@ -186,4 +327,71 @@ fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+/// The memory the process may use: the smallest of its cgroup v2 limit
+/// (`memory.max`, when not `max`), `HEARTH_MEMORY_LIMIT`, and the
+/// machine's memory.
+fn memory_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(str::to_string)
+        })
+        .and_then(|path| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", path.trim())).ok()
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let configured = std::env::var("HEARTH_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    [cgroup, configured, machine].into_iter().flatten().min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_every_family_in_the_text_format() {
+        let m = Metrics::default();
+        m.request("/v1/chat/completions", 200, 0.2);
+        m.request("/v1/chat/completions", 503, 0.001);
+        m.request("/v1/models", 401, 0.001);
+        m.plugin_call("calc", "ok");
+        m.model_load(true);
+        let text = m.render(&Scrape {
+            model_loaded: true,
+            kv_cache: (1 << 20, 4096),
+            plugin_memory: Some((10, 20)),
+            ..Scrape::default()
+        });
+        for line in [
+            "# TYPE hearth_requests_total counter",
+            "hearth_requests_total{route=\"/v1/chat/completions\",status=\"503\"} 1",
+            "hearth_error_responses_total{class=\"5xx\"} 1",
+            "hearth_error_responses_total{class=\"4xx\"} 1",
+            "hearth_request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"0.25\"} 2",
+            "hearth_request_duration_seconds_count{route=\"/v1/models\"} 1",
+            "hearth_plugin_calls_total{namespace=\"calc\",outcome=\"ok\"} 1",
+            "hearth_queue_depth{class=\"interactive\"} 0",
+            "hearth_model_loaded 1",
+            "hearth_model_load_attempts_total 1",
+            "hearth_model_loads_total 1",
+            "hearth_kv_cache_bytes 1048576",
+            "hearth_plugin_memory_budget_bytes 20",
+            "# TYPE hearth_memory_limit_bytes gauge",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(memory_limit().is_some_and(|b| b > 0));
+    }
 }

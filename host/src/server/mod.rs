@@ -99,9 +99,13 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// The state for a scheduler serving model `model_id`, without plugins.
     pub fn new(scheduler: Scheduler, model_id: String, options: ServerOptions) -> AppState {
+        let metrics = Arc::new(metrics::Metrics::default());
+        // The scheduler's engine holds a loaded model: this process's load
+        // (the only one; it happens before the server starts) completed.
+        metrics.model_load(true);
         AppState {
             assistant: Assistant::new(scheduler, None),
-            metrics: Arc::default(),
+            metrics,
             model_id,
             created: unix_now(),
             key_digests: auth::digests(&options.api_keys),
@@ -286,26 +290,16 @@ async fn dispatch(
             &json!({"status": "ready", "model": state.model_id, "queue": scheduler.stats()}),
         )),
         Route::Metrics => {
-            let mut text = state.metrics.render(&scheduler.stats(), true);
-            let (kv_bytes, kv_per_token) = scheduler.engine().kv_cache();
-            text.push_str(&format!(
-                "# HELP hearth_kv_cache_bytes Key/value cache held by the sequences now.\n\
-                 # TYPE hearth_kv_cache_bytes gauge\nhearth_kv_cache_bytes {kv_bytes}\n\
-                 # HELP hearth_kv_cache_bytes_per_token Key/value cache one position of a sequence takes.\n\
-                 # TYPE hearth_kv_cache_bytes_per_token gauge\nhearth_kv_cache_bytes_per_token {kv_per_token}\n"
-            ));
-            if let Some(runtime) = state.assistant.plugins() {
-                let (used, budget) = runtime.plugin_memory();
-                text.push_str(&format!(
-                    "# HELP hearth_plugin_memory_bytes Linear memory held by plugin calls now.\n\
-                     # TYPE hearth_plugin_memory_bytes gauge\nhearth_plugin_memory_bytes {used}\n\
-                     # HELP hearth_plugin_memory_budget_bytes What all plugin calls together may hold.\n\
-                     # TYPE hearth_plugin_memory_budget_bytes gauge\nhearth_plugin_memory_budget_bytes {budget}\n"
-                ));
-            }
+            let text = state.metrics.render(&metrics::Scrape {
+                stats: scheduler.stats(),
+                // The model loads before the port opens.
+                model_loaded: true,
+                kv_cache: scheduler.engine().kv_cache(),
+                plugin_memory: state.assistant.plugins().map(|r| r.plugin_memory()),
+            });
             Ok(Response::builder()
                 .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
                 .body(Full::new(Bytes::from(text)).boxed())
                 .expect("valid response"))
         }
@@ -337,7 +331,7 @@ async fn dispatch(
 /// moment, and a request lost that way cannot be retried safely. Instead
 /// every answer while draining says `Connection: close`, and idle
 /// connections are left to their client's keep-alive timeout or to the
-/// server's own (`header_timeout`); only after that are the rest closed.
+/// server's own (`header_timeout`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -396,16 +390,13 @@ pub async fn serve(
     if let Some(mcp) = &state.mcp {
         mcp.shutdown();
     }
-    let deadline = tokio::time::Instant::now() + grace;
-    let idle_closed = (tokio::time::Instant::now() + state.options.header_timeout).min(deadline);
-    let _ = tokio::time::timeout_at(idle_closed, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    // What is left is answering a request, or idle past every keep-alive
-    // timeout: each finishes its request, then closes.
-    let _ = closing_tx.send(true);
-    let drained = tokio::time::timeout_at(deadline, async {
+    // Every connection ends by itself: one answering a request closes
+    // after its answer (which says `Connection: close`), an idle one when
+    // its client closes it or the server's header timeout does. Telling
+    // connections to shut down early instead cut some that were answering
+    // a queued request (their clients saw a reset), so that is kept for
+    // what is left when the grace period is over.
+    let drained = tokio::time::timeout(grace, async {
         while connections.join_next().await.is_some() {}
     })
     .await
@@ -416,6 +407,7 @@ pub async fn serve(
             left = connections.len(),
             "grace period over: stopping the requests still in progress"
         );
+        let _ = closing_tx.send(true);
         // Their generations were just stopped: give them a moment to tell
         // their clients so.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
