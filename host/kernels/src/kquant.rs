@@ -410,6 +410,11 @@ struct Q4KBlock {
 }
 
 impl Q4KBlock {
+    /// The super-block as f32: ggml's `(d·sc)·q − dmin·m`.
+    fn dequantize(&self, out: &mut [f32]) {
+        self.head.dequantize(&self.q, out);
+    }
+
     /// Reads the file's block: the [`Head`], then the quants: sub-block
     /// `2i` is the low nibbles of quant bytes `32i..32i + 32`, sub-block
     /// `2i + 1` the high.
@@ -470,6 +475,11 @@ struct Q5KBlock {
 }
 
 impl Q5KBlock {
+    /// The super-block as f32: ggml's `(d·sc)·q − dmin·m`.
+    fn dequantize(&self, out: &mut [f32]) {
+        self.head.dequantize(&self.q, out);
+    }
+
     /// Reads the file's block: the [`Head`], 32 bytes of high bits, 128
     /// of low nibbles. The low nibbles are laid out as Q4_K's; column `l`
     /// of sub-block `j` has its fifth bit in bit `j` of high byte `l`, as
@@ -531,6 +541,17 @@ struct Q6KBlock {
 }
 
 impl Q6KBlock {
+    /// The super-block as f32: ggml's `(d·sc)·(q − 32)`.
+    fn dequantize(&self, out: &mut [f32]) {
+        let d = f16_to_f32(self.d);
+        for (k, out) in out.chunks_exact_mut(16).enumerate() {
+            let d1 = d * self.sc[k] as f32;
+            for (o, &q) in out.iter_mut().zip(&self.q[k * 16..]) {
+                *o = d1 * (q as i32 - 32) as f32;
+            }
+        }
+    }
+
     /// Reads the file's block: each half of 128 values takes 64 bytes of
     /// low nibbles (values `l` and `l + 64` share byte `l`, values `l + 32`
     /// and `l + 96` byte `l + 32`) and 32 bytes of high bits (byte `l`
@@ -619,488 +640,213 @@ fn check_shape(bytes: &[u8], rows: usize, cols: usize, block_bytes: usize, name:
     );
 }
 
-/// A matrix in GGUF's Q4_K format (4.5 bits per weight in the file, 4.625
-/// here), in panels of [`PANEL`] rows (the last padded with zero rows).
-#[derive(Debug, Clone, Default)]
-pub struct Q4KMatrix {
-    rows: usize,
-    cols: usize,
-    /// One record of `Q4K_RECORD` bytes per panel and super-block,
-    /// panel-major.
-    data: Buf<u8>,
-}
-
-impl Q4KMatrix {
-    /// Takes a row-major `rows × cols` matrix's Q4_K blocks (the tensor's
-    /// bytes in a GGUF file) as they are.
-    ///
-    /// # Panics
-    /// If `cols` is not a multiple of [`SUPER_BLOCK`] or `bytes` is not
-    /// `rows · cols / 256` blocks of 144 bytes.
-    pub fn from_q4_k(bytes: &[u8], rows: usize, cols: usize) -> Q4KMatrix {
-        check_shape(bytes, rows, cols, Q4K_BYTES, "Q4_K");
-        let ns = cols / SUPER_BLOCK;
-        let mut data = vec![0u8; rows.div_ceil(PANEL) * ns * Q4K_RECORD];
-        for (i, b) in bytes.chunks_exact(Q4K_BYTES).enumerate() {
-            let (r, s) = (i / ns, i % ns);
-            let rec = &mut data[(r / PANEL * ns + s) * Q4K_RECORD..][..Q4K_RECORD];
-            Q4KBlock::parse(b).place(rec, r % PANEL);
+/// The public K-quant matrix types: one panel layout each (see the record
+/// constants above), the same code around it.
+macro_rules! kquant_matrix {
+    (
+        $name:ident, $block:ident, $format:literal, $bits:literal,
+        $file_bytes:literal, $file_bytes_const:ident, $record:ident,
+        $from:ident, $to:ident, $kernel:ident, $scalar:ident
+    ) => {
+        #[doc = concat!("A matrix in GGUF's ", $format, " format (", $bits, "), in panels of")]
+        /// [`PANEL`] rows (the last padded with zero rows).
+        #[derive(Debug, Clone, Default)]
+        pub struct $name {
+            rows: usize,
+            cols: usize,
+            /// One record of `RECORD` bytes per panel and super-block,
+            /// panel-major.
+            data: Buf<u8>,
         }
-        Q4KMatrix {
-            rows,
-            cols,
-            data: data.into(),
+
+        impl $name {
+            #[doc = concat!("Takes a row-major `rows × cols` matrix's ", $format, " blocks (the")]
+            /// tensor's bytes in a GGUF file) as they are.
+            ///
+            /// # Panics
+            /// If `cols` is not a multiple of [`SUPER_BLOCK`] or `bytes` is not
+            #[doc = concat!("`rows · cols / 256` blocks of ", stringify!($file_bytes), " bytes.")]
+            pub fn $from(bytes: &[u8], rows: usize, cols: usize) -> $name {
+                check_shape(bytes, rows, cols, $file_bytes_const, $format);
+                let ns = cols / SUPER_BLOCK;
+                let mut data = vec![0u8; rows.div_ceil(PANEL) * ns * $record];
+                for (i, b) in bytes.chunks_exact($file_bytes_const).enumerate() {
+                    let (r, s) = (i / ns, i % ns);
+                    let rec = &mut data[(r / PANEL * ns + s) * $record..][..$record];
+                    $block::parse(b).place(rec, r % PANEL);
+                }
+                $name {
+                    rows,
+                    cols,
+                    data: data.into(),
+                }
+            }
+
+            #[doc = concat!("The matrix as GGUF ", $format, " blocks, row-major: the bytes")]
+            #[doc = concat!("[`", stringify!($name), "::", stringify!($from), "`] took.")]
+            pub fn $to(&self) -> Vec<u8> {
+                let ns = self.cols / SUPER_BLOCK;
+                let mut out = vec![0u8; self.rows * ns * $file_bytes_const];
+                for (i, b) in out.chunks_exact_mut($file_bytes_const).enumerate() {
+                    let (r, s) = (i / ns, i % ns);
+                    $block::take(self.record(r / PANEL, s), r % PANEL).write(b);
+                }
+                out
+            }
+
+            /// Stacks matrices with the same column count (fused projections).
+            pub fn stack(parts: &[$name]) -> $name {
+                let cols = parts[0].cols;
+                assert!(parts.iter().all(|p| p.cols == cols), "column counts differ");
+                let bytes: Vec<u8> = parts.iter().flat_map(|p| p.$to()).collect();
+                $name::$from(&bytes, parts.iter().map(|p| p.rows).sum(), cols)
+            }
+
+            /// Rows.
+            pub fn rows(&self) -> usize {
+                self.rows
+            }
+
+            /// Columns.
+            pub fn cols(&self) -> usize {
+                self.cols
+            }
+
+            /// Bytes held.
+            pub fn bytes(&self) -> usize {
+                self.data.len()
+            }
+
+            /// A matrix whose panels lie in a weight image (see [`crate::image`]):
+            /// `len` bytes at `start`, checked against the shape.
+            pub(crate) fn mapped(
+                image: &Image,
+                rows: usize,
+                cols: usize,
+                start: usize,
+                len: usize,
+            ) -> Result<$name, String> {
+                let data = records(
+                    image,
+                    (rows, cols),
+                    SUPER_BLOCK,
+                    $record,
+                    (start, len),
+                    $format,
+                )?;
+                Ok($name { rows, cols, data })
+            }
+
+            /// The panels' bytes, as `mapped` takes them.
+            pub(crate) fn raw(&self) -> &[u8] {
+                self.data.as_bytes()
+            }
+
+            /// Panel `g`'s record for super-block `s`.
+            fn record(&self, g: usize, s: usize) -> &[u8] {
+                let ns = self.cols / SUPER_BLOCK;
+                &self.data[(g * ns + s) * $record..][..$record]
+            }
+
+            /// Row `r` as f32 (embedding lookups), as ggml dequantises it.
+            pub fn row(&self, r: usize, out: &mut [f32]) {
+                assert!(r < self.rows, "row {r} of {}", self.rows);
+                for (s, out) in out[..self.cols].chunks_exact_mut(SUPER_BLOCK).enumerate() {
+                    $block::take(self.record(r / PANEL, s), r % PANEL).dequantize(out);
+                }
+            }
+
+            /// `y = x · Wᵀ` on the best instruction set (see [`crate::matmul`]).
+            pub fn matmul(&self, x: &Activations, y: &mut [f32], pool: Option<&rayon::ThreadPool>) {
+                self.matmul_on(Isa::detected(), x, y, pool);
+            }
+
+            /// `matmul` on a given instruction set, which the CPU
+            /// must have (see [`Isa::available`]). Every path gives the same bits.
+            pub fn matmul_on(
+                &self,
+                isa: Isa,
+                x: &Activations,
+                y: &mut [f32],
+                pool: Option<&rayon::ThreadPool>,
+            ) {
+                product(isa, &[self], x, y, pool);
+            }
         }
-    }
 
-    /// The matrix as GGUF Q4_K blocks, row-major: the bytes
-    /// [`Q4KMatrix::from_q4_k`] took.
-    pub fn to_q4_k(&self) -> Vec<u8> {
-        let ns = self.cols / SUPER_BLOCK;
-        let mut out = vec![0u8; self.rows * ns * Q4K_BYTES];
-        for (i, b) in out.chunks_exact_mut(Q4K_BYTES).enumerate() {
-            let (r, s) = (i / ns, i % ns);
-            Q4KBlock::take(self.record(r / PANEL, s), r % PANEL).write(b);
-        }
-        out
-    }
+        impl Panels for $name {
+            fn rows(&self) -> usize {
+                self.rows
+            }
 
-    /// Stacks matrices with the same column count (fused projections).
-    pub fn stack(parts: &[Q4KMatrix]) -> Q4KMatrix {
-        let cols = parts[0].cols;
-        assert!(parts.iter().all(|p| p.cols == cols), "column counts differ");
-        let bytes: Vec<u8> = parts.iter().flat_map(|p| p.to_q4_k()).collect();
-        Q4KMatrix::from_q4_k(&bytes, parts.iter().map(|p| p.rows).sum(), cols)
-    }
+            fn cols(&self) -> usize {
+                self.cols
+            }
 
-    /// Rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    /// A matrix whose panels lie in a weight image (see [`crate::image`]):
-    /// `len` bytes at `start`, checked against the shape.
-    pub(crate) fn mapped(
-        image: &Image,
-        rows: usize,
-        cols: usize,
-        start: usize,
-        len: usize,
-    ) -> Result<Q4KMatrix, String> {
-        let data = records(
-            image,
-            (rows, cols),
-            SUPER_BLOCK,
-            Q4K_RECORD,
-            (start, len),
-            "Q4_K",
-        )?;
-        Ok(Q4KMatrix { rows, cols, data })
-    }
-
-    /// The panels' bytes, as [`Q4KMatrix::mapped`] takes them.
-    pub(crate) fn raw(&self) -> &[u8] {
-        self.data.as_bytes()
-    }
-
-    /// Panel `g`'s record for super-block `s`.
-    fn record(&self, g: usize, s: usize) -> &[u8] {
-        let ns = self.cols / SUPER_BLOCK;
-        &self.data[(g * ns + s) * Q4K_RECORD..][..Q4K_RECORD]
-    }
-
-    /// Row `r` as f32 (embedding lookups): ggml's `(d·sc)·q − dmin·m`.
-    pub fn row(&self, r: usize, out: &mut [f32]) {
-        assert!(r < self.rows, "row {r} of {}", self.rows);
-        for (s, out) in out[..self.cols].chunks_exact_mut(SUPER_BLOCK).enumerate() {
-            let b = Q4KBlock::take(self.record(r / PANEL, s), r % PANEL);
-            b.head.dequantize(&b.q, out);
-        }
-    }
-
-    /// `y = x · Wᵀ` on the best instruction set (see [`crate::matmul`]).
-    pub fn matmul(&self, x: &Activations, y: &mut [f32], pool: Option<&rayon::ThreadPool>) {
-        self.matmul_on(Isa::detected(), x, y, pool);
-    }
-
-    /// [`Q4KMatrix::matmul`] on a given instruction set, which the CPU
-    /// must have (see [`Isa::available`]). Every path gives the same bits.
-    pub fn matmul_on(
-        &self,
-        isa: Isa,
-        x: &Activations,
-        y: &mut [f32],
-        pool: Option<&rayon::ThreadPool>,
-    ) {
-        product(isa, &[self], x, y, pool);
-    }
-}
-
-impl Panels for Q4KMatrix {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn cols(&self) -> usize {
-        self.cols
-    }
-
-    unsafe fn tile(
-        &self,
-        isa: Isa,
-        g: usize,
-        x: &Activations,
-        t: usize,
-        k: usize,
-        tile: &mut Tile,
-    ) {
-        let ns = self.cols / SUPER_BLOCK;
-        let panel = &self.data[g * ns * Q4K_RECORD..(g + 1) * ns * Q4K_RECORD];
-        match isa {
-            // SAFETY (both): the caller checked the CPU has this path and
-            // the tokens exist.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::q4k(panel, x, t, k, tile) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::q4k(panel, x, t, k, tile) },
-            _ => q4k_scalar(panel, x, t, k, tile),
-        }
-    }
-}
-
-/// A matrix in GGUF's Q5_K format (5.5 bits per weight in the file, 5.625
-/// here), in panels of [`PANEL`] rows (the last padded with zero rows).
-#[derive(Debug, Clone, Default)]
-pub struct Q5KMatrix {
-    rows: usize,
-    cols: usize,
-    /// One record of `Q5K_RECORD` bytes per panel and super-block,
-    /// panel-major.
-    data: Buf<u8>,
-}
-
-impl Q5KMatrix {
-    /// Takes a row-major `rows × cols` matrix's Q5_K blocks (the tensor's
-    /// bytes in a GGUF file) as they are.
-    ///
-    /// # Panics
-    /// If `cols` is not a multiple of [`SUPER_BLOCK`] or `bytes` is not
-    /// `rows · cols / 256` blocks of 176 bytes.
-    pub fn from_q5_k(bytes: &[u8], rows: usize, cols: usize) -> Q5KMatrix {
-        check_shape(bytes, rows, cols, Q5K_BYTES, "Q5_K");
-        let ns = cols / SUPER_BLOCK;
-        let mut data = vec![0u8; rows.div_ceil(PANEL) * ns * Q5K_RECORD];
-        for (i, b) in bytes.chunks_exact(Q5K_BYTES).enumerate() {
-            let (r, s) = (i / ns, i % ns);
-            let rec = &mut data[(r / PANEL * ns + s) * Q5K_RECORD..][..Q5K_RECORD];
-            Q5KBlock::parse(b).place(rec, r % PANEL);
-        }
-        Q5KMatrix {
-            rows,
-            cols,
-            data: data.into(),
-        }
-    }
-
-    /// The matrix as GGUF Q5_K blocks, row-major: the bytes
-    /// [`Q5KMatrix::from_q5_k`] took.
-    pub fn to_q5_k(&self) -> Vec<u8> {
-        let ns = self.cols / SUPER_BLOCK;
-        let mut out = vec![0u8; self.rows * ns * Q5K_BYTES];
-        for (i, b) in out.chunks_exact_mut(Q5K_BYTES).enumerate() {
-            let (r, s) = (i / ns, i % ns);
-            Q5KBlock::take(self.record(r / PANEL, s), r % PANEL).write(b);
-        }
-        out
-    }
-
-    /// Stacks matrices with the same column count (fused projections).
-    pub fn stack(parts: &[Q5KMatrix]) -> Q5KMatrix {
-        let cols = parts[0].cols;
-        assert!(parts.iter().all(|p| p.cols == cols), "column counts differ");
-        let bytes: Vec<u8> = parts.iter().flat_map(|p| p.to_q5_k()).collect();
-        Q5KMatrix::from_q5_k(&bytes, parts.iter().map(|p| p.rows).sum(), cols)
-    }
-
-    /// Rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    /// A matrix whose panels lie in a weight image (see [`crate::image`]):
-    /// `len` bytes at `start`, checked against the shape.
-    pub(crate) fn mapped(
-        image: &Image,
-        rows: usize,
-        cols: usize,
-        start: usize,
-        len: usize,
-    ) -> Result<Q5KMatrix, String> {
-        let data = records(
-            image,
-            (rows, cols),
-            SUPER_BLOCK,
-            Q5K_RECORD,
-            (start, len),
-            "Q5_K",
-        )?;
-        Ok(Q5KMatrix { rows, cols, data })
-    }
-
-    /// The panels' bytes, as [`Q5KMatrix::mapped`] takes them.
-    pub(crate) fn raw(&self) -> &[u8] {
-        self.data.as_bytes()
-    }
-
-    /// Panel `g`'s record for super-block `s`.
-    fn record(&self, g: usize, s: usize) -> &[u8] {
-        let ns = self.cols / SUPER_BLOCK;
-        &self.data[(g * ns + s) * Q5K_RECORD..][..Q5K_RECORD]
-    }
-
-    /// Row `r` as f32 (embedding lookups): ggml's `(d·sc)·q − dmin·m`.
-    pub fn row(&self, r: usize, out: &mut [f32]) {
-        assert!(r < self.rows, "row {r} of {}", self.rows);
-        for (s, out) in out[..self.cols].chunks_exact_mut(SUPER_BLOCK).enumerate() {
-            let b = Q5KBlock::take(self.record(r / PANEL, s), r % PANEL);
-            b.head.dequantize(&b.q, out);
-        }
-    }
-
-    /// `y = x · Wᵀ` on the best instruction set (see [`crate::matmul`]).
-    pub fn matmul(&self, x: &Activations, y: &mut [f32], pool: Option<&rayon::ThreadPool>) {
-        self.matmul_on(Isa::detected(), x, y, pool);
-    }
-
-    /// [`Q5KMatrix::matmul`] on a given instruction set, which the CPU
-    /// must have (see [`Isa::available`]). Every path gives the same bits.
-    pub fn matmul_on(
-        &self,
-        isa: Isa,
-        x: &Activations,
-        y: &mut [f32],
-        pool: Option<&rayon::ThreadPool>,
-    ) {
-        product(isa, &[self], x, y, pool);
-    }
-}
-
-impl Panels for Q5KMatrix {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn cols(&self) -> usize {
-        self.cols
-    }
-
-    unsafe fn tile(
-        &self,
-        isa: Isa,
-        g: usize,
-        x: &Activations,
-        t: usize,
-        k: usize,
-        tile: &mut Tile,
-    ) {
-        let ns = self.cols / SUPER_BLOCK;
-        let panel = &self.data[g * ns * Q5K_RECORD..(g + 1) * ns * Q5K_RECORD];
-        match isa {
-            // SAFETY (both): the caller checked the CPU has this path and
-            // the tokens exist.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::q5k(panel, x, t, k, tile) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::q5k(panel, x, t, k, tile) },
-            _ => q5k_scalar(panel, x, t, k, tile),
-        }
-    }
-}
-
-/// A matrix in GGUF's Q6_K format (6.5625 bits per weight, as in the
-/// file), in panels of [`PANEL`] rows (the last padded with zero rows).
-#[derive(Debug, Clone, Default)]
-pub struct Q6KMatrix {
-    rows: usize,
-    cols: usize,
-    /// One record of `Q6K_RECORD` bytes per panel and super-block,
-    /// panel-major.
-    data: Buf<u8>,
-}
-
-impl Q6KMatrix {
-    /// Takes a row-major `rows × cols` matrix's Q6_K blocks (the tensor's
-    /// bytes in a GGUF file) as they are.
-    ///
-    /// # Panics
-    /// If `cols` is not a multiple of [`SUPER_BLOCK`] or `bytes` is not
-    /// `rows · cols / 256` blocks of 210 bytes.
-    pub fn from_q6_k(bytes: &[u8], rows: usize, cols: usize) -> Q6KMatrix {
-        check_shape(bytes, rows, cols, Q6K_BYTES, "Q6_K");
-        let ns = cols / SUPER_BLOCK;
-        let mut data = vec![0u8; rows.div_ceil(PANEL) * ns * Q6K_RECORD];
-        for (i, b) in bytes.chunks_exact(Q6K_BYTES).enumerate() {
-            let (r, s) = (i / ns, i % ns);
-            let rec = &mut data[(r / PANEL * ns + s) * Q6K_RECORD..][..Q6K_RECORD];
-            Q6KBlock::parse(b).place(rec, r % PANEL);
-        }
-        Q6KMatrix {
-            rows,
-            cols,
-            data: data.into(),
-        }
-    }
-
-    /// The matrix as GGUF Q6_K blocks, row-major: the bytes
-    /// [`Q6KMatrix::from_q6_k`] took.
-    pub fn to_q6_k(&self) -> Vec<u8> {
-        let ns = self.cols / SUPER_BLOCK;
-        let mut out = vec![0u8; self.rows * ns * Q6K_BYTES];
-        for (i, b) in out.chunks_exact_mut(Q6K_BYTES).enumerate() {
-            let (r, s) = (i / ns, i % ns);
-            Q6KBlock::take(self.record(r / PANEL, s), r % PANEL).write(b);
-        }
-        out
-    }
-
-    /// Stacks matrices with the same column count (fused projections).
-    pub fn stack(parts: &[Q6KMatrix]) -> Q6KMatrix {
-        let cols = parts[0].cols;
-        assert!(parts.iter().all(|p| p.cols == cols), "column counts differ");
-        let bytes: Vec<u8> = parts.iter().flat_map(|p| p.to_q6_k()).collect();
-        Q6KMatrix::from_q6_k(&bytes, parts.iter().map(|p| p.rows).sum(), cols)
-    }
-
-    /// Rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    /// A matrix whose panels lie in a weight image (see [`crate::image`]):
-    /// `len` bytes at `start`, checked against the shape.
-    pub(crate) fn mapped(
-        image: &Image,
-        rows: usize,
-        cols: usize,
-        start: usize,
-        len: usize,
-    ) -> Result<Q6KMatrix, String> {
-        let data = records(
-            image,
-            (rows, cols),
-            SUPER_BLOCK,
-            Q6K_RECORD,
-            (start, len),
-            "Q6_K",
-        )?;
-        Ok(Q6KMatrix { rows, cols, data })
-    }
-
-    /// The panels' bytes, as [`Q6KMatrix::mapped`] takes them.
-    pub(crate) fn raw(&self) -> &[u8] {
-        self.data.as_bytes()
-    }
-
-    /// Panel `g`'s record for super-block `s`.
-    fn record(&self, g: usize, s: usize) -> &[u8] {
-        let ns = self.cols / SUPER_BLOCK;
-        &self.data[(g * ns + s) * Q6K_RECORD..][..Q6K_RECORD]
-    }
-
-    /// Row `r` as f32 (embedding lookups): ggml's `(d·sc)·(q − 32)`.
-    pub fn row(&self, r: usize, out: &mut [f32]) {
-        assert!(r < self.rows, "row {r} of {}", self.rows);
-        for (s, out) in out[..self.cols].chunks_exact_mut(SUPER_BLOCK).enumerate() {
-            let b = Q6KBlock::take(self.record(r / PANEL, s), r % PANEL);
-            let d = f16_to_f32(b.d);
-            for (k, out) in out.chunks_exact_mut(16).enumerate() {
-                let d1 = d * b.sc[k] as f32;
-                for (o, &q) in out.iter_mut().zip(&b.q[k * 16..]) {
-                    *o = d1 * (q as i32 - 32) as f32;
+            unsafe fn tile(
+                &self,
+                isa: Isa,
+                g: usize,
+                x: &Activations,
+                t: usize,
+                k: usize,
+                tile: &mut Tile,
+            ) {
+                let ns = self.cols / SUPER_BLOCK;
+                let panel = &self.data[g * ns * $record..(g + 1) * ns * $record];
+                match isa {
+                    // SAFETY (both): the caller checked the CPU has this path and
+                    // the tokens exist.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => unsafe { avx512::$kernel(panel, x, t, k, tile) },
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { avx2::$kernel(panel, x, t, k, tile) },
+                    _ => $scalar(panel, x, t, k, tile),
                 }
             }
         }
-    }
-
-    /// `y = x · Wᵀ` on the best instruction set (see [`crate::matmul`]).
-    pub fn matmul(&self, x: &Activations, y: &mut [f32], pool: Option<&rayon::ThreadPool>) {
-        self.matmul_on(Isa::detected(), x, y, pool);
-    }
-
-    /// [`Q6KMatrix::matmul`] on a given instruction set, which the CPU
-    /// must have (see [`Isa::available`]). Every path gives the same bits.
-    pub fn matmul_on(
-        &self,
-        isa: Isa,
-        x: &Activations,
-        y: &mut [f32],
-        pool: Option<&rayon::ThreadPool>,
-    ) {
-        product(isa, &[self], x, y, pool);
-    }
+    };
 }
 
-impl Panels for Q6KMatrix {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn cols(&self) -> usize {
-        self.cols
-    }
-
-    unsafe fn tile(
-        &self,
-        isa: Isa,
-        g: usize,
-        x: &Activations,
-        t: usize,
-        k: usize,
-        tile: &mut Tile,
-    ) {
-        let ns = self.cols / SUPER_BLOCK;
-        let panel = &self.data[g * ns * Q6K_RECORD..(g + 1) * ns * Q6K_RECORD];
-        match isa {
-            // SAFETY (both): the caller checked the CPU has this path and
-            // the tokens exist.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::q6k(panel, x, t, k, tile) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::q6k(panel, x, t, k, tile) },
-            _ => q6k_scalar(panel, x, t, k, tile),
-        }
-    }
-}
+kquant_matrix!(
+    Q4KMatrix,
+    Q4KBlock,
+    "Q4_K",
+    "4.5 bits per weight in the file, 4.625 here",
+    144,
+    Q4K_BYTES,
+    Q4K_RECORD,
+    from_q4_k,
+    to_q4_k,
+    q4k,
+    q4k_scalar
+);
+kquant_matrix!(
+    Q5KMatrix,
+    Q5KBlock,
+    "Q5_K",
+    "5.5 bits per weight in the file, 5.625 here",
+    176,
+    Q5K_BYTES,
+    Q5K_RECORD,
+    from_q5_k,
+    to_q5_k,
+    q5k,
+    q5k_scalar
+);
+kquant_matrix!(
+    Q6KMatrix,
+    Q6KBlock,
+    "Q6_K",
+    "6.5625 bits per weight, as in the file",
+    210,
+    Q6K_BYTES,
+    Q6K_RECORD,
+    from_q6_k,
+    to_q6_k,
+    q6k,
+    q6k_scalar
+);
 
 /// The sixteen rows' f16 values at `at` in a record, widened.
 pub(crate) fn halves(rec: &[u8], at: usize) -> [f32; PANEL] {

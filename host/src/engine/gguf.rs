@@ -246,19 +246,37 @@ impl ModelFile {
 
     /// Bytes of K and V (f32, every layer) one position takes.
     pub fn kv_bytes_per_token(&self) -> u64 {
-        // Read from the metadata directly: `info` walks every tensor.
-        let get = |k: &str| self.arch_int(k).unwrap_or(0) as usize;
-        let heads = get("attention.head_count");
-        if heads == 0 {
+        let Some((_, kv_heads, head_dim)) = self.heads() else {
             return 0;
-        }
+        };
+        let layers = self.arch_int("block_count").unwrap_or(0) as usize;
+        (2 * layers * kv_heads * head_dim * 4) as u64
+    }
+
+    /// (heads, key/value heads, head size) from the metadata, when they
+    /// make sense together: the head size is `attention.key_length` when
+    /// given (Qwen 3's heads are wider than the hidden size divided among
+    /// them), else the hidden size over the heads; keys and values the same
+    /// size.
+    pub fn heads(&self) -> Option<(usize, usize, usize)> {
+        let heads = self.arch_int("attention.head_count")? as usize;
+        let dim = self.arch_int("embedding_length")? as usize;
         let kv_heads = self
             .arch_int("attention.head_count_kv")
             .map_or(heads, |v| v as usize);
-        let head_dim = self
-            .arch_int("attention.key_length")
-            .map_or(get("embedding_length") / heads, |v| v as usize);
-        (2 * get("block_count") * kv_heads * head_dim * 4) as u64
+        let head_dim = match self.arch_int("attention.key_length") {
+            Some(k) => k as usize,
+            None => dim.checked_div(heads)?,
+        };
+        let value = self
+            .arch_int("attention.value_length")
+            .map_or(head_dim, |v| v as usize);
+        (heads > 0
+            && kv_heads > 0
+            && heads.is_multiple_of(kv_heads)
+            && head_dim > 0
+            && value == head_dim)
+            .then_some((heads, kv_heads, head_dim))
     }
 
     /// Refuses to load when the weights plus the KV cache for `context`

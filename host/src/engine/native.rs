@@ -42,7 +42,9 @@ impl NativeLlama {
             && file.arch_int("expert_count").unwrap_or(0) == 0
             && blocks("embedding_length")
             && blocks("feed_forward_length")
-            && heads(file).is_some_and(|(heads, _, head_dim)| (heads * head_dim).is_multiple_of(32))
+            && file
+                .heads()
+                .is_some_and(|(heads, _, head_dim)| (heads * head_dim).is_multiple_of(32))
     }
 
     /// Loads the weights: mapped from their image in `cache` when there is
@@ -96,8 +98,9 @@ fn read(file: &ModelFile, threads: usize) -> Result<Llama, EngineError> {
             .ok_or_else(|| bad(format!("no {arch}.{key}")))
     };
     let dim = need("embedding_length")?;
-    let (heads, kv_heads, head_dim) =
-        heads(file).ok_or_else(|| bad(format!("no usable {arch}.attention.head_count")))?;
+    let (heads, kv_heads, head_dim) = file
+        .heads()
+        .ok_or_else(|| bad(format!("no usable {arch}.attention.head_count")))?;
     let layers_n = need("block_count")?;
     let ffn = need("feed_forward_length")?;
     let float = |key: &str, default: f32| {
@@ -198,30 +201,6 @@ fn read(file: &ModelFile, threads: usize) -> Result<Llama, EngineError> {
 
 /// Architectures the native path runs.
 const NATIVE: &[&str] = &["llama", "qwen2", "qwen3"];
-
-/// (heads, key/value heads, head size) from the metadata: the head size is
-/// `attention.key_length` when given (Qwen 3's heads are wider than the
-/// hidden size divided among them), else the hidden size over the heads.
-fn heads(file: &ModelFile) -> Option<(usize, usize, usize)> {
-    let heads = file.arch_int("attention.head_count")? as usize;
-    let dim = file.arch_int("embedding_length")? as usize;
-    let kv_heads = file
-        .arch_int("attention.head_count_kv")
-        .map_or(heads, |v| v as usize);
-    let head_dim = match file.arch_int("attention.key_length") {
-        Some(k) => k as usize,
-        None => dim.checked_div(heads)?,
-    };
-    let value = file
-        .arch_int("attention.value_length")
-        .map_or(head_dim, |v| v as usize);
-    (heads > 0
-        && kv_heads > 0
-        && heads.is_multiple_of(kv_heads)
-        && head_dim > 0
-        && value == head_dim)
-        .then_some((heads, kv_heads, head_dim))
-}
 
 /// A GGUF weight matrix in the format the kernels read: Q4_K, Q5_K, Q6_K,
 /// Q4_0 and Q5_0 blocks as they are, anything else as 8-bit blocks (see
