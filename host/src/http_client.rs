@@ -10,7 +10,9 @@
 //!   bundle at all, and whether a registry's certificate is accepted should
 //!   not depend on what the machine happens to have installed. It is also
 //!   the pair wasmtime-wasi-http already builds, so no second crypto
-//!   library (aws-lc, OpenSSL) is compiled.
+//!   library (aws-lc, OpenSSL) is compiled. Where a proxy inspects TLS or
+//!   a registry has its own CA, `HEARTH_CA_FILE` (or the common
+//!   `SSL_CERT_FILE`) names a PEM bundle that is trusted as well.
 //! - `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (either case)
 //!   are honoured, as reqwest does by default.
 //! - Timeouts and whether redirects are followed are chosen per use
@@ -128,13 +130,49 @@ pub struct Client {
 
 /// The rustls configuration every client uses: ring, webpki roots,
 /// HTTP/1.1 only.
+/// The variables naming a PEM file of extra trusted certificates, in the
+/// order they are looked at; the first one set is used.
+pub const CA_FILE_VARIABLES: [&str; 2] = ["HEARTH_CA_FILE", "SSL_CERT_FILE"];
+
+/// Adds the certificates of the PEM file `HEARTH_CA_FILE` or
+/// `SSL_CERT_FILE` names (a company's TLS-inspecting proxy, a private
+/// registry's own CA) to the compiled-in roots, which stay trusted.
+fn add_extra_roots(roots: &mut rustls::RootCertStore) -> Result<(), HttpError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let Some((variable, path)) = CA_FILE_VARIABLES.iter().find_map(|v| {
+        std::env::var_os(v)
+            .filter(|p| !p.is_empty())
+            .map(|p| (v, p))
+    }) else {
+        return Ok(());
+    };
+    let setup = |reason: String| HttpError::Setup {
+        reason: format!("{variable}={}: {reason}", path.to_string_lossy()),
+    };
+    let certs = CertificateDer::pem_file_iter(&path).map_err(|e| setup(e.to_string()))?;
+    let mut added = 0;
+    for cert in certs {
+        let cert = cert.map_err(|e| setup(e.to_string()))?;
+        // A bundle may hold certificates rustls cannot use as roots
+        // (unusual extensions); they are skipped, as OpenSSL does.
+        if roots.add(cert).is_ok() {
+            added += 1;
+        }
+    }
+    if added == 0 {
+        return Err(setup("no usable PEM certificate in it".into()));
+    }
+    Ok(())
+}
+
 fn tls_config() -> Result<rustls::ClientConfig, HttpError> {
     // An explicit provider: the process-wide default would panic if some
     // other dependency ever enabled a second one.
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.into(),
     };
+    add_extra_roots(&mut roots)?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| HttpError::Setup {

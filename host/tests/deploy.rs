@@ -1,7 +1,8 @@
 //! The deployment files under `deploy/` checked with the tools that read
 //! them: `promtool` runs the alert rules' unit tests, the Kubernetes
 //! manifests are rendered and validated against the API's schemas
-//! offline, nginx checks and serves the reverse-proxy configuration (in
+//! offline, the Grafana dashboard's queries parse (promtool), nginx checks
+//! and serves the reverse-proxy configuration (in
 //! front of stand-in replicas; `replicas.rs` runs it before real ones), and
 //! `systemd-analyze` verifies the units. Each script says what it covers.
 //!
@@ -17,7 +18,12 @@ fn run(script: &str) {
         .join("../deploy")
         .join(script);
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-venv");
-    let out = Command::new("bash")
+    let interpreter = if script.ends_with(".py") {
+        "python3"
+    } else {
+        "bash"
+    };
+    let out = Command::new(interpreter)
         .arg(&path)
         .env("HEARTH_DEPLOY_VENV", venv)
         .output()
@@ -33,6 +39,11 @@ fn run(script: &str) {
 #[test]
 fn the_alert_rules_pass_their_promtool_unit_tests() {
     run("prometheus/test.sh");
+}
+
+#[test]
+fn the_grafana_dashboard_imports_and_its_queries_parse() {
+    run("grafana/check.py");
 }
 
 #[test]

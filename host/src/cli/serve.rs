@@ -150,8 +150,32 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     if parallel == 0 {
         bail!("--parallel must be at least 1");
     }
+    // The port opens first: while the model is pulled and loaded (minutes
+    // on a first start), probes and load balancers get honest answers
+    // (`/healthz` 200, `/readyz` 503) instead of a refused connection.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let loading_what = model.model.as_ref().map_or_else(
+        || "the default model".to_string(),
+        |p| p.display().to_string(),
+    );
+    let loading = crate::server::Loading::start(
+        listener,
+        loading_what.clone(),
+        crate::server::ServerOptions::default().header_timeout,
+    );
+    let local = loading.local_addr()?;
+    tracing::info!(
+        addr = %local,
+        model = %loading_what,
+        "loading the model; /readyz answers 503 until it is in"
+    );
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let model_home = home.clone();
-    let (path, engine) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let started = std::time::Instant::now();
+    let load = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let path = generate::resolve_model(&model_home, &model)?;
         let options = crate::engine::EngineOptions {
             parallel: Some(parallel),
@@ -159,8 +183,25 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         };
         let engine = crate::engine::Engine::load(&path, &options)?;
         Ok((path, engine))
-    })
-    .await??;
+    });
+    let (path, engine) = tokio::select! {
+        loaded = load => match loaded? {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                drop(loading.finish().await);
+                return Err(e.context("loading the model"));
+            }
+        },
+        () = &mut shutdown => {
+            tracing::info!("stopped while loading the model");
+            return Ok(0);
+        }
+    };
+    tracing::info!(
+        model = %path.display(),
+        load_s = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
     let scheduler = crate::scheduler::Scheduler::new(
         engine,
         crate::scheduler::SchedulerOptions {
@@ -170,11 +211,11 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     );
     let (runtime, set) = serving_plugins(&home, std::sync::Arc::new(scheduler.clone()), kv).await?;
     for problem in &set.resolution.problems {
-        eprintln!("warning: {}", one_line(&problem.to_string()));
+        tracing::warn!("{}", one_line(&problem.to_string()));
     }
-    eprintln!(
-        "hearth: plugins active: {}",
-        set.resolution.order.join(", ")
+    tracing::info!(
+        plugins = %set.resolution.order.join(", "),
+        "plugins active"
     );
     let mcp_sources = connect_mcp_sources(mcp_sources, &set).await?;
     // Installs, removals, enables and disables made beside this server (by
@@ -194,11 +235,6 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
             .collect(),
         ..Default::default()
     };
-    crate::manager::watch_installed(
-        runtime.clone(),
-        home.clone(),
-        std::time::Duration::from_secs(2),
-    );
     let state = std::sync::Arc::new(
         crate::server::AppState::new(scheduler, model_id.clone(), options)
             .with_plugins(runtime)
@@ -206,20 +242,19 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
             .with_mcp(mcp_hosts)
             .with_home(home),
     );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
-    let local = listener.local_addr()?;
-    eprintln!("hearth: serving {model_id} on http://{local}/v1");
-    eprintln!("hearth: MCP (the plugins' tools) on http://{local}/mcp");
+    let listener = loading.finish().await;
+    // Scripts read the address from this line: its first URL, which ends
+    // it (no fields follow the message in the text format).
+    tracing::info!("serving {model_id} at http://{local}/v1");
+    tracing::info!("MCP (the plugins' tools) at http://{local}/mcp");
     crate::server::serve(
         listener,
         state,
-        shutdown_signal(),
+        shutdown,
         std::time::Duration::from_secs(shutdown_grace.unwrap_or(30)),
     )
     .await?;
-    eprintln!("hearth: stopped");
+    tracing::info!("stopped");
     Ok(0)
 }
 
@@ -257,13 +292,15 @@ async fn connect_mcp_sources(
             .filter(|t| t.name.split_once('.').is_some_and(|(ns, _)| ns == prefix))
             .map(|t| t.name.as_str())
             .collect();
-        eprintln!(
-            "hearth: MCP server {url} ({prefix}): {}",
-            if names.is_empty() {
-                "no tools yet".to_string()
+        tracing::info!(
+            prefix,
+            %url,
+            tools = %if names.is_empty() {
+                "none yet".to_string()
             } else {
                 names.join(", ")
-            }
+            },
+            "MCP server"
         );
     }
     Ok(sources)

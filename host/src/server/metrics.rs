@@ -278,12 +278,14 @@ impl Metrics {
             .inc();
     }
 
-    /// A model load began, and whether it completed.
-    pub fn model_load(&self, completed: bool) {
+    /// A model load began (pulling the file first, if need be).
+    pub fn model_load_started(&self) {
         self.model_load_attempts.inc();
-        if completed {
-            self.model_loads.inc();
-        }
+    }
+
+    /// A model load completed.
+    pub fn model_load_completed(&self) {
+        self.model_loads.inc();
     }
 
     /// The exposition text, with what `scrape` read just now.
@@ -367,7 +369,8 @@ mod tests {
         m.request("/v1/chat/completions", 503, 0.001);
         m.request("/v1/models", 401, 0.001);
         m.plugin_call("calc", "ok");
-        m.model_load(true);
+        m.model_load_started();
+        m.model_load_completed();
         let text = m.render(&Scrape {
             model_loaded: true,
             kv_cache: (1 << 20, 4096),
@@ -393,5 +396,36 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(memory_limit().is_some_and(|b| b > 0));
+    }
+
+    /// The dashboard an operator imports reads only metrics hearth exposes:
+    /// renaming one here fails this test until the dashboard follows.
+    #[test]
+    fn the_grafana_dashboard_reads_metrics_that_exist() {
+        let m = Metrics::default();
+        m.request("/v1/models", 500, 0.1);
+        m.plugin_call("calc", "ok");
+        let text = m.render(&Scrape {
+            plugin_memory: Some((10, 20)),
+            ..Scrape::default()
+        });
+        let dashboard = include_str!("../../../deploy/grafana/hearth.json");
+        let mut used = 0;
+        for (at, _) in dashboard.match_indices("hearth_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if name == "hearth_" {
+                continue;
+            }
+            used += 1;
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&name) && l[name.len()..].starts_with(['{', ' '])),
+                "the dashboard reads {name}, which /metrics does not expose"
+            );
+        }
+        assert!(used > 15, "{used}");
     }
 }

@@ -16,6 +16,7 @@ mod auth;
 mod body;
 mod chat;
 mod error;
+mod loading;
 mod mcp;
 pub mod metrics;
 pub mod openai;
@@ -24,6 +25,7 @@ mod routes;
 mod sse;
 
 pub use error::ApiError;
+pub use loading::Loading;
 
 use crate::assistant::Assistant;
 use crate::scheduler::Scheduler;
@@ -102,7 +104,8 @@ impl AppState {
         let metrics = Arc::new(metrics::Metrics::default());
         // The scheduler's engine holds a loaded model: this process's load
         // (the only one; it happens before the server starts) completed.
-        metrics.model_load(true);
+        metrics.model_load_started();
+        metrics.model_load_completed();
         AppState {
             assistant: Assistant::new(scheduler, None),
             metrics,
@@ -292,7 +295,8 @@ async fn dispatch(
         Route::Metrics => {
             let text = state.metrics.render(&metrics::Scrape {
                 stats: scheduler.stats(),
-                // The model loads before the port opens.
+                // This state exists once the model is in ([`Loading`]
+                // answers before).
                 model_loaded: true,
                 kv_cache: scheduler.engine().kv_cache(),
                 plugin_memory: state.assistant.plugins().map(|r| r.plugin_memory()),
