@@ -567,6 +567,197 @@ fn admin_routes_change_the_plugin_set_with_an_admin_key() {
     assert_eq!(error_of(status, &body, 403)["code"], "admin_disabled");
 }
 
+#[test]
+fn the_admin_listing_shows_disabled_plugins_with_their_permissions_in_words() {
+    let _memory = crate::MEMORY.blocking_read();
+    let (_dir, home, runtime) = bundled_plugins();
+    let s = start_with(
+        8,
+        ServerOptions {
+            admin_keys: vec!["admin-key".into()],
+            ..options()
+        },
+        Some((runtime, home)),
+    );
+    let listing = || {
+        let (status, _, body) = admin_request(s.addr, "GET", "/v1/admin/plugins", "admin-key");
+        assert_eq!(status, 200, "{body}");
+        json_of(&body)
+    };
+    let (status, _, body) = admin_request(s.addr, "GET", "/v1/admin/plugins", KEY);
+    error_of(status, &body, 401);
+    let v = listing();
+    let notes = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == "notes")
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(notes["source"], "bundled", "{notes}");
+    assert_eq!(notes["enabled"], true);
+    assert_eq!(notes["active"], true);
+    assert!(
+        notes["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "its own key-value store"),
+        "{notes}"
+    );
+    assert!(
+        notes["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "notes.save"),
+        "{notes}"
+    );
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    let (status, _, body) = admin_request(
+        s.addr,
+        "POST",
+        "/v1/admin/plugins/notes/disable",
+        "admin-key",
+    );
+    assert_eq!(status, 200, "{body}");
+    // Still listed, as disabled, with no tools.
+    let v = listing();
+    let notes = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == "notes")
+        .unwrap_or_else(|| panic!("disabled plugins stay listed: {v}"))
+        .clone();
+    assert_eq!(notes["enabled"], false, "{notes}");
+    assert_eq!(notes["active"], false, "{notes}");
+    assert_eq!(notes["tools"], json!([]), "{notes}");
+}
+
+#[test]
+fn the_web_page_is_served_with_a_strict_policy_and_the_status_route_reports() {
+    let _memory = crate::MEMORY.blocking_read();
+    let (_dir, home, runtime) = bundled_plugins();
+    let s = start_with(8, options(), Some((runtime, home)));
+    // The page and its files need no key; the policy allows only this
+    // origin's scripts, styles and connections.
+    let (status, head, body) = get(s.addr, "/", None);
+    assert_eq!(status, 200, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self';"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        body.contains("<script type=\"module\" src=\"/assets/"),
+        "{body}"
+    );
+    assert!(!body.contains("<script>"), "no inline script: {body}");
+    let (status, head, _) = get(s.addr, "/assets/app.js", None);
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("text/javascript"),
+        "{head}"
+    );
+    for bad in [
+        "/assets/../Cargo.toml",
+        "/assets/nope.js",
+        "/assets/app.exe",
+    ] {
+        let (status, _, body) = get(s.addr, bad, None);
+        error_of(status, &body, 404);
+    }
+    // The status route is the API's: it needs the key.
+    let (status, _, body) = get(s.addr, "/v1/status", None);
+    error_of(status, &body, 401);
+    let (status, _, body) = post(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": true})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = get(s.addr, "/v1/status", Some(KEY));
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert!(
+        v["model"].is_string() && v["context"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert!(v["parallel"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["queue"]["queued"].is_array(), "{v}");
+    assert_eq!(v["recent"]["ttft_ms"].as_array().unwrap().len(), 1, "{v}");
+    let requests = v["recent"]["requests"].as_array().unwrap();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["route"] == "/v1/chat/completions" && r["status"] == 200),
+        "{v}"
+    );
+    // The page's own traffic is not in the list.
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r["route"] == "/" || r["route"] == "/v1/status"),
+        "{v}"
+    );
+}
+
+#[test]
+fn streams_report_host_tool_calls_as_they_happen_when_asked() {
+    let _memory = crate::MEMORY.blocking_read();
+    let (_dir, home, runtime) = bundled_plugins();
+    let s = start_with(8, options(), Some((runtime, home)));
+    let ask = |tool_events: bool| {
+        let (status, _, body) = post(
+            s.addr,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "What is 6 times 7?"}],
+                    "tool_choice": {"type": "function", "function": {"name": "calc.eval"}},
+                    "stream": true,
+                    "stream_options": {"include_tool_events": tool_events},
+                    "temperature": 0, "max_tokens": 20})
+            .to_string(),
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let body = ask(true);
+    let events: Vec<Value> = body
+        .split("event: hearth.tool\n")
+        .skip(1)
+        .map(|rest| {
+            let data = rest.lines().next().unwrap().strip_prefix("data: ").unwrap();
+            serde_json::from_str(data).unwrap()
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "a call and its result: {body}");
+    assert_eq!(events[0]["phase"], "call");
+    assert_eq!(events[0]["name"], "calc.eval");
+    assert!(
+        events[0]["arguments"].as_str().unwrap().starts_with('{'),
+        "{body}"
+    );
+    assert_eq!(events[1]["phase"], "result");
+    assert_eq!(events[1]["id"], events[0]["id"]);
+    assert!(events[1]["elapsed_ms"].as_f64().unwrap() >= 0.0);
+    assert!(
+        events[1]["ok"] == true && events[1]["result"].is_string()
+            || events[1]["ok"] == false && events[1]["error"].is_string(),
+        "{body}"
+    );
+    // The call comes before the answer that follows it, which ends as usual.
+    let call_at = body.find("event: hearth.tool").unwrap();
+    let last_content = body.rfind("\"content\":").unwrap();
+    assert!(call_at < last_content, "{body}");
+    assert!(body.contains("data: [DONE]"), "{body}");
+    // Not asked: an OpenAI stream only.
+    assert!(!ask(false).contains("event:"));
+}
+
 fn admin_post(addr: SocketAddr, path: &str, key: &str, body: &Value) -> (u16, String, String) {
     let body = body.to_string();
     raw(

@@ -21,7 +21,7 @@ pub mod watch;
 pub use error::ManagerError;
 pub use resolve::{Candidate, Problem, Resolution, dot, resolve};
 pub use set::{
-    ActiveSet, Discovery, Found, Origin, discover_dir, discover_installed, load_and_activate,
-    load_for, reload,
+    ActiveSet, Discovery, Found, Origin, discover_dir, discover_installed, discover_with_disabled,
+    load_and_activate, load_for, reload,
 };
 pub use watch::watch_installed;

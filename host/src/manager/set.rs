@@ -170,18 +170,34 @@ fn bundled(skip: impl Fn(&str) -> bool) -> Vec<Found> {
 /// plugin replaces the bundled plugin of its namespace), less the disabled.
 /// Cleans what an interrupted install left, unless an install is running.
 pub fn discover_installed(home: &Home) -> Result<Discovery, ManagerError> {
+    discover(home, false).map(|(discovery, _)| discovery)
+}
+
+/// The user's whole set, disabled plugins included, and the disabled
+/// namespaces: what an admin sees before changing it.
+pub fn discover_with_disabled(
+    home: &Home,
+) -> Result<(Discovery, std::collections::BTreeSet<String>), ManagerError> {
+    discover(home, true)
+}
+
+fn discover(
+    home: &Home,
+    with_disabled: bool,
+) -> Result<(Discovery, std::collections::BTreeSet<String>), ManagerError> {
     let store = Store::new(home);
     if let Ok(guard) = store.try_exclusive() {
         store.clean_leftovers();
         drop(guard);
     }
     let lock = store.read_lock()?;
+    let skipped = |ns: &str| !with_disabled && lock.disabled.contains(ns);
     let mut discovery = Discovery {
-        found: bundled(|ns| lock.disabled.contains(ns) || lock.get(ns).is_some()),
+        found: bundled(|ns| skipped(ns) || lock.get(ns).is_some()),
         invalid: Vec::new(),
     };
     for installed in &lock.plugin {
-        if lock.disabled.contains(&installed.namespace) {
+        if skipped(&installed.namespace) {
             continue;
         }
         let path = store.manifest_path(&installed.manifest);
@@ -216,7 +232,7 @@ pub fn discover_installed(home: &Home) -> Result<Discovery, ManagerError> {
             }),
         }
     }
-    Ok(discovery)
+    Ok((discovery, lock.disabled.clone()))
 }
 
 /// The bundled plugins and the plugins of `dir`, as `plugin check --dir`
@@ -477,6 +493,7 @@ fn activate(
         .map(|(p, _)| p.clone())
         .collect();
     runtime.replace_active(active);
+    runtime.record_set_problems(resolution.problems.iter().map(|p| p.to_string()).collect());
     ActiveSet {
         loaded,
         candidates,

@@ -176,6 +176,9 @@ pub(crate) struct Inner {
     /// `replace_active`, `deactivate`), for front ends that tell their
     /// clients when the tools change ([`Runtime::watch_active`]).
     pub(super) active_changes: tokio::sync::watch::Sender<u64>,
+    /// Why plugins of the user's set are not active, as the last
+    /// resolution of the set said ([`Runtime::set_problems`]).
+    pub(super) set_problems: std::sync::Mutex<Vec<String>>,
 }
 
 impl Drop for Inner {
@@ -299,8 +302,29 @@ impl Runtime {
                 spares: Default::default(),
                 activations: AtomicU64::new(0),
                 active_changes: tokio::sync::watch::Sender::new(0),
+                set_problems: Default::default(),
             }),
         })
+    }
+
+    /// Keeps what the resolution of the set just activated found wrong
+    /// (conflicts, missing dependencies, load failures), for the admin
+    /// listing.
+    pub fn record_set_problems(&self, problems: Vec<String>) {
+        *self
+            .inner
+            .set_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problems;
+    }
+
+    /// The problems of the set last activated.
+    pub fn set_problems(&self) -> Vec<String> {
+        self.inner
+            .set_problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The process's wasmtime engine.

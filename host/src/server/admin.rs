@@ -1,5 +1,5 @@
-//! The admin routes: install, enable, disable and remove plugins on a
-//! running server, with an admin key.
+//! The admin routes: list the installed set, install, enable, disable and
+//! remove plugins on a running server, with an admin key.
 
 use super::auth::check_key;
 use super::body::{json_body, json_response};
@@ -36,6 +36,9 @@ pub(super) async fn admin(
             "this server has no plugin set to manage",
         ));
     };
+    if req.uri().path() == "/v1/admin/plugins" && req.method() == Method::GET {
+        return list_installed(&home, &runtime);
+    }
     if req.uri().path() == "/v1/admin/plugins" {
         let body = json_body(state, req).await?;
         return install(&home, &runtime, body).await;
@@ -66,6 +69,65 @@ pub(super) async fn admin(
     let mut answer = reload_set(&runtime, &home).await?;
     answer["also_disabled"] = json!(disabled);
     Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `GET /v1/admin/plugins`: every plugin of the installed set, disabled
+/// ones included: version, where it came from, whether it is enabled and
+/// active, what it may do in the install summary's words, its tools (when
+/// active); and why plugins of the set are not active.
+fn list_installed(
+    home: &crate::home::Home,
+    runtime: &crate::plugins::Runtime,
+) -> Result<Response<Body_>, ApiError> {
+    use crate::manager::Origin;
+    let (discovery, disabled) =
+        crate::manager::discover_with_disabled(home).map_err(manager_error)?;
+    let mut list: Vec<Value> = discovery
+        .found
+        .iter()
+        .map(|found| {
+            let m = &found.manifest;
+            let namespace = m.namespace.as_str();
+            // Active means this very plugin (its version) runs now.
+            let active = runtime
+                .active(namespace)
+                .filter(|p| p.manifest.version == m.version && p.manifest.name == m.name);
+            let source = match &found.origin {
+                Origin::Bundled(_) => "bundled",
+                Origin::Installed { .. } => "registry",
+                Origin::Dir(_) => "local",
+            };
+            let tools: Vec<Value> = active
+                .as_ref()
+                .map(|p| {
+                    p.tools
+                        .iter()
+                        .map(|t| json!({"name": format!("{namespace}.{}", t.name), "description": t.description}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "namespace": namespace,
+                "name": m.name.as_str(),
+                "version": m.version.to_string(),
+                "description": m.description,
+                "source": source,
+                "origin": found.origin.to_string(),
+                "enabled": !disabled.contains(namespace),
+                "active": active.is_some(),
+                "permissions": crate::manager::install::describe_permissions(m),
+                "tools": tools,
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a["namespace"].as_str().cmp(&b["namespace"].as_str()));
+    let mut problems: Vec<String> = discovery.invalid.iter().map(|p| p.to_string()).collect();
+    problems.extend(runtime.set_problems());
+    problems.dedup();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": list, "problems": problems}),
+    ))
 }
 
 /// The answer to a change the plugin manager refused or could not make:

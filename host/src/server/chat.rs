@@ -45,6 +45,10 @@ pub(super) async fn chat(
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
+    let tool_events = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_tool_events);
     let mut turn = request.map(state.assistant.host_tools(), request_id)?;
     turn.deadline = Some(Instant::now() + state.options.request_timeout);
     let conversation = state.assistant.start(turn)?;
@@ -59,7 +63,11 @@ pub(super) async fn chat(
         let state = state.clone();
         let work = async move {
             let mut metrics = Observed::new(&state, started, true);
-            let ended = stream_turn(conversation, &answer, &sse, include_usage, &mut metrics).await;
+            let shown = Shown {
+                usage: include_usage,
+                tool_events,
+            };
+            let ended = stream_turn(conversation, &answer, &sse, shown, &mut metrics).await;
             // The request's line in the log, now that the stream is over.
             tracing::info!(
                 route = "/v1/chat/completions",
@@ -125,13 +133,50 @@ impl Answer {
     }
 }
 
+/// What a stream includes beyond the answer, as the request asked.
+#[derive(Debug, Clone, Copy)]
+struct Shown {
+    /// A last chunk with token counts.
+    usage: bool,
+    /// `hearth.tool` events for the host tools run during the answer.
+    tool_events: bool,
+}
+
+/// The `hearth.tool` event of a host tool call starting or ending.
+fn tool_event(event: &TurnEvent) -> Option<Value> {
+    match event {
+        TurnEvent::ToolCall { call } => Some(json!({
+            "phase": "call",
+            "id": call.id,
+            "name": call.name,
+            "arguments": call.arguments.to_string(),
+        })),
+        TurnEvent::ToolResult { call, result, took } => {
+            let elapsed_ms = took.as_secs_f64() * 1e3;
+            Some(match result {
+                Ok(result) => json!({
+                    "phase": "result", "id": call.id, "name": call.name,
+                    "ok": true, "result": result, "elapsed_ms": elapsed_ms,
+                }),
+                Err(failure) => json!({
+                    "phase": "result", "id": call.id, "name": call.name,
+                    "ok": false, "error": failure.message, "outcome": failure.outcome,
+                    "elapsed_ms": elapsed_ms,
+                }),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Streams a turn: a role chunk, content deltas as the assistant releases
-/// them, then tool calls, the finish reason, usage if asked, `[DONE]`.
+/// them (with `hearth.tool` events between them when asked), then tool
+/// calls, the finish reason, usage if asked, `[DONE]`.
 async fn stream_turn(
     mut conversation: Conversation,
     answer: &Answer,
     sse: &Sse,
-    include_usage: bool,
+    shown: Shown,
     metrics: &mut Observed<'_>,
 ) -> Result<(), Gone> {
     sse.send(&answer.chunk(json!({"role": "assistant", "content": ""}), None))
@@ -173,7 +218,7 @@ async fn stream_turn(
                 }
                 sse.send(&answer.chunk(json!({}), Some(finish.as_str())))
                     .await?;
-                if include_usage {
+                if shown.usage {
                     let mut last = answer.chunk(json!({}), None);
                     last["choices"] = json!([]);
                     last["usage"] = usage(&used);
@@ -182,9 +227,14 @@ async fn stream_turn(
                 sse.done().await;
                 return Ok(());
             }
-            TurnEvent::ToolCall { .. }
-            | TurnEvent::ToolResult { .. }
-            | TurnEvent::Generated { .. } => {}
+            TurnEvent::ToolCall { .. } | TurnEvent::ToolResult { .. } => {
+                if shown.tool_events
+                    && let Some(value) = tool_event(&event)
+                {
+                    sse.send_event("hearth.tool", &value).await?;
+                }
+            }
+            TurnEvent::Generated { .. } => {}
         }
     }
 }

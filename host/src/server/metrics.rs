@@ -97,6 +97,39 @@ pub struct Metrics {
     kv_per_token: Gauge,
     plugin_memory: Gauge,
     plugin_budget: Gauge,
+    /// The last few figures, for the status page.
+    recent: std::sync::Mutex<Recent>,
+}
+
+/// How many of each recent figure are kept.
+const RECENT_TIMINGS: usize = 50;
+const RECENT_REQUESTS: usize = 100;
+/// Plugin call tallies kept by (namespace, outcome); namespaces come from
+/// the active set and the MCP prefixes, but a bound keeps it so.
+const MAX_TALLIES: usize = 256;
+
+/// The recent figures `/v1/status` shows, oldest first.
+#[derive(Debug, Default)]
+struct Recent {
+    ttft_ms: std::collections::VecDeque<f64>,
+    tokens_per_second: std::collections::VecDeque<f64>,
+    requests: std::collections::VecDeque<RecentRequest>,
+    plugin_calls: std::collections::BTreeMap<(String, &'static str), u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct RecentRequest {
+    at_ms: u64,
+    route: &'static str,
+    status: u16,
+    elapsed_ms: f64,
+}
+
+fn push_capped<T>(queue: &mut std::collections::VecDeque<T>, value: T, cap: usize) {
+    if queue.len() == cap {
+        queue.pop_front();
+    }
+    queue.push_back(value);
 }
 
 impl Default for Metrics {
@@ -124,6 +157,7 @@ impl Default for Metrics {
             kv_per_token: Gauge::default(),
             plugin_memory: Gauge::default(),
             plugin_budget: Gauge::default(),
+            recent: Default::default(),
             registry: Registry::default(),
         };
         // (prometheus-client adds `_total` to counters, and a full stop to
@@ -239,8 +273,29 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// One request answered.
-    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+    /// One request answered, under its route's label.
+    pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
+        // The status page's own polling, the page's files and probes
+        // would crowd out the requests worth seeing.
+        if !matches!(
+            route,
+            "/" | "/assets/{file}" | "/v1/status" | "/healthz" | "/readyz" | "/metrics"
+        ) {
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            push_capped(
+                &mut recent.requests,
+                RecentRequest {
+                    at_ms,
+                    route,
+                    status,
+                    elapsed_ms: seconds * 1e3,
+                },
+                RECENT_REQUESTS,
+            );
+        }
         self.requests
             .get_or_create(&RouteStatus {
                 route: route.to_string(),
@@ -261,11 +316,15 @@ impl Metrics {
     /// Time from a chat request's arrival to its first token.
     pub fn time_to_first_token(&self, seconds: f64) {
         self.ttft.observe(seconds);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        push_capped(&mut recent.ttft_ms, seconds * 1e3, RECENT_TIMINGS);
     }
 
     /// Decode speed of one generation.
     pub fn tokens_per_second(&self, v: f64) {
         self.speed.observe(v);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        push_capped(&mut recent.tokens_per_second, v, RECENT_TIMINGS);
     }
 
     /// One plugin tool call and how it ended (`ok`, `error`, `timeout`, `trap`).
@@ -276,6 +335,26 @@ impl Metrics {
                 outcome,
             })
             .inc();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_string(), outcome);
+        if recent.plugin_calls.len() < MAX_TALLIES || recent.plugin_calls.contains_key(&key) {
+            *recent.plugin_calls.entry(key).or_default() += 1;
+        }
+    }
+
+    /// The recent figures: time to first token (ms) and decode speed of the
+    /// last generations, the last requests (the status page's own, the
+    /// page's files and probes left out), and plugin calls by outcome.
+    pub fn recent(&self) -> serde_json::Value {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::json!({
+            "ttft_ms": recent.ttft_ms,
+            "tokens_per_second": recent.tokens_per_second,
+            "requests": recent.requests,
+            "plugin_calls": recent.plugin_calls.iter().map(|((namespace, outcome), count)| {
+                serde_json::json!({"namespace": namespace, "outcome": outcome, "count": count})
+            }).collect::<Vec<_>>(),
+        })
     }
 
     /// A model load began (pulling the file first, if need be).

@@ -23,6 +23,7 @@ pub mod openai;
 mod plugins_api;
 mod routes;
 mod sse;
+mod web;
 
 pub use error::ApiError;
 pub use loading::Loading;
@@ -320,7 +321,47 @@ async fn dispatch(
         Route::Chat => chat::chat(state, req, started, request_id).await,
         Route::Admin { .. } => admin::admin(state, req).await,
         Route::Mcp => mcp::mcp(state, req).await,
+        Route::Page => {
+            web::asset("index.html", req.method() == http::Method::HEAD).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "this build of hearth has no web page",
+                )
+            })
+        }
+        Route::Asset { file } => {
+            web::asset(&file, req.method() == http::Method::HEAD).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!("no asset {file}"),
+                )
+            })
+        }
+        Route::Status => Ok(json_response(StatusCode::OK, &status(state))),
     }
+}
+
+/// `GET /v1/status`: what the page's status view shows.
+fn status(state: &AppState) -> serde_json::Value {
+    let scheduler = state.assistant.scheduler();
+    let engine = scheduler.engine();
+    let recent = state.metrics.recent();
+    json!({
+        "model": state.model_id,
+        "context": engine.context(),
+        "parallel": engine.parallel(),
+        "threads": crate::engine::threads(),
+        "uptime_s": unix_now().saturating_sub(state.created),
+        "queue": scheduler.stats(),
+        "recent": {
+            "ttft_ms": recent["ttft_ms"],
+            "tokens_per_second": recent["tokens_per_second"],
+            "requests": recent["requests"],
+        },
+        "plugin_calls": recent["plugin_calls"],
+    })
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains: stops

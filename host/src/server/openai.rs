@@ -75,6 +75,11 @@ pub struct StreamOptions {
     /// Send a last chunk with token counts.
     #[serde(default)]
     pub include_usage: bool,
+    /// hearth's extension: report the plugin (and MCP) tool calls the
+    /// server runs during the answer, as they happen, in `hearth.tool`
+    /// events (named SSE events, which OpenAI clients pass over).
+    #[serde(default)]
+    pub include_tool_events: bool,
 }
 
 /// One stop string or several.

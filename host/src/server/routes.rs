@@ -36,6 +36,16 @@ pub(super) enum Route {
     /// `POST|GET|DELETE /mcp`: MCP's streamable HTTP transport (requests,
     /// a session's event stream, the end of a session).
     Mcp,
+    /// `GET /`: the web page.
+    Page,
+    /// `GET /assets/{file}`: the page's scripts and styles.
+    Asset {
+        /// The file name (checked when it is looked up).
+        file: String,
+    },
+    /// `GET /v1/status`: the model, the queue and recent figures, for the
+    /// page's status view.
+    Status,
 }
 
 impl Route {
@@ -49,11 +59,15 @@ impl Route {
             "/v1/plugins" => Some(Route::Plugins),
             "/v1/chat/completions" => Some(Route::Chat),
             "/mcp" => Some(Route::Mcp),
+            "/" => Some(Route::Page),
+            "/v1/status" => Some(Route::Status),
             "/v1/admin/plugins" => Some(Route::Admin {
                 rest: String::new(),
             }),
             p => {
-                if let Some(rest) = p.strip_prefix("/v1/admin/plugins/") {
+                if let Some(file) = p.strip_prefix("/assets/") {
+                    Some(Route::Asset { file: file.into() })
+                } else if let Some(rest) = p.strip_prefix("/v1/admin/plugins/") {
                     Some(Route::Admin { rest: rest.into() })
                 } else if let Some(rest) = p.strip_prefix("/v1/plugins/") {
                     match rest.split_once('/') {
@@ -84,11 +98,16 @@ impl Route {
     /// The methods it answers.
     pub(super) fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::Models | Route::Plugins => {
-                &[Method::GET]
-            }
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::Models
+            | Route::Plugins
+            | Route::Status => &[Method::GET],
+            Route::Page | Route::Asset { .. } => &[Method::GET, Method::HEAD],
             Route::PluginCall { .. } | Route::Chat => &[Method::POST],
-            Route::Admin { rest } if rest.is_empty() => &[Method::POST],
+            // GET lists the installed set, POST installs.
+            Route::Admin { rest } if rest.is_empty() => &[Method::POST, Method::GET],
             Route::Admin { .. } => &[Method::POST, Method::DELETE],
             Route::Mcp => &[Method::POST, Method::GET, Method::DELETE],
         }
@@ -122,17 +141,26 @@ impl Route {
             Some(Route::Chat) => "/v1/chat/completions",
             Some(Route::Admin { .. }) => "/v1/admin/plugins",
             Some(Route::Mcp) => "/mcp",
+            Some(Route::Page) => "/",
+            Some(Route::Asset { .. }) => "/assets/{file}",
+            Some(Route::Status) => "/v1/status",
             None => "other",
         }
     }
 
     /// Whether it is open without an API key (health checks and metrics,
-    /// for load balancers and scrapers; the admin routes check their own
-    /// key).
+    /// for load balancers and scrapers; the page's files, which hold no
+    /// data and ask for the key themselves; the admin routes check their
+    /// own key).
     pub(super) fn public(&self) -> bool {
         matches!(
             self,
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::Admin { .. }
+            Route::Healthz
+                | Route::Readyz
+                | Route::Metrics
+                | Route::Admin { .. }
+                | Route::Page
+                | Route::Asset { .. }
         )
     }
 }
@@ -158,6 +186,9 @@ mod tests {
             ("/v1/admin/plugins/notes/enable", Some("/v1/admin/plugins")),
             ("/mcp", Some("/mcp")),
             ("/mcp/", None),
+            ("/", Some("/")),
+            ("/assets/app.js", Some("/assets/{file}")),
+            ("/v1/status", Some("/v1/status")),
             ("/nope", None),
         ];
         for (path, label) in cases {

@@ -44,6 +44,15 @@ impl Sse {
             .map_err(|_| Gone)
     }
 
+    /// Sends one named event (`event: NAME`), which clients that only
+    /// read unnamed `data:` events pass over.
+    pub(super) async fn send_event(&self, name: &str, value: &Value) -> Result<(), Gone> {
+        self.tx
+            .send(Bytes::from(format!("event: {name}\ndata: {value}\n\n")))
+            .await
+            .map_err(|_| Gone)
+    }
+
     /// Sends the `[DONE]` marker that ends an OpenAI stream.
     pub(super) async fn done(&self) {
         let _ = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
