@@ -378,6 +378,15 @@ fn the_port_answers_while_the_model_is_pulled_and_loaded() {
         "{models}"
     );
     assert!(models.contains("model_loading"), "{models}");
+    // The web page loads already (and learns from the API's 503s that
+    // the model is on its way).
+    let page = http(&addr, "GET / HTTP/1.1", "");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'none'"),
+        "{page}"
+    );
     let missing = http(&addr, "GET /v1/nothing HTTP/1.1", "");
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     let metrics = http(&addr, "GET /metrics HTTP/1.1", "");

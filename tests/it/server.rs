@@ -680,9 +680,18 @@ fn the_web_page_is_served_with_a_strict_policy_and_the_status_route_reports() {
             .to_string(),
     );
     assert_eq!(status, 200, "{body}");
-    let (status, _, body) = get(s.addr, "/v1/status", Some(KEY));
-    assert_eq!(status, 200, "{body}");
-    let v = json_of(&body);
+    // A stream's request is counted when the stream ends, just after its
+    // last event went out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let (status, _, body) = get(s.addr, "/v1/status", Some(KEY));
+        assert_eq!(status, 200, "{body}");
+        let v = json_of(&body);
+        if !v["recent"]["requests"].as_array().unwrap().is_empty() || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         v["model"].is_string() && v["context"].as_u64().unwrap() > 0,
         "{v}"

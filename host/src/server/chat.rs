@@ -68,6 +68,11 @@ pub(super) async fn chat(
                 tool_events,
             };
             let ended = stream_turn(conversation, &answer, &sse, shown, &mut metrics).await;
+            state.metrics.recent_request(
+                "/v1/chat/completions",
+                200,
+                started.elapsed().as_secs_f64(),
+            );
             // The request's line in the log, now that the stream is over.
             tracing::info!(
                 route = "/v1/chat/completions",

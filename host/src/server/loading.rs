@@ -71,27 +71,15 @@ impl Loading {
                     _ = stopping.changed() => break,
                 };
                 let shared = shared.clone();
-                let mut stopped = stopped.clone();
+                // When the load ends, idle connections close at once and
+                // one answering a request after its answer: the client's
+                // next connection reaches the loaded service.
+                let stopped = stopped.clone();
                 connections.spawn(async move {
-                    use hyper_util::rt::{TokioIo, TokioTimer};
                     let service = hyper::service::service_fn(move |req| {
                         std::future::ready(Ok::<_, Infallible>(answer(&shared, &req)))
                     });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stopped.changed() => {
-                            // Idle connections close now, one answering a
-                            // request after its answer; the client's next
-                            // connection reaches the loaded service.
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
+                    let _ = super::serve_connection(stream, service, header_timeout, stopped).await;
                 });
             }
             while connections.join_next().await.is_some() {}
@@ -117,6 +105,10 @@ impl Loading {
     }
 }
 
+fn not_found(message: &str) -> Response<Body_> {
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message).response()
+}
+
 /// The answer to one request while the model loads.
 fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body_> {
     let loading_for = shared.started.elapsed().as_secs();
@@ -126,6 +118,16 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body_> {
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "loading", "model": shared.model, "loading_s": loading_for}),
         ),
+        // The page itself loads, and says the model is loading (from the
+        // API's 503s) until it is in.
+        Ok(Route::Page) => {
+            return super::web::asset("index.html", req.method() == http::Method::HEAD)
+                .unwrap_or_else(|| not_found("this build of hearth has no web page"));
+        }
+        Ok(Route::Asset { file }) => {
+            return super::web::asset(&file, req.method() == http::Method::HEAD)
+                .unwrap_or_else(|| not_found(&format!("no asset {file}")));
+        }
         Ok(Route::Metrics) => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)

@@ -273,29 +273,35 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// One request answered, under its route's label.
-    pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
+    /// A request's whole time, for the status page's recent requests (a
+    /// streamed answer's when its stream ends, not when its headers go).
+    pub fn recent_request(&self, route: &'static str, status: u16, seconds: f64) {
         // The status page's own polling, the page's files and probes
         // would crowd out the requests worth seeing.
-        if !matches!(
+        if matches!(
             route,
             "/" | "/assets/{file}" | "/v1/status" | "/healthz" | "/readyz" | "/metrics"
         ) {
-            let at_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-            push_capped(
-                &mut recent.requests,
-                RecentRequest {
-                    at_ms,
-                    route,
-                    status,
-                    elapsed_ms: seconds * 1e3,
-                },
-                RECENT_REQUESTS,
-            );
+            return;
         }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        push_capped(
+            &mut recent.requests,
+            RecentRequest {
+                at_ms,
+                route,
+                status,
+                elapsed_ms: seconds * 1e3,
+            },
+            RECENT_REQUESTS,
+        );
+    }
+
+    /// One request answered, under its route's label.
+    pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RouteStatus {
                 route: route.to_string(),

@@ -213,6 +213,13 @@ pub async fn handle(
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    if !streaming {
+        state.metrics.recent_request(
+            label,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
     // A stream logs its own line when it ends (see `chat::stream_turn`):
     // its tokens and its whole time are known only then.
     if !streaming {
@@ -383,7 +390,6 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -400,25 +406,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let mut closing = closing_rx.clone();
+        let closing = closing_rx.clone();
         let header_timeout = state.options.header_timeout;
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "connection: {e}");
-                    }
-                }
-                _ = closing.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            if let Err(e) = serve_connection(stream, service, header_timeout, closing).await {
+                tracing::debug!(%peer, "connection: {e}");
             }
         });
     }
@@ -461,6 +454,34 @@ pub async fn serve(
         .await;
     }
     Ok(())
+}
+
+/// Serves one HTTP/1.1 connection with `service` until it ends or
+/// `closing` changes; then it closes once the request in progress, if any,
+/// is answered (an idle one at once).
+async fn serve_connection<S>(
+    stream: tokio::net::TcpStream,
+    service: S,
+    header_timeout: Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body_>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = closing.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }
 
 /// The model id `/v1/models` reports: the file name without `.gguf`.
