@@ -33,6 +33,27 @@ impl Drop for Child {
     }
 }
 
+/// nginx, stopped with SIGTERM: its master then stops its workers, which
+/// a SIGKILL to the master would leave running.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -254,7 +275,7 @@ fn three_replicas_behind_nginx_survive_a_kill_and_a_rolling_restart() {
         .output()
         .unwrap();
     assert!(check.status.success(), "{}", common::text(&check.stderr));
-    let _nginx = Child(
+    let _nginx = Nginx(
         Command::new("nginx")
             .arg("-c")
             .arg(&conf)
