@@ -594,20 +594,39 @@ impl Engine {
     }
 
     /// Measures prompt processing and decoding speed the way llama-bench
-    /// does: `prompt` arbitrary tokens in one batch, then `generate` tokens
-    /// one at a time. Returns (prompt tokens/s, decode tokens/s).
+    /// does: `prompt` arbitrary tokens in one batch (its "pp" test), and
+    /// `generate` tokens one at a time from an empty context (its "tg"
+    /// test, which reads no prompt's keys and values). Returns (prompt
+    /// tokens/s, decode tokens/s).
     pub fn bench(&self, prompt: usize, generate: usize) -> Result<(f64, f64), EngineError> {
         let vocab = self.shared.tokenizer.vocab_size() as u32;
         // Deterministic ordinary tokens, away from the control tokens at the start.
         let tokens: Vec<u32> = (0..prompt as u32)
             .map(|i| 1000 + (i * 7919) % (vocab - 1000))
             .collect();
+        let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+        let prompt_run = self.bench_job(tokens, 1)?;
+        // One token of prompt (another than the first run's, so no cached
+        // prefix is shared), then `generate` decoded: the decode time
+        // covers completion_tokens - 1 forward passes of one token.
+        let decode_run = self.bench_job(vec![1001], generate.max(2))?;
+        Ok((
+            per_s(prompt_run.usage.prompt_tokens, prompt_run.prompt_time),
+            per_s(
+                decode_run.usage.completion_tokens.saturating_sub(1),
+                decode_run.decode_time,
+            ),
+        ))
+    }
+
+    /// Runs one greedy generation of `generate` tokens after `tokens`,
+    /// past end-of-sequence tokens; its completion.
+    fn bench_job(&self, tokens: Vec<u32>, generate: usize) -> Result<Completion, EngineError> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let params = SamplingParams::greedy(generate.max(1));
         self.jobs
             .send(Job {
                 tokens,
-                params,
+                params: SamplingParams::greedy(generate),
                 constraint: None,
                 cancel: CancelToken::default(),
                 deadline: None,
@@ -618,13 +637,7 @@ impl Engine {
             .map_err(|_| EngineError::Stopped)?;
         while let Some(event) = rx.blocking_recv() {
             if let Event::Done(c) = event? {
-                let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
-                // Decode time covers completion_tokens - 1 forward passes
-                // after the prompt's.
-                return Ok((
-                    per_s(c.usage.prompt_tokens, c.prompt_time),
-                    per_s(c.usage.completion_tokens.saturating_sub(1), c.decode_time),
-                ));
+                return Ok(c);
             }
         }
         Err(EngineError::Stopped)
