@@ -324,3 +324,34 @@ fn a_model_in_hearth_models_dir_is_used_instead_of_pulling() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_reports_prompt_and_decode_speed_as_json() {
+    let home = tempfile::tempdir().unwrap();
+    let model = common::default_model();
+    let out = hearth(
+        home.path(),
+        &[
+            "bench",
+            "model",
+            "--model",
+            model.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--prompt-tokens",
+            "16",
+            "--gen-tokens",
+            "8",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prompt_tokens"], 16, "{v}");
+    assert_eq!(v["gen_tokens"], 8, "{v}");
+    for key in ["prompt_tokens_per_s", "decode_tokens_per_s"] {
+        let speed = v[key].as_f64().unwrap_or(0.0);
+        assert!(speed.is_finite() && speed > 0.0, "{key}: {v}");
+    }
+}
