@@ -255,14 +255,8 @@ async function checkInstall() {
       return;
     }
     const err = await readError(response);
-    if (err.code === 'permissions_required' && err.body && typeof err.body.permissions === 'string') {
-      pendingInstall = { plugin, grant: err.body.permissions };
-      els.consentText.textContent = err.body.permissions;
-      els.consent.hidden = false;
-      els.grant.checked = false;
-      els.confirm.disabled = true;
-      setResult(`Read what ${plugin} may do, then grant it to install.`);
-      els.grant.focus();
+    if (permissionsAsked(err)) {
+      showConsent(plugin, err.body.permissions, `Read what ${plugin} may do, then grant it to install.`);
     } else {
       setResult(describeError(err), 'error');
     }
@@ -272,6 +266,22 @@ async function checkInstall() {
     els.check.disabled = false;
     updateManageButton();
   }
+}
+
+/** Does the error answer ask for a grant (the first step of an install)? */
+function permissionsAsked(err) {
+  return err.code === 'permissions_required' && err.body && typeof err.body.permissions === 'string';
+}
+
+/** Shows the permissions text verbatim, unchecked, with Install disabled until granted. */
+function showConsent(plugin, text, message, kind) {
+  pendingInstall = { plugin, grant: text };
+  els.consentText.textContent = text;
+  els.consent.hidden = false;
+  els.grant.checked = false;
+  els.confirm.disabled = true;
+  setResult(message, kind);
+  els.grant.focus();
 }
 
 async function confirmInstall() {
@@ -289,12 +299,9 @@ async function confirmInstall() {
       return;
     }
     const err = await readError(response);
-    if (err.code === 'permissions_required' && err.body && typeof err.body.permissions === 'string') {
+    if (permissionsAsked(err)) {
       // What it asks for changed since the check: ask again.
-      pendingInstall = { plugin, grant: err.body.permissions };
-      els.consentText.textContent = err.body.permissions;
-      els.grant.checked = false;
-      setResult('The permissions asked for changed; read them again.', 'error');
+      showConsent(plugin, err.body.permissions, 'The permissions asked for changed; read them again.', 'error');
     } else {
       setResult(describeError(err), 'error');
       els.confirm.disabled = !els.grant.checked;

@@ -432,12 +432,7 @@ fn bundled_plugins() -> (
 #[test]
 fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
     let _memory = crate::MEMORY.blocking_read();
-    let (_dir, home, runtime) = bundled_plugins();
-    let admin = ServerOptions {
-        admin_keys: vec!["admin-key".into()],
-        ..options()
-    };
-    let s = start_with(8, admin, Some((runtime, home.clone())));
+    let (_dir, _home, s) = start_admin();
     let (status, _, body) = post(
         s.addr,
         "/v1/chat/completions",
@@ -471,6 +466,21 @@ fn plugin_tool_calls_run_in_the_sandbox_between_generations() {
     );
 }
 
+/// A server with the bundled plugins in a fresh home and the admin key
+/// `admin-key`; the home's folder lasts as long as the returned guard.
+fn start_admin() -> (tempfile::TempDir, hearth::home::Home, Server) {
+    let (dir, home, runtime) = bundled_plugins();
+    let s = start_with(
+        8,
+        ServerOptions {
+            admin_keys: vec!["admin-key".into()],
+            ..options()
+        },
+        Some((runtime, home.clone())),
+    );
+    (dir, home, s)
+}
+
 fn admin_request(addr: SocketAddr, method: &str, path: &str, key: &str) -> (u16, String, String) {
     raw(
         addr,
@@ -481,15 +491,7 @@ fn admin_request(addr: SocketAddr, method: &str, path: &str, key: &str) -> (u16,
 #[test]
 fn admin_routes_change_the_plugin_set_with_an_admin_key() {
     let _memory = crate::MEMORY.blocking_read();
-    let (_dir, home, runtime) = bundled_plugins();
-    let s = start_with(
-        8,
-        ServerOptions {
-            admin_keys: vec!["admin-key".into()],
-            ..options()
-        },
-        Some((runtime, home)),
-    );
+    let (_dir, _home, s) = start_admin();
     let namespaces = || {
         let (_, _, body) = get(s.addr, "/v1/plugins", Some(KEY));
         json_of(&body)["data"]
@@ -570,15 +572,7 @@ fn admin_routes_change_the_plugin_set_with_an_admin_key() {
 #[test]
 fn the_admin_listing_shows_disabled_plugins_with_their_permissions_in_words() {
     let _memory = crate::MEMORY.blocking_read();
-    let (_dir, home, runtime) = bundled_plugins();
-    let s = start_with(
-        8,
-        ServerOptions {
-            admin_keys: vec!["admin-key".into()],
-            ..options()
-        },
-        Some((runtime, home)),
-    );
+    let (_dir, _home, s) = start_admin();
     let listing = || {
         let (status, _, body) = admin_request(s.addr, "GET", "/v1/admin/plugins", "admin-key");
         assert_eq!(status, 200, "{body}");
@@ -778,15 +772,7 @@ fn admin_post(addr: SocketAddr, path: &str, key: &str, body: &Value) -> (u16, St
 #[test]
 fn admins_install_from_the_registry_after_granting_the_permissions_shown() {
     let _memory = crate::MEMORY.blocking_read();
-    let (_dir, home, runtime) = bundled_plugins();
-    let s = start_with(
-        8,
-        ServerOptions {
-            admin_keys: vec!["admin-key".into()],
-            ..options()
-        },
-        Some((runtime, home.clone())),
-    );
+    let (_dir, home, s) = start_admin();
     let install = |body: Value| admin_post(s.addr, "/v1/admin/plugins", "admin-key", &body);
     // Not an admin: refused before anything is looked at.
     let (status, _, body) = admin_post(
