@@ -337,7 +337,9 @@ struct Shared {
     template: template::ChatTemplate,
     context: usize,
     slots: usize,
-    vocab: OnceLock<Result<TokenVocab, String>>,
+    /// Built on a thread of its own at load; a constrained request that
+    /// comes first waits for it.
+    vocab: Arc<OnceLock<Result<TokenVocab, String>>>,
 }
 
 impl Engine {
@@ -420,11 +422,20 @@ impl Engine {
                 worker.serve(&jobs_rx);
             })
             .map_err(|e| EngineError::Model(format!("starting the engine thread: {e}")))?;
-        // The token vocabulary for output constraints is built once, here,
-        // while the engine thread loads the weights: built on the first
-        // constrained request instead, it would stall that request.
-        let vocab = OnceLock::new();
-        let _ = vocab.set(build_vocab(&tokenizer));
+        // The token vocabulary for output constraints is built once, on a
+        // thread of its own: built on the first constrained request, it
+        // would stall that request; built here, it would hold up a start
+        // whose weights are mapped from their image in milliseconds.
+        let vocab = Arc::new(OnceLock::new());
+        {
+            let (vocab, tokenizer) = (vocab.clone(), tokenizer.clone());
+            std::thread::Builder::new()
+                .name("hearth-vocab".into())
+                .spawn(move || {
+                    vocab.get_or_init(|| build_vocab(&tokenizer));
+                })
+                .map_err(|e| EngineError::Model(format!("starting the vocabulary thread: {e}")))?;
+        }
         loaded_rx.recv().map_err(|_| EngineError::Stopped)??;
         let slots = slots_rx.recv().map_err(|_| EngineError::Stopped)?;
         Ok(Engine {
@@ -606,12 +617,19 @@ impl Engine {
             .collect();
         let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
         let prompt_run = self.bench_job(tokens, 1)?;
+        let prompt_speed = per_s(prompt_run.usage.prompt_tokens, prompt_run.prompt_time);
+        // A first token comes out of the prompt's pass: with fewer than
+        // two there is no decoding to time (and a start-up measurement
+        // runs no second generation).
+        if generate < 2 {
+            return Ok((prompt_speed, 0.0));
+        }
         // One token of prompt (another than the first run's, so no cached
         // prefix is shared), then `generate` decoded: the decode time
         // covers completion_tokens - 1 forward passes of one token.
-        let decode_run = self.bench_job(vec![1001], generate.max(2))?;
+        let decode_run = self.bench_job(vec![1001], generate)?;
         Ok((
-            per_s(prompt_run.usage.prompt_tokens, prompt_run.prompt_time),
+            prompt_speed,
             per_s(
                 decode_run.usage.completion_tokens.saturating_sub(1),
                 decode_run.decode_time,
