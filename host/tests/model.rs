@@ -342,6 +342,10 @@ fn bench_reports_prompt_and_decode_speed_as_json() {
             "16",
             "--gen-tokens",
             "8",
+            "--depth",
+            "4",
+            "--reps",
+            "1",
             "--format",
             "json",
         ],
@@ -350,6 +354,7 @@ fn bench_reports_prompt_and_decode_speed_as_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["prompt_tokens"], 16, "{v}");
     assert_eq!(v["gen_tokens"], 8, "{v}");
+    assert_eq!(v["depth"], 4, "{v}");
     for key in ["prompt_tokens_per_s", "decode_tokens_per_s"] {
         let speed = v[key].as_f64().unwrap_or(0.0);
         assert!(speed.is_finite() && speed > 0.0, "{key}: {v}");

@@ -419,6 +419,20 @@ impl Llama {
                     .par_chunks_exact_mut(q_dim)
                     .enumerate()
                     .for_each(attend);
+            } else if pool.is_some() && s.rows[0].1 + 1 >= PARALLEL_ATTENTION_FROM {
+                // One row (a sequence decoding alone) over a long context:
+                // its key/value groups are independent, so they are spread
+                // over the pool instead.
+                use rayon::prelude::*;
+                let (seq, p) = s.rows[0];
+                let group = c.heads / c.kv_heads;
+                let per = group * c.head_dim;
+                let parts = steps[seq].cache.parts(l, p + 1);
+                s.attn[..q_dim]
+                    .par_chunks_exact_mut(per)
+                    .zip(s.qkv[..q_dim].par_chunks_exact(per))
+                    .enumerate()
+                    .for_each(|(g, (out, q))| attention_of(&c, g * group, q, &parts, out));
             } else {
                 s.attn.chunks_exact_mut(q_dim).enumerate().for_each(attend);
             }
@@ -729,26 +743,37 @@ impl KvCache {
     }
 }
 
+/// From how many positions one row's attention is split over the threads
+/// by key/value group: below it the work is shorter than handing it out.
+const PARALLEL_ATTENTION_FROM: usize = 256;
+
 /// (keys, values) of consecutive positions, each position-major.
 type Part<'a> = (&'a [f32], &'a [f32]);
 
 /// Causal attention of one query row (all heads) over a sequence's cache,
 /// given as the parts it is stored in (positions in order).
 fn attention(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
+    attention_of(c, 0, q, parts, out);
+}
+
+/// [`attention`] for the query heads from `first` on that `q` and `out`
+/// hold (whole key/value groups): each head's arithmetic is the same
+/// whichever slice it is computed in.
+fn attention_of(c: &Config, first: usize, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if crate::Isa::detected() == crate::Isa::Avx512 {
             // SAFETY: the CPU has AVX-512 (and AVX2, FMA).
-            unsafe { attention_avx512(c, q, parts, out) };
+            unsafe { attention_avx512(c, first, q, parts, out) };
             return;
         }
         if crate::avx2() {
             // SAFETY: the CPU has AVX2 and FMA (checked above).
-            unsafe { attention_avx2(c, q, parts, out) };
+            unsafe { attention_avx2(c, first, q, parts, out) };
             return;
         }
     }
-    attention_any::<false, false>(c, q, parts, out);
+    attention_any::<false, false>(c, first, q, parts, out);
 }
 
 /// The same code compiled for 8-lane vectors with fused multiply-adds.
@@ -756,21 +781,28 @@ fn attention(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
 /// `mul_add` too), so the results do not depend on which ran.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attention_avx2(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
-    attention_any::<true, false>(c, q, parts, out);
+unsafe fn attention_avx2(c: &Config, first: usize, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
+    attention_any::<true, false>(c, first, q, parts, out);
 }
 
 /// As [`attention_avx2`], with 16-lane registers where they pay (three
 /// 64-dimensional heads sharing a key/value head); the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attention_avx512(c: &Config, q: &[f32], parts: &[Part<'_>], out: &mut [f32]) {
-    attention_any::<true, true>(c, q, parts, out);
+unsafe fn attention_avx512(
+    c: &Config,
+    first: usize,
+    q: &[f32],
+    parts: &[Part<'_>],
+    out: &mut [f32],
+) {
+    attention_any::<true, true>(c, first, q, parts, out);
 }
 
 #[inline(always)]
 fn attention_any<const AVX: bool, const WIDE: bool>(
     c: &Config,
+    first: usize,
     q: &[f32],
     parts: &[Part<'_>],
     out: &mut [f32],
@@ -778,16 +810,18 @@ fn attention_any<const AVX: bool, const WIDE: bool>(
     // A head size known at compile time keeps a head's query and output in
     // registers while the positions stream past.
     match c.head_dim {
-        64 => attention_heads::<64, AVX, WIDE>(c, q, parts, out),
-        128 => attention_heads::<128, AVX, WIDE>(c, q, parts, out),
-        _ => attention_heads::<0, AVX, WIDE>(c, q, parts, out),
+        64 => attention_heads::<64, AVX, WIDE>(c, first, q, parts, out),
+        128 => attention_heads::<128, AVX, WIDE>(c, first, q, parts, out),
+        _ => attention_heads::<0, AVX, WIDE>(c, first, q, parts, out),
     }
 }
 
-/// `HD` is the head size, or 0 for "read it from `c`".
+/// `HD` is the head size, or 0 for "read it from `c`". `first` is the
+/// index of the first query head `q` holds.
 #[inline(always)]
 fn attention_heads<const HD: usize, const AVX: bool, const WIDE: bool>(
     c: &Config,
+    first: usize,
     q: &[f32],
     parts: &[Part<'_>],
     out: &mut [f32],
@@ -809,7 +843,7 @@ fn attention_heads<const HD: usize, const AVX: bool, const WIDE: bool>(
             .zip(out.chunks_exact_mut(3 * hd))
             .enumerate()
         {
-            let kv = (3 * i / group) * hd;
+            let kv = ((first + 3 * i) / group) * hd;
             // SAFETY: AVX2/FMA present (AVX is set only on that path),
             // AVX-512 too where WIDE is.
             unsafe {
@@ -823,7 +857,7 @@ fn attention_heads<const HD: usize, const AVX: bool, const WIDE: bool>(
         return;
     }
     for (h, (qh, o)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-        let kv = (h / group) * hd;
+        let kv = ((first + h) / group) * hd;
         one_head::<HD, AVX>(qh, parts, kv_dim, kv, scale, &mut scores, o);
     }
 }
@@ -1774,7 +1808,7 @@ mod tests {
         let values: Vec<f32> = (0..len * 192).map(|_| next()).collect();
         let q: Vec<f32> = (0..576).map(|_| next() * 4.0).collect();
         let mut portable = vec![0f32; 576];
-        attention_any::<false, false>(&c, &q, &[(&keys, &values)], &mut portable);
+        attention_any::<false, false>(&c, 0, &q, &[(&keys, &values)], &mut portable);
         let split = 20 * 192;
         for parts in [
             vec![(&keys[..], &values[..])],
@@ -1786,11 +1820,19 @@ mod tests {
             let mut out = vec![0f32; 576];
             attention(&c, &q, &parts, &mut out);
             assert_eq!(out, portable, "{} parts", parts.len());
+            // Group by group (as one decoding row is spread over threads):
+            // each head's bits are the same.
+            let per = (c.heads / c.kv_heads) * c.head_dim;
+            let mut grouped = vec![0f32; 576];
+            for (g, (o, q)) in grouped.chunks_mut(per).zip(q.chunks(per)).enumerate() {
+                attention_of(&c, g * (c.heads / c.kv_heads), q, &parts, o);
+            }
+            assert_eq!(grouped, portable, "by group, {} parts", parts.len());
             // The 8-lane path too where the 16-lane one ran above.
             #[cfg(target_arch = "x86_64")]
             if crate::avx2() {
                 // SAFETY: AVX2/FMA present (checked).
-                unsafe { attention_avx2(&c, &q, &parts, &mut out) };
+                unsafe { attention_avx2(&c, 0, &q, &parts, &mut out) };
                 assert_eq!(out, portable, "AVX2, {} parts", parts.len());
             }
         }

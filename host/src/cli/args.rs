@@ -192,6 +192,10 @@ pub enum BenchCommand {
         /// Tokens generated one at a time.
         #[arg(long, default_value_t = 64)]
         gen_tokens: usize,
+        /// Tokens already in the context when decoding starts (llama-bench's
+        /// `-d`): decoding then reads their keys and values too.
+        #[arg(long, default_value_t = 0)]
+        depth: usize,
         /// Timed repetitions (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,

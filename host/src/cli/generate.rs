@@ -539,22 +539,35 @@ pub fn quantize(input: &Path, output: &Path, ty: &str) -> anyhow::Result<i32> {
 }
 
 /// `hearth bench model`: llama-bench's measurement, medians of `reps`.
+/// What `hearth bench model` measures: a prompt of `prompt` tokens, and
+/// `generate` tokens decoded after `depth` tokens of context.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchSizes {
+    /// Prompt tokens, in one batch.
+    pub prompt: usize,
+    /// Tokens decoded one at a time.
+    pub generate: usize,
+    /// Context already there when decoding starts.
+    pub depth: usize,
+}
+
+/// `hearth bench model`.
 pub fn bench(
     home: &Home,
     model: &ModelArgs,
-    prompt_tokens: usize,
-    gen_tokens: usize,
+    sizes: BenchSizes,
     reps: usize,
     json: bool,
 ) -> anyhow::Result<i32> {
+    let (prompt_tokens, gen_tokens) = (sizes.prompt, sizes.generate);
     let path = resolve_model(home, model)?;
     let engine = Engine::load(&path, &model.options(home))?;
     // One untimed run warms caches and page-faults the weights in.
-    engine.bench(prompt_tokens.min(8), 2)?;
+    engine.bench(prompt_tokens.min(8), 2, 0)?;
     let mut prompt = Vec::new();
     let mut decode = Vec::new();
     for _ in 0..reps.max(1) {
-        let (p, d) = engine.bench(prompt_tokens, gen_tokens)?;
+        let (p, d) = engine.bench(prompt_tokens, gen_tokens, sizes.depth)?;
         prompt.push(p);
         decode.push(d);
     }
@@ -572,6 +585,7 @@ pub fn bench(
                 "threads": threads,
                 "prompt_tokens": prompt_tokens,
                 "gen_tokens": gen_tokens,
+                "depth": sizes.depth,
                 "prompt_tokens_per_s": p,
                 "decode_tokens_per_s": d,
             })

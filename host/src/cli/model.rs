@@ -51,6 +51,7 @@ pub(super) async fn bench(home: Home, command: BenchCommand) -> anyhow::Result<i
             model,
             prompt_tokens,
             gen_tokens,
+            depth,
             reps,
             format,
         } => {
@@ -58,8 +59,11 @@ pub(super) async fn bench(home: Home, command: BenchCommand) -> anyhow::Result<i
                 generate::bench(
                     &home,
                     &model,
-                    prompt_tokens,
-                    gen_tokens,
+                    generate::BenchSizes {
+                        prompt: prompt_tokens,
+                        generate: gen_tokens,
+                        depth,
+                    },
                     reps,
                     format == Format::Json,
                 )

@@ -606,17 +606,25 @@ impl Engine {
 
     /// Measures prompt processing and decoding speed the way llama-bench
     /// does: `prompt` arbitrary tokens in one batch (its "pp" test), and
-    /// `generate` tokens one at a time from an empty context (its "tg"
-    /// test, which reads no prompt's keys and values). Returns (prompt
-    /// tokens/s, decode tokens/s).
-    pub fn bench(&self, prompt: usize, generate: usize) -> Result<(f64, f64), EngineError> {
+    /// `generate` tokens one at a time after `depth` tokens of context (its
+    /// "tg" test, from an empty context unless given its `-d`). Returns
+    /// (prompt tokens/s, decode tokens/s).
+    pub fn bench(
+        &self,
+        prompt: usize,
+        generate: usize,
+        depth: usize,
+    ) -> Result<(f64, f64), EngineError> {
         let vocab = self.shared.tokenizer.vocab_size() as u32;
-        // Deterministic ordinary tokens, away from the control tokens at the start.
-        let tokens: Vec<u32> = (0..prompt as u32)
-            .map(|i| 1000 + (i * 7919) % (vocab - 1000))
-            .collect();
+        // Deterministic ordinary tokens, away from the control tokens at
+        // the start; `salt` keeps two runs from sharing a cached prefix.
+        let tokens = |n: usize, salt: u32| -> Vec<u32> {
+            (0..n as u32)
+                .map(|i| 1000 + (i * 7919 + salt) % (vocab - 1000))
+                .collect()
+        };
         let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
-        let prompt_run = self.bench_job(tokens, 1)?;
+        let prompt_run = self.bench_job(tokens(prompt, 0), 1)?;
         let prompt_speed = per_s(prompt_run.usage.prompt_tokens, prompt_run.prompt_time);
         // A first token comes out of the prompt's pass: with fewer than
         // two there is no decoding to time (and a start-up measurement
@@ -624,10 +632,10 @@ impl Engine {
         if generate < 2 {
             return Ok((prompt_speed, 0.0));
         }
-        // One token of prompt (another than the first run's, so no cached
-        // prefix is shared), then `generate` decoded: the decode time
-        // covers completion_tokens - 1 forward passes of one token.
-        let decode_run = self.bench_job(vec![1001], generate)?;
+        // The context (at least one token: a generation needs a prompt),
+        // then `generate` decoded: the decode time covers
+        // completion_tokens - 1 forward passes of one token.
+        let decode_run = self.bench_job(tokens(depth.max(1), 1), generate)?;
         Ok((
             prompt_speed,
             per_s(
