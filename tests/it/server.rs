@@ -573,21 +573,23 @@ fn admin_routes_change_the_plugin_set_with_an_admin_key() {
 fn the_admin_listing_shows_disabled_plugins_with_their_permissions_in_words() {
     let _memory = crate::MEMORY.blocking_read();
     let (_dir, _home, s) = start_admin();
+    // The listing, and `notes` in it (disabled plugins stay listed).
     let listing = || {
         let (status, _, body) = admin_request(s.addr, "GET", "/v1/admin/plugins", "admin-key");
         assert_eq!(status, 200, "{body}");
-        json_of(&body)
+        let v = json_of(&body);
+        let notes = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["namespace"] == "notes")
+            .unwrap_or_else(|| panic!("notes is not listed: {v}"))
+            .clone();
+        (v, notes)
     };
     let (status, _, body) = admin_request(s.addr, "GET", "/v1/admin/plugins", KEY);
     error_of(status, &body, 401);
-    let v = listing();
-    let notes = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == "notes")
-        .unwrap_or_else(|| panic!("{v}"))
-        .clone();
+    let (v, notes) = listing();
     assert_eq!(notes["source"], "bundled", "{notes}");
     assert_eq!(notes["enabled"], true);
     assert_eq!(notes["active"], true);
@@ -616,14 +618,7 @@ fn the_admin_listing_shows_disabled_plugins_with_their_permissions_in_words() {
     );
     assert_eq!(status, 200, "{body}");
     // Still listed, as disabled, with no tools.
-    let v = listing();
-    let notes = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == "notes")
-        .unwrap_or_else(|| panic!("disabled plugins stay listed: {v}"))
-        .clone();
+    let (_, notes) = listing();
     assert_eq!(notes["enabled"], false, "{notes}");
     assert_eq!(notes["active"], false, "{notes}");
     assert_eq!(notes["tools"], json!([]), "{notes}");
