@@ -8,84 +8,18 @@
 
 mod common;
 use common::Toolchain;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 
 const MCP_TYPESCRIPT: &str = "@modelcontextprotocol/sdk@1.32.2";
 const KEY: &str = "mcp-key";
 
-/// A child process killed when the test ends, whatever happens; its
-/// stderr is drained into `log` so it never blocks on a full pipe.
-struct Server {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// `hearth serve` on a free loopback port with the API key [`KEY`],
-    /// the default model and the plugins of `home`.
-    fn start(home: &Path, extra: &[&str]) -> Server {
-        let model = common::default_model();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--api-key",
-                KEY,
-                "--model",
-            ])
-            .arg(&model)
-            .args(extra)
-            .env("HEARTH_HOME", home)
-            .env_remove("HEARTH_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut line = String::new();
-        let base = loop {
-            line.clear();
-            if stderr.read_line(&mut line).unwrap() == 0 {
-                let _ = child.wait();
-                panic!("hearth serve exited: {}", log.lock().unwrap());
-            }
-            log.lock().unwrap().push_str(&line);
-            if let Some(at) = line.find("http://") {
-                let url = line[at..].trim();
-                break url.trim_end_matches("/v1").to_string();
-            }
-        };
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        Server { child, log, base }
-    }
-
-    fn port(&self) -> u16 {
-        self.base.rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
+/// `hearth serve` with the API key [`KEY`] (see [`common::Serve`]).
+fn start_server(home: &Path, extra: &[&str]) -> common::Serve {
+    let mut args = vec!["--api-key", KEY];
+    args.extend_from_slice(extra);
+    common::Serve::start(home, &args)
 }
 
 /// Runs the Python client with `args`; asserts it passed and returns what
@@ -142,7 +76,7 @@ fn the_python_sdk_over_stdio_lists_calls_and_follows_changes() {
 #[test]
 fn the_python_sdk_over_http_lists_calls_and_follows_changes() {
     let home = tempfile::tempdir().unwrap();
-    let server = Server::start(home.path(), &[]);
+    let server = start_server(home.path(), &[]);
     let url = format!("{}/mcp", server.base);
     for mode in ["auto", "legacy"] {
         let out = Command::new(common::mcp_python())
@@ -219,7 +153,7 @@ fn mcp_over_http_refuses_foreign_hosts_origins_and_missing_keys() {
     let home = tempfile::tempdir().unwrap();
     let config = home.path().join("serve.toml");
     std::fs::write(&config, "mcp-allowed-hosts = [\"hearth.lan\"]\n").unwrap();
-    let server = Server::start(home.path(), &["--config", config.to_str().unwrap()]);
+    let server = start_server(home.path(), &["--config", config.to_str().unwrap()]);
     let port = server.port();
     let auth = format!("Authorization: Bearer {KEY}\r\n");
     let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
@@ -292,7 +226,7 @@ fn mcp_over_http_refuses_foreign_hosts_origins_and_missing_keys() {
 #[test]
 fn the_typescript_sdk_lists_and_calls_over_http() {
     let home = tempfile::tempdir().unwrap();
-    let server = Server::start(home.path(), &[]);
+    let server = start_server(home.path(), &[]);
     let sdk = common::toolchain(Toolchain::Npm, MCP_TYPESCRIPT);
     let out = Command::new("node")
         .arg(common::script("js/mcp_client.mjs"))

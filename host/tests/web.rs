@@ -8,24 +8,11 @@
 //! elsewhere); `.ci/run` installs them.
 
 mod common;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 const KEY: &str = "web-test-key";
 const ADMIN: &str = "web-admin-key";
-
-/// Kills the server when the test ends, however it ends.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `npm ci` in `tests/web` when its `node_modules` is missing or older
 /// than the lockfile (a file lock keeps two test binaries from racing).
@@ -62,46 +49,8 @@ fn the_page_works_in_chromium() {
     std::fs::create_dir_all(&shots).unwrap();
 
     let home = tempfile::tempdir().unwrap();
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--api-key",
-                KEY,
-                "--admin-key",
-                ADMIN,
-                "--model",
-            ])
-            .arg(common::default_model())
-            .env("HEARTH_HOME", home.path())
-            .env_remove("HEARTH_LOG")
-            .env_remove("HEARTH_WEB_DIR")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = BufReader::new(server.0.stderr.take().unwrap());
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            if let Some(at) = line.find("http://")
-                && line.ends_with("/v1")
-            {
-                let _ = addr_tx.send(line[at..].trim_end_matches("/v1").to_string());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let url = addr_rx
-        .recv_timeout(Duration::from_secs(300))
-        .expect("hearth serve logged its address");
+    let server = common::Serve::start(home.path(), &["--api-key", KEY, "--admin-key", ADMIN]);
+    let url = server.base.clone();
 
     let out = Command::new("node")
         .args(["--test", "--test-concurrency=1"])
@@ -120,11 +69,10 @@ fn the_page_works_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{report}");
-    drop(server);
-    let server_log = log.join().unwrap();
     assert!(
         out.status.success(),
-        "browser tests failed:\n{report}\nserver log:\n{server_log}"
+        "browser tests failed:\n{report}\nserver log:\n{}",
+        server.log()
     );
     let taken = std::fs::read_dir(&shots).unwrap().count();
     assert!(taken >= 3, "{taken} screenshots in {}", shots.display());

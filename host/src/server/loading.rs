@@ -79,7 +79,11 @@ impl Loading {
                     let service = hyper::service::service_fn(move |req| {
                         std::future::ready(Ok::<_, Infallible>(answer(&shared, &req)))
                     });
-                    let _ = super::serve_connection(stream, service, header_timeout, stopped).await;
+                    if let Err(e) =
+                        super::serve_connection(stream, service, header_timeout, stopped).await
+                    {
+                        tracing::debug!("connection while loading: {e}");
+                    }
                 });
             }
             while connections.join_next().await.is_some() {}
@@ -105,10 +109,6 @@ impl Loading {
     }
 }
 
-fn not_found(message: &str) -> Response<Body_> {
-    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message).response()
-}
-
 /// The answer to one request while the model loads.
 fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body_> {
     let loading_for = shared.started.elapsed().as_secs();
@@ -120,13 +120,9 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body_> {
         ),
         // The page itself loads, and says the model is loading (from the
         // API's 503s) until it is in.
-        Ok(Route::Page) => {
-            return super::web::asset("index.html", req.method() == http::Method::HEAD)
-                .unwrap_or_else(|| not_found("this build of hearth has no web page"));
-        }
+        Ok(Route::Page) => super::web::answer(None, req.method()).unwrap_or_else(|e| e.response()),
         Ok(Route::Asset { file }) => {
-            return super::web::asset(&file, req.method() == http::Method::HEAD)
-                .unwrap_or_else(|| not_found(&format!("no asset {file}")));
+            super::web::answer(Some(&file), req.method()).unwrap_or_else(|e| e.response())
         }
         Ok(Route::Metrics) => Response::builder()
             .status(StatusCode::OK)

@@ -348,19 +348,28 @@ impl Metrics {
         }
     }
 
-    /// The recent figures: time to first token (ms) and decode speed of the
-    /// last generations, the last requests (the status page's own, the
-    /// page's files and probes left out), and plugin calls by outcome.
+    /// The recent figures, oldest first: time to first token (ms) and
+    /// decode speed of the last generations, and the last requests (the
+    /// status page's own, the page's files and probes left out).
     pub fn recent(&self) -> serde_json::Value {
         let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         serde_json::json!({
             "ttft_ms": recent.ttft_ms,
             "tokens_per_second": recent.tokens_per_second,
             "requests": recent.requests,
-            "plugin_calls": recent.plugin_calls.iter().map(|((namespace, outcome), count)| {
-                serde_json::json!({"namespace": namespace, "outcome": outcome, "count": count})
-            }).collect::<Vec<_>>(),
         })
+    }
+
+    /// Plugin calls since start, by namespace and outcome.
+    pub fn plugin_call_tallies(&self) -> serde_json::Value {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .plugin_calls
+            .iter()
+            .map(|((namespace, outcome), count)| {
+                serde_json::json!({"namespace": namespace, "outcome": outcome, "count": count})
+            })
+            .collect()
     }
 
     /// A model load began (pulling the file first, if need be).

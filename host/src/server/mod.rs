@@ -328,24 +328,8 @@ async fn dispatch(
         Route::Chat => chat::chat(state, req, started, request_id).await,
         Route::Admin { .. } => admin::admin(state, req).await,
         Route::Mcp => mcp::mcp(state, req).await,
-        Route::Page => {
-            web::asset("index.html", req.method() == http::Method::HEAD).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    "this build of hearth has no web page",
-                )
-            })
-        }
-        Route::Asset { file } => {
-            web::asset(&file, req.method() == http::Method::HEAD).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!("no asset {file}"),
-                )
-            })
-        }
+        Route::Page => web::answer(None, req.method()),
+        Route::Asset { file } => web::answer(Some(&file), req.method()),
         Route::Status => Ok(json_response(StatusCode::OK, &status(state))),
     }
 }
@@ -354,7 +338,6 @@ async fn dispatch(
 fn status(state: &AppState) -> serde_json::Value {
     let scheduler = state.assistant.scheduler();
     let engine = scheduler.engine();
-    let recent = state.metrics.recent();
     json!({
         "model": state.model_id,
         "context": engine.context(),
@@ -362,12 +345,8 @@ fn status(state: &AppState) -> serde_json::Value {
         "threads": crate::engine::threads(),
         "uptime_s": unix_now().saturating_sub(state.created),
         "queue": scheduler.stats(),
-        "recent": {
-            "ttft_ms": recent["ttft_ms"],
-            "tokens_per_second": recent["tokens_per_second"],
-            "requests": recent["requests"],
-        },
-        "plugin_calls": recent["plugin_calls"],
+        "recent": state.metrics.recent(),
+        "plugin_calls": state.metrics.plugin_call_tallies(),
     })
 }
 

@@ -7,7 +7,7 @@
 //! with the key the user types (kept in the tab's session storage; the
 //! admin key only in memory), so serving its files needs no key.
 
-use super::Body_;
+use super::{ApiError, Body_};
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -46,9 +46,16 @@ fn content_type(name: &str) -> Option<&'static str> {
 /// set (working on the page without rebuilding hearth), else embedded.
 fn bytes_of(name: &str) -> Option<Bytes> {
     if let Some(dir) = std::env::var_os("HEARTH_WEB_DIR").filter(|d| !d.is_empty()) {
-        return std::fs::read(std::path::Path::new(&dir).join(name))
-            .ok()
-            .map(Bytes::from);
+        let path = std::path::Path::new(&dir).join(name);
+        return match std::fs::read(&path) {
+            Ok(bytes) => Some(Bytes::from(bytes)),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), "HEARTH_WEB_DIR: {e}");
+                }
+                None
+            }
+        };
     }
     ASSETS
         .binary_search_by(|(n, _)| n.cmp(&name))
@@ -56,9 +63,28 @@ fn bytes_of(name: &str) -> Option<Bytes> {
         .map(|i| Bytes::from_static(ASSETS[i].1))
 }
 
+/// `GET /` (`file` `None`: the page) or `GET /assets/{file}`; a 404
+/// naming the file when there is none.
+pub(super) fn answer(
+    file: Option<&str>,
+    method: &http::Method,
+) -> Result<Response<Body_>, ApiError> {
+    let head = method == http::Method::HEAD;
+    asset(file.unwrap_or("index.html"), head).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            match file {
+                None => "this build of hearth has no web page".to_string(),
+                Some(file) => format!("no asset {file}"),
+            },
+        )
+    })
+}
+
 /// The file `name` with its type and the page's security headers; `None`
 /// when there is no such file.
-pub(super) fn asset(name: &str, head_only: bool) -> Option<Response<Body_>> {
+fn asset(name: &str, head_only: bool) -> Option<Response<Body_>> {
     let content_type = content_type(name)?;
     let bytes = bytes_of(name)?;
     let length = bytes.len();

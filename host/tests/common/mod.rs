@@ -210,3 +210,73 @@ pub fn script(name: &str) -> std::path::PathBuf {
         .join("../tests")
         .join(name)
 }
+
+/// `hearth serve` on a free loopback port with the default model, the
+/// plugins of `home` and `args` (keys, `--config`), killed when the test
+/// ends, whatever happens. Its stderr is read into a log as it comes, so
+/// the server never blocks on a full pipe.
+pub struct Serve {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Serve {
+    /// Starts it and waits for the line that gives its address.
+    pub fn start(home: &Path, args: &[&str]) -> Serve {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+            .arg(default_model())
+            .args(args)
+            .env("HEARTH_HOME", home)
+            .env_remove("HEARTH_LOG")
+            .env_remove("HEARTH_WEB_DIR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut line = String::new();
+        // The first URL logged is the API's, which ends its line.
+        let base = loop {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                let _ = child.wait();
+                panic!("hearth serve exited: {}", log.lock().unwrap());
+            }
+            log.lock().unwrap().push_str(&line);
+            if let Some(at) = line.find("http://") {
+                break line[at..].trim().trim_end_matches("/v1").to_string();
+            }
+        };
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Serve { child, log, base }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// What it has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
