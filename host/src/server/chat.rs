@@ -147,6 +147,28 @@ struct Shown {
     tool_events: bool,
 }
 
+/// The most of a tool's arguments or result a `hearth.tool` event carries:
+/// a plugin may return as much as its memory holds, and the event is for
+/// a person watching, not for the model (which gets the whole result).
+const MAX_TOOL_EVENT_TEXT: usize = 64 << 10;
+
+/// `text`, cut to [`MAX_TOOL_EVENT_TEXT`] bytes at a character boundary
+/// with a note of its whole length when longer.
+fn shown_text(text: &str) -> String {
+    if text.len() <= MAX_TOOL_EVENT_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_TOOL_EVENT_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n… [cut here: {} bytes in all]",
+        &text[..end],
+        text.len()
+    )
+}
+
 /// The `hearth.tool` event of a host tool call starting or ending.
 fn tool_event(event: &TurnEvent) -> Option<Value> {
     match event {
@@ -154,14 +176,14 @@ fn tool_event(event: &TurnEvent) -> Option<Value> {
             "phase": "call",
             "id": call.id,
             "name": call.name,
-            "arguments": call.arguments.to_string(),
+            "arguments": shown_text(&call.arguments.to_string()),
         })),
         TurnEvent::ToolResult { call, result, took } => {
             let elapsed_ms = took.as_secs_f64() * 1e3;
             Some(match result {
                 Ok(result) => json!({
                     "phase": "result", "id": call.id, "name": call.name,
-                    "ok": true, "result": result, "elapsed_ms": elapsed_ms,
+                    "ok": true, "result": shown_text(result), "elapsed_ms": elapsed_ms,
                 }),
                 Err(failure) => json!({
                     "phase": "result", "id": call.id, "name": call.name,
@@ -296,4 +318,35 @@ impl<'a> Observed<'a> {
 
 fn usage(u: &Usage) -> Value {
     json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ToolCall;
+
+    #[test]
+    fn tool_events_carry_at_most_64_kib_of_a_result() {
+        let call = ToolCall {
+            id: "call_0".into(),
+            name: "big.dump".into(),
+            arguments: json!({}),
+        };
+        let result = format!("\"{}é\"", "x".repeat(MAX_TOOL_EVENT_TEXT - 2));
+        let event = tool_event(&TurnEvent::ToolResult {
+            call,
+            result: Ok(result.clone()),
+            took: std::time::Duration::from_millis(3),
+        })
+        .unwrap();
+        let shown = event["result"].as_str().unwrap();
+        assert!(shown.len() < MAX_TOOL_EVENT_TEXT + 64, "{}", shown.len());
+        assert!(
+            shown.ends_with(&format!("[cut here: {} bytes in all]", result.len())),
+            "{}",
+            &shown[shown.len() - 60..]
+        );
+        // Short texts go as they are.
+        assert_eq!(shown_text("{\"value\":42}"), "{\"value\":42}");
+    }
 }
