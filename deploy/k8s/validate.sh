@@ -164,7 +164,7 @@ check(job_container["args"][:2] == ["model", "pull"], "the Job runs `hearth mode
 # container is given.
 config = tomllib.load(open("hearth.toml", "rb"))
 known = {"addr", "model", "context", "api-keys", "admin-keys", "insecure-no-auth", "queue",
-         "parallel", "mcp-allowed-hosts", "mcp"}
+         "parallel", "mcp-allowed-hosts", "mcp", "listen-while-loading", "shutdown-grace", "kv"}
 check(set(config) <= known, f"hearth.toml keys are known to hearth serve: {sorted(config)}")
 check(not config.get("api-keys") and not config.get("insecure-no-auth"), "no key or insecure-no-auth in the ConfigMap")
 args = container["args"]

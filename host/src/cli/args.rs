@@ -158,6 +158,14 @@ pub struct ServeArgs {
     /// [default: 30].
     #[arg(long)]
     pub(crate) shutdown_grace: Option<u64>,
+    /// Open the port before the model is pulled and loaded, answering
+    /// `/healthz` 200, `/readyz` 503 and the API 503 meanwhile: for
+    /// orchestrators that route by readiness (Kubernetes). Behind a load
+    /// balancer without active health checks (nginx) leave it off: a
+    /// refused connection is retried on another replica, a 503 to a POST
+    /// is not.
+    #[arg(long, env = "HEARTH_LISTEN_WHILE_LOADING")]
+    pub(crate) listen_while_loading: bool,
     /// Keep the plugins' key-value data on this Redis server
     /// (`redis://host:port/db`) instead of the data directory, so that
     /// replicas share it.

@@ -26,6 +26,8 @@ struct ServeConfig {
     queue: Option<usize>,
     parallel: Option<usize>,
     shutdown_grace: Option<u64>,
+    #[serde(default)]
+    listen_while_loading: bool,
     kv: Option<String>,
     #[serde(default)]
     mcp_allowed_hosts: Vec<String>,
@@ -57,6 +59,7 @@ impl ServeArgs {
         self.queue = self.queue.or(file.queue);
         self.parallel = self.parallel.or(file.parallel);
         self.shutdown_grace = self.shutdown_grace.or(file.shutdown_grace);
+        self.listen_while_loading |= file.listen_while_loading;
         self.kv = self.kv.or(file.kv);
         // Both lists count: the file's names are the standing ones, a flag
         // adds one for this run.
@@ -129,6 +132,7 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         queue,
         parallel,
         shutdown_grace,
+        listen_while_loading,
         kv,
         mcp_allowed_hosts,
         mcp_sources,
@@ -150,27 +154,33 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     if parallel == 0 {
         bail!("--parallel must be at least 1");
     }
-    // The port opens first: while the model is pulled and loaded (minutes
-    // on a first start), probes and load balancers get honest answers
-    // (`/healthz` 200, `/readyz` 503) instead of a refused connection.
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
     let loading_what = model.model.as_ref().map_or_else(
         || "the default model".to_string(),
         |p| p.display().to_string(),
     );
-    let loading = crate::server::Loading::start(
-        listener,
-        loading_what.clone(),
-        crate::server::ServerOptions::default().header_timeout,
-    );
-    let local = loading.local_addr()?;
-    tracing::info!(
-        addr = %local,
-        model = %loading_what,
-        "loading the model; /readyz answers 503 until it is in"
-    );
+    // With --listen-while-loading the port opens first: while the model is
+    // pulled and loaded (minutes on a first start), probes get honest
+    // answers (`/healthz` 200, `/readyz` 503) instead of a refused
+    // connection. Otherwise it opens once the model is in.
+    let loading = if listen_while_loading {
+        let loading = crate::server::Loading::start(
+            bind(addr).await?,
+            loading_what.clone(),
+            crate::server::ServerOptions::default().header_timeout,
+        );
+        tracing::info!(
+            addr = %loading.local_addr()?,
+            model = %loading_what,
+            "loading the model; /readyz answers 503 until it is in"
+        );
+        Some(loading)
+    } else {
+        tracing::info!(
+            model = %loading_what,
+            "loading the model; the port opens once it is in"
+        );
+        None
+    };
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let model_home = home.clone();
@@ -188,7 +198,9 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
         loaded = load => match loaded? {
             Ok(loaded) => loaded,
             Err(e) => {
-                drop(loading.finish().await);
+                if let Some(loading) = loading {
+                    drop(loading.finish().await);
+                }
                 return Err(e.context("loading the model"));
             }
         },
@@ -242,7 +254,11 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
             .with_mcp(mcp_hosts)
             .with_home(home),
     );
-    let listener = loading.finish().await;
+    let listener = match loading {
+        Some(loading) => loading.finish().await,
+        None => bind(addr).await?,
+    };
+    let local = listener.local_addr()?;
     // Scripts read the address from this line: its first URL, which ends
     // it (no fields follow the message in the text format).
     tracing::info!("serving {model_id} at http://{local}/v1");
@@ -256,6 +272,12 @@ pub(super) async fn serve(home: Home, args: ServeArgs) -> anyhow::Result<i32> {
     .await?;
     tracing::info!("stopped");
     Ok(0)
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
 }
 
 /// Connects to the `[[mcp]]` servers, refusing a prefix that is an active
